@@ -443,8 +443,10 @@ impl<'t> Validator<'t> {
         let p = section.get_ref();
         let listen = self.socket_addr("listen", p.listen.as_ref(), defaults::LISTEN);
         let admin = self.socket_addr("admin", p.admin.as_ref(), defaults::ADMIN);
+        // Port 0 (any free port) is how tests run several proxies; it never collides.
         if let (Some(l), Some(a)) = (listen, admin)
             && l == a
+            && l.port() != 0
         {
             let at = p.admin.as_ref().map_or(span.clone(), |a| a.span());
             self.error(at, format!("admin: must differ from listen (both are {l})"));

@@ -1,0 +1,269 @@
+//! Every metric the proxy exports, declared once and registered at start-up.
+//!
+//! Label values come only from `routes.toml` (route and service names) and from fixed sets
+//! (status codes, error kinds, results), never from request data, so a client cannot grow the
+//! series count. The request path takes per-route handles resolved once (see [`PairMetrics`]),
+//! so counting a request is an atomic add, not a label lookup under a lock.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The proxy's metric families.
+pub struct Metrics {
+    registry: Registry,
+    /// `strangler_requests_total{route, backend, code}`
+    pub requests: IntCounterVec,
+    /// `strangler_request_duration_seconds{route, backend}`
+    pub duration: HistogramVec,
+    /// `strangler_upstream_errors_total{route, backend, kind}`
+    pub upstream_errors: IntCounterVec,
+    /// `strangler_fallbacks_total{route}`
+    pub fallbacks: IntCounterVec,
+    /// `strangler_shadow_comparisons_total{route, result}`
+    pub shadow_comparisons: IntCounterVec,
+    /// `strangler_route_weight{route, service}`
+    pub route_weight: IntGaugeVec,
+    /// `strangler_config_reloads_total{result}`
+    pub reloads: IntCounterVec,
+    /// `strangler_config_revision`
+    pub revision: IntGauge,
+    /// `strangler_downstream_rejected_total{reason}`: requests refused before routing.
+    pub rejected: IntCounterVec,
+}
+
+/// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
+/// a slow monolith at the high end.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Declares and registers every family.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let requests = counter(
+            "strangler_requests_total",
+            "Requests answered, by route, backend that answered and status code.",
+            &["route", "backend", "code"],
+        );
+        let upstream_errors = counter(
+            "strangler_upstream_errors_total",
+            "Requests a backend failed before answering, by kind (connect, timeout, reset, protocol).",
+            &["route", "backend", "kind"],
+        );
+        let fallbacks = counter(
+            "strangler_fallbacks_total",
+            "Requests the service failed that were retried on the default.",
+            &["route"],
+        );
+        let shadow_comparisons = counter(
+            "strangler_shadow_comparisons_total",
+            "Shadow comparisons, by result (match, mismatch, error, dropped).",
+            &["route", "result"],
+        );
+        let reloads = counter(
+            "strangler_config_reloads_total",
+            "Reloads of routes.toml, by result (applied, rejected).",
+            &["result"],
+        );
+        let rejected = counter(
+            "strangler_downstream_rejected_total",
+            "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large).",
+            &["reason"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strangler_request_duration_seconds",
+                "Time from receiving a request to sending the response headers.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("registered once");
+        let route_weight = IntGaugeVec::new(
+            Opts::new(
+                "strangler_route_weight",
+                "Percent of a route's matching requests its service serves.",
+            ),
+            &["route", "service"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(route_weight.clone()))
+            .expect("registered once");
+        let revision = IntGauge::new(
+            "strangler_config_revision",
+            "Revision of the route table serving now.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(revision.clone()))
+            .expect("registered once");
+        for result in ["applied", "rejected"] {
+            reloads.with_label_values(&[result]);
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            fallbacks,
+            shadow_comparisons,
+            route_weight,
+            reloads,
+            revision,
+            rejected,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure would be a bug in a family.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status codes that get a pre-resolved counter; others take the labelled lookup.
+const COMMON_CODES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 422, 500, 502, 503, 504,
+];
+
+/// Handles for one (route, backend) pair, resolved on first use so a table of 10,000 dark
+/// routes costs no series until traffic arrives.
+pub struct PairMetrics {
+    route: Box<str>,
+    backend: Box<str>,
+    resolved: OnceLock<Resolved>,
+}
+
+struct Resolved {
+    duration: Histogram,
+    /// Resolved on a code's first occurrence, so unused codes export no zero series.
+    codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
+}
+
+impl PairMetrics {
+    /// Handles for `route` served by `backend`.
+    pub fn new(route: &str, backend: &str) -> Self {
+        Self {
+            route: route.into(),
+            backend: backend.into(),
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The route label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The backend label.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    fn resolved(&self, metrics: &Metrics) -> &Resolved {
+        self.resolved.get_or_init(|| Resolved {
+            duration: metrics
+                .duration
+                .with_label_values(&[&*self.route, &*self.backend]),
+            codes: Default::default(),
+        })
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn observe(&self, metrics: &Metrics, code: u16, seconds: f64) {
+        let resolved = self.resolved(metrics);
+        resolved.duration.observe(seconds);
+        let counter = || {
+            metrics
+                .requests
+                .with_label_values(&[&*self.route, &*self.backend, code_label(code)])
+        };
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => resolved.codes[i].get_or_init(counter).inc(),
+            None => counter().inc(),
+        }
+    }
+
+    /// Counts a failure to get an answer from the backend.
+    pub fn upstream_error(&self, metrics: &Metrics, kind: &str) {
+        metrics
+            .upstream_errors
+            .with_label_values(&[&*self.route, &*self.backend, kind])
+            .inc();
+    }
+}
+
+/// A static label for every valid status code, so counting never formats a string.
+fn code_label(code: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..1000).map(|c| c.to_string()).collect());
+    labels
+        .get(usize::from(code))
+        .map_or("other", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_handles_count_into_the_labelled_families() {
+        let metrics = Metrics::new();
+        let pair = PairMetrics::new("users", "users");
+        pair.observe(&metrics, 200, 0.001);
+        pair.observe(&metrics, 200, 0.002);
+        pair.observe(&metrics, 418, 0.002);
+        pair.upstream_error(&metrics, "connect");
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["users", "users", "200"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["users", "users", "418"])
+                .get(),
+            1
+        );
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                "strangler_request_duration_seconds_count{backend=\"users\",route=\"users\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "strangler_upstream_errors_total{backend=\"users\",kind=\"connect\",route=\"users\"} 1"
+        ));
+        assert!(text.contains("strangler_config_reloads_total{result=\"rejected\"} 0"));
+    }
+}

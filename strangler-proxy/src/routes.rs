@@ -1,0 +1,448 @@
+//! The compiled route table and the routing decision.
+//!
+//! [`RouteTable::resolve`] does no I/O, takes no lock and allocates nothing: it probes a hash map
+//! with at most `max_depth + 1` sub-slices of the normalized path (longest first), so its cost
+//! depends on the path's depth, not on how many routes the table holds.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, Method, header};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::config::{Config, RouteConfig, StickyKey};
+use crate::metrics::PairMetrics;
+use crate::upstream::{Upstream, Upstreams};
+
+/// Label of requests no route claims.
+pub const UNMATCHED: &str = "default";
+
+/// Sticky decisions use this many buckets, so weights are exact to 0.01 %.
+const BUCKETS: u64 = 10_000;
+
+/// One route, compiled: names resolved to upstreams, metric handles ready.
+pub struct Route {
+    /// The route as validated.
+    pub config: RouteConfig,
+    /// The service taking the peeled-off share.
+    pub service: Arc<Upstream>,
+    to_service: PairMetrics,
+    to_default: PairMetrics,
+}
+
+/// An immutable snapshot of `routes.toml`, swapped whole on reload.
+pub struct RouteTable {
+    /// Increases by one with every applied reload.
+    pub revision: u64,
+    /// sha256 of the file this table came from.
+    pub sha256: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The validated file.
+    pub config: Config,
+    /// Who serves what no route claims.
+    pub default: Arc<Upstream>,
+    unmatched: PairMetrics,
+    routes: Vec<Route>,
+    by_prefix: HashMap<Box<str>, usize>,
+    /// Segments in the deepest prefix: probing deeper is pointless.
+    max_depth: usize,
+}
+
+/// Where one request goes.
+pub struct Decision<'t> {
+    /// The route that matched, if any (it may still send the request to the default).
+    pub route: Option<&'t Route>,
+    /// Who serves the request.
+    pub upstream: &'t Arc<Upstream>,
+    /// Handles for counting it.
+    pub metrics: &'t PairMetrics,
+}
+
+impl Decision<'_> {
+    /// The route label: the route's name, or `default` when none matched.
+    pub fn route_name(&self) -> &str {
+        self.metrics.route()
+    }
+}
+
+impl RouteTable {
+    /// Compiles a validated config; `upstreams` keeps connection pools across reloads.
+    pub fn compile(
+        config: Config,
+        sha256: String,
+        revision: u64,
+        upstreams: &Upstreams,
+    ) -> Result<Self, String> {
+        let by_name = upstreams.resolve(&config.services);
+        let lookup = |name: &str| {
+            by_name
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("service {name:?} is not defined"))
+        };
+        let default = lookup(&config.proxy.default)?;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut by_prefix = HashMap::with_capacity(config.routes.len());
+        let mut max_depth = 0;
+        for (i, route) in config.routes.iter().enumerate() {
+            let service = lookup(&route.service)?;
+            by_prefix.insert(route.prefix.clone().into_boxed_str(), i);
+            max_depth = max_depth.max(depth(&route.prefix));
+            routes.push(Route {
+                to_service: PairMetrics::new(&route.name, service.name()),
+                to_default: PairMetrics::new(&route.name, default.name()),
+                config: route.clone(),
+                service,
+            });
+        }
+        Ok(Self {
+            revision,
+            sha256,
+            loaded_at: SystemTime::now(),
+            unmatched: PairMetrics::new(UNMATCHED, default.name()),
+            default,
+            config,
+            routes,
+            by_prefix,
+            max_depth,
+        })
+    }
+
+    /// Routes in file order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route whose prefix is the longest segment-aware prefix of `path` (normalized).
+    pub fn lookup(&self, path: &str) -> Option<&Route> {
+        // Ignore a trailing slash: `/api/users/` is under `/api/users`.
+        let path = match path.strip_suffix('/') {
+            Some("") | None => path,
+            Some(p) => p,
+        };
+        if self.by_prefix.is_empty() {
+            return None;
+        }
+        // Start at the deepest candidate any prefix could match.
+        let mut end = if self.max_depth == 0 { 0 } else { path.len() };
+        let mut seen = 0;
+        for (i, b) in path.bytes().enumerate().skip(1) {
+            if b == b'/' {
+                seen += 1;
+                if seen == self.max_depth {
+                    end = i;
+                    break;
+                }
+            }
+        }
+        loop {
+            let candidate = if end == 0 { "/" } else { &path[..end] };
+            if let Some(&i) = self.by_prefix.get(candidate) {
+                return self.routes.get(i);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].rfind('/').unwrap_or(0);
+        }
+    }
+
+    /// Decides who serves a request. Pure: the same inputs give the same answer except for
+    /// non-sticky splits, which draw a per-request random number.
+    pub fn resolve(&self, method: &Method, path: &str, headers: &HeaderMap) -> Decision<'_> {
+        let Some(route) = self.lookup(path) else {
+            return Decision {
+                route: None,
+                upstream: &self.default,
+                metrics: &self.unmatched,
+            };
+        };
+        let to_service = route
+            .config
+            .methods
+            .as_ref()
+            .is_none_or(|m| m.contains(method))
+            && route.takes(headers);
+        if to_service {
+            Decision {
+                route: Some(route),
+                upstream: &route.service,
+                metrics: &route.to_service,
+            }
+        } else {
+            Decision {
+                route: Some(route),
+                upstream: &self.default,
+                metrics: &route.to_default,
+            }
+        }
+    }
+}
+
+impl Route {
+    /// Whether this request falls in the service's share of the split.
+    fn takes(&self, headers: &HeaderMap) -> bool {
+        match self.config.weight {
+            0 => false,
+            100 => true,
+            weight => {
+                let bucket = match self.sticky_key(headers) {
+                    Some(key) => sticky_bucket(&self.config.name, key),
+                    None => random_bucket(),
+                };
+                bucket < u64::from(weight) * (BUCKETS / 100)
+            }
+        }
+    }
+
+    fn sticky_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match self.config.sticky.as_ref()? {
+            StickyKey::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            StickyKey::Cookie(name) => headers
+                .get_all(header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii();
+                    let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                    (k == name.as_bytes()).then(|| &v[1..])
+                }),
+        }
+    }
+}
+
+/// The bucket of a sticky key: xxh3 (a fixed, published specification, so every replica and
+/// every version agrees) of the key seeded by the route name, so routes split independently.
+/// A key in the service's share at weight w stays there at any weight above w.
+pub fn sticky_bucket(route: &str, key: &[u8]) -> u64 {
+    let seed = xxh3_64_with_seed(route.as_bytes(), 0);
+    xxh3_64_with_seed(key, seed) % BUCKETS
+}
+
+fn random_bucket() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    STATE.with(|s| {
+        // xorshift64*: fast, and good enough to split traffic evenly.
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % BUCKETS
+    })
+}
+
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    // Mix in a stack address so threads started in the same nanosecond still differ.
+    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+}
+
+fn depth(prefix: &str) -> usize {
+    prefix.bytes().filter(|b| *b == b'/').count() - usize::from(prefix == "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::path::normalize;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "[proxy]\ndefault = \"monolith\"\n[services.monolith]\nurl = \"http://127.0.0.1:1\"\n\
+             [services.users]\nurl = \"http://127.0.0.1:2\"\n[services.posts]\nurl = \"http://127.0.0.1:3\"\n\
+             [services.admin]\nurl = \"http://127.0.0.1:4\"\n{routes}"
+        );
+        let config = config::parse(&text).expect("valid config");
+        RouteTable::compile(config, String::new(), 1, &Upstreams::default()).expect("compiles")
+    }
+
+    fn routed(t: &RouteTable, method: &Method, raw: &str) -> String {
+        let path = raw.split('?').next().unwrap_or(raw);
+        match normalize(path) {
+            Ok(p) => {
+                let d = t.resolve(method, &p, &HeaderMap::new());
+                format!("{} {} {}", d.route_name(), d.upstream.name(), p)
+            }
+            Err(e) => format!("400 {e}"),
+        }
+    }
+
+    const ROUTES: &str = "[[routes]]\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 100\n\
+        [[routes]]\nprefix = \"/api/posts\"\nservice = \"posts\"\nweight = 100\n\
+        [[routes]]\nname = \"posts-reads\"\nprefix = \"/api/posts/by-user\"\nservice = \"posts\"\nweight = 100\nmethods = [\"GET\", \"HEAD\"]\n\
+        [[routes]]\nprefix = \"/admin\"\nservice = \"admin\"\nweight = 100\n";
+
+    /// One line per case: the request, then `route backend path-sent-upstream` or `400 why`.
+    #[test]
+    fn routing_table() {
+        let t = table(ROUTES);
+        let get = Method::GET;
+        let long = format!("/api/users/{}", "x".repeat(8 * 1024));
+        let cases: Vec<(&Method, &str, String)> = vec![
+            (&get, "/api/users", "users users /api/users".into()),
+            (&get, "/api/users/7", "users users /api/users/7".into()),
+            (&get, "/api/users/", "users users /api/users/".into()),
+            (&get, "/api/usersX", "default monolith /api/usersX".into()),
+            (&get, "/API/users", "default monolith /API/users".into()),
+            (&get, "/api/users/../posts", "posts posts /api/posts".into()),
+            (
+                &get,
+                "/api/users/%2e%2e/posts",
+                "posts posts /api/posts".into(),
+            ),
+            (
+                &get,
+                "/api/users/%2E%2E%2Fposts",
+                "400 an encoded '/' next to '.' or '..' could climb out of the route".into(),
+            ),
+            (
+                &get,
+                "/api/users/../admin",
+                "default monolith /api/admin".into(),
+            ),
+            (&get, "/api/users/../../admin", "admin admin /admin".into()),
+            (
+                &get,
+                "/api/users/../../../admin",
+                "400 '..' climbs above the root".into(),
+            ),
+            (&get, "//api//users/1", "users users /api/users/1".into()),
+            (&get, "/api/users/./1", "users users /api/users/1".into()),
+            (
+                &get,
+                "/api/users?next=/api/posts",
+                "users users /api/users".into(),
+            ),
+            (&get, "/api?x=/api/users", "default monolith /api".into()),
+            (&get, "/..", "400 '..' climbs above the root".into()),
+            (&get, "/", "default monolith /".into()),
+            (
+                &get,
+                "/api/users/%FF%FE",
+                "users users /api/users/%FF%FE".into(),
+            ),
+            (&get, &long, format!("users users {long}")),
+            (
+                &get,
+                "/api/posts/by-user/2",
+                "posts-reads posts /api/posts/by-user/2".into(),
+            ),
+            (
+                &Method::DELETE,
+                "/api/posts/by-user/2",
+                "posts-reads monolith /api/posts/by-user/2".into(),
+            ),
+            (
+                &Method::DELETE,
+                "/api/posts/2",
+                "posts posts /api/posts/2".into(),
+            ),
+            (
+                &get,
+                "/api/posts/by-userX",
+                "posts posts /api/posts/by-userX".into(),
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(routed(&t, method, path), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn file_order_does_not_matter() {
+        let a = table(ROUTES);
+        let reversed: Vec<&str> = ROUTES
+            .split("[[routes]]\n")
+            .filter(|s| !s.is_empty())
+            .collect();
+        let b = table(
+            &reversed
+                .iter()
+                .rev()
+                .map(|r| format!("[[routes]]\n{r}"))
+                .collect::<String>(),
+        );
+        for path in ["/api/posts/by-user/1", "/api/posts/1", "/api/users", "/x"] {
+            assert_eq!(
+                routed(&a, &Method::GET, path),
+                routed(&b, &Method::GET, path),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn weight_zero_and_hundred_are_absolute() {
+        let t = table("[[routes]]\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 0\n");
+        for _ in 0..1000 {
+            assert_eq!(
+                routed(&t, &Method::GET, "/api/users/1"),
+                "users monolith /api/users/1"
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_prefix_claims_everything_but_longer_prefixes_win() {
+        let t = table(
+            "[[routes]]\nprefix = \"/\"\nservice = \"admin\"\nweight = 100\n[[routes]]\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 100\n",
+        );
+        assert_eq!(
+            routed(&t, &Method::GET, "/anything/else"),
+            "admin admin /anything/else"
+        );
+        assert_eq!(routed(&t, &Method::GET, "/"), "admin admin /");
+        assert_eq!(
+            routed(&t, &Method::GET, "/api/users/3"),
+            "users users /api/users/3"
+        );
+    }
+
+    #[test]
+    fn sticky_keys_come_from_headers_or_cookies() {
+        let t = table(
+            "[[routes]]\nprefix = \"/a\"\nservice = \"users\"\nweight = 50\nsticky = \"cookie:sid\"\n",
+        );
+        let route = &t.routes()[0];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "theme=dark; sid=abc123; x=1".parse().unwrap(),
+        );
+        assert_eq!(route.sticky_key(&headers), Some(&b"abc123"[..]));
+        headers.insert(header::COOKIE, "sidx=1".parse().unwrap());
+        assert_eq!(route.sticky_key(&headers), None);
+    }
+
+    #[test]
+    fn the_same_sticky_key_always_lands_on_the_same_side() {
+        let t = table(
+            "[[routes]]\nprefix = \"/a\"\nservice = \"users\"\nweight = 30\nsticky = \"header:x-user-id\"\n",
+        );
+        for user in 0..200 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user-id", user.to_string().parse().unwrap());
+            let first = t
+                .resolve(&Method::GET, "/a", &headers)
+                .upstream
+                .name()
+                .to_string();
+            for _ in 0..5 {
+                assert_eq!(
+                    t.resolve(&Method::GET, "/a", &headers).upstream.name(),
+                    first
+                );
+            }
+        }
+    }
+}
