@@ -1,1 +1,81 @@
-fn main() {}
+//! `strangler-proxy`: serve a `routes.toml`, or check one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The migration proxy: peels path prefixes off a monolith onto extracted services"
+)]
+struct Args {
+    /// The route table to serve; reloaded live when it changes.
+    #[arg(long, default_value = "routes.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a routes.toml: every error as FILE:LINE:COL: message, exit 1 if any.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Check { file }) = &args.command {
+        return match strangler_proxy::config::load(file) {
+            Ok(loaded) => {
+                let c = &loaded.config;
+                println!(
+                    "{}: ok: {} services, {} routes, default {:?}",
+                    file.display(),
+                    c.services.len(),
+                    c.routes.len(),
+                    c.proxy.default
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(strangler_proxy::server::run(&args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strangler-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -4,7 +4,6 @@
 //! with at most `max_depth + 1` sub-slices of the normalized path (longest first), so its cost
 //! depends on the path's depth, not on how many routes the table holds.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -223,27 +222,7 @@ pub fn sticky_bucket(route: &str, key: &[u8]) -> u64 {
 }
 
 fn random_bucket() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    STATE.with(|s| {
-        // xorshift64*: fast, and good enough to split traffic evenly.
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % BUCKETS
-    })
-}
-
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    // Mix in a stack address so threads started in the same nanosecond still differ.
-    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+    crate::random::next_u64() % BUCKETS
 }
 
 fn depth(prefix: &str) -> usize {

@@ -1,0 +1,235 @@
+//! The live route table and how it changes: parse → validate → compile → atomic swap.
+//!
+//! Requests load an `Arc<RouteTable>` once and keep it until they finish, so a swap never
+//! changes the table under a request in flight. A file that fails any step changes nothing:
+//! the previous table keeps serving, and the failure is logged, counted and shown in `/routes`.
+//!
+//! The watcher follows the *directory* holding the file: editors that save by rename (vim),
+//! `mv` of a temp file and Kubernetes ConfigMap `..data` symlink swaps replace the inode, and a
+//! watch on the file itself would go deaf after the first of those.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use crate::config::{self, ConfigError, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::upstream::Upstreams;
+
+/// Quiet time after a file event before the file is read, so an editor's truncate-then-write
+/// is read once, whole.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// A safety net for lost events (inotify queue overflow, a replaced mount): the file's digest
+/// is checked this often even when no event arrives. Unchanged content costs one read.
+const POLL: Duration = Duration::from_secs(5);
+
+/// A reload that was refused.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// When it was refused.
+    pub at: SystemTime,
+    /// Every error in the file.
+    pub errors: ConfigErrors,
+}
+
+/// What one reload did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new table serves, with this revision.
+    Applied(u64),
+    /// The file's bytes are those already serving.
+    Unchanged,
+    /// The file is invalid; the previous table keeps serving.
+    Rejected(ConfigErrors),
+}
+
+/// The route table in service now, and what is needed to replace it.
+pub struct Live {
+    path: PathBuf,
+    table: ArcSwap<RouteTable>,
+    upstreams: Upstreams,
+    metrics: Arc<Metrics>,
+    /// Reloads from the watcher, SIGHUP and the poll are serialized so revisions stay ordered.
+    reloading: Mutex<()>,
+    last_rejection: Mutex<Option<Rejection>>,
+    draining: AtomicBool,
+}
+
+impl Live {
+    /// Loads `path` for the first time; an invalid file is an error (the proxy refuses to start).
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
+        let loaded = config::load(path)?;
+        let upstreams = Upstreams::default();
+        let table = RouteTable::compile(loaded.config, loaded.sha256, 1, &upstreams)
+            .map_err(|message| single_error(path, message))?;
+        let live = Arc::new(Self {
+            path: path.to_path_buf(),
+            table: ArcSwap::from_pointee(table),
+            upstreams,
+            metrics,
+            reloading: Mutex::new(()),
+            last_rejection: Mutex::new(None),
+            draining: AtomicBool::new(false),
+        });
+        live.publish(&live.table());
+        Ok(live)
+    }
+
+    /// The file being served.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The table in service now; hold it for the whole request.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// The shared metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The last refused reload, if the file has not been fixed since.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks the proxy as draining: `/readyz` turns 503 so load balancers stop sending.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether SIGTERM has been received.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Reads the file again and swaps in a new table if it changed and is valid.
+    pub fn reload(&self) -> Outcome {
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.table();
+        let outcome = match config::load(&self.path) {
+            Ok(loaded) if loaded.sha256 == current.sha256 => Outcome::Unchanged,
+            Ok(loaded) => {
+                let revision = current.revision + 1;
+                match RouteTable::compile(loaded.config, loaded.sha256, revision, &self.upstreams) {
+                    Ok(table) => {
+                        warn_on_restart_only_changes(&current, &table);
+                        let table = Arc::new(table);
+                        self.table.store(table.clone());
+                        self.publish(&table);
+                        Outcome::Applied(revision)
+                    }
+                    Err(message) => Outcome::Rejected(single_error(&self.path, message)),
+                }
+            }
+            Err(errors) => Outcome::Rejected(errors),
+        };
+        match &outcome {
+            Outcome::Applied(revision) => {
+                self.metrics.reloads.with_label_values(&["applied"]).inc();
+                *self
+                    .last_rejection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(revision, file = %self.path.display(), "route table reloaded");
+            }
+            Outcome::Unchanged => {
+                tracing::debug!(file = %self.path.display(), "file unchanged; nothing to reload");
+            }
+            Outcome::Rejected(errors) => {
+                self.metrics.reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(
+                    revision = current.revision,
+                    "reload rejected; revision {} keeps serving:\n{errors}",
+                    current.revision
+                );
+                *self
+                    .last_rejection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Rejection {
+                    at: SystemTime::now(),
+                    errors: errors.clone(),
+                });
+            }
+        }
+        outcome
+    }
+
+    /// Sets the gauges that describe the table in service.
+    fn publish(&self, table: &RouteTable) {
+        self.metrics.revision.set(table.revision as i64);
+        // Reset so a removed route's weight disappears instead of lingering at its last value.
+        self.metrics.route_weight.reset();
+        for route in table.routes() {
+            self.metrics
+                .route_weight
+                .with_label_values(&[&route.config.name, &route.config.service])
+                .set(i64::from(route.config.weight));
+        }
+    }
+}
+
+fn single_error(path: &Path, message: String) -> ConfigErrors {
+    ConfigErrors {
+        file: path.display().to_string(),
+        errors: vec![ConfigError {
+            line: 1,
+            column: 1,
+            message,
+        }],
+    }
+}
+
+fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
+    let (old, new) = (&old.config.proxy, &new.config.proxy);
+    if old.listen != new.listen || old.admin != new.admin {
+        tracing::warn!(
+            "[proxy] listen/admin changed; the running listeners stay on {} and {} until restart",
+            old.listen,
+            old.admin
+        );
+    }
+}
+
+/// Watches the directory holding the file and reloads on any change in it, debounced; also
+/// checks every few seconds in case an event was lost. Runs until the task is dropped.
+pub async fn watch(live: Arc<Live>) -> notify::Result<()> {
+    let dir = match live.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let wake = Arc::new(Notify::new());
+    let notify_wake = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Any event in the directory may be ours (a ConfigMap swap touches `..data`, not the
+        // file's name); reading the file and comparing digests decides.
+        if event.is_ok() {
+            notify_wake.notify_one();
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(dir = %dir.display(), "watching for changes to {}", live.path.display());
+    loop {
+        tokio::select! {
+            () = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+            () = tokio::time::sleep(POLL) => {}
+        }
+        let live = live.clone();
+        // File I/O and compilation are blocking work; keep them off the request threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || live.reload()).await {
+            tracing::error!(error = %e, "reload task failed");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Listeners and lifecycle: bind, accept, serve HTTP/1.1 and h2c, reload on SIGHUP, drain on
+//! shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::reload::{self, Live};
+
+/// A client that sends no complete header block within this is disconnected (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A proxy that is serving.
+pub struct Running {
+    /// Where the public listener is bound.
+    pub public: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin: SocketAddr,
+    /// The live table.
+    pub live: Arc<Live>,
+    shutdown: watch::Sender<bool>,
+    public_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`) and returns
+    /// when the public listener is done.
+    pub async fn shutdown(self) {
+        self.live.start_draining();
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.public_task.await {
+            tracing::error!(error = %e, "public listener task failed");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Loads `config`, binds both listeners and starts serving. Refuses an invalid file.
+pub async fn start(config: &Path) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let live = Live::open(config, metrics).map_err(|errors| {
+        anyhow::anyhow!("{errors}\nrefusing to start: fix the file (strangler-proxy check shows the same errors)")
+    })?;
+    let table = live.table();
+    let settings = &table.config.proxy;
+    let public = TcpListener::bind(settings.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} ([proxy] listen): is another process using it?",
+            settings.listen
+        )
+    })?;
+    let admin_listener = TcpListener::bind(settings.admin).await.with_context(|| {
+        format!(
+            "cannot listen on {} ([proxy] admin): is another process using it?",
+            settings.admin
+        )
+    })?;
+    let (public_addr, admin_addr) = (public.local_addr()?, admin_listener.local_addr()?);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let drain = settings.drain_timeout;
+    let proxy = Proxy::new(live.clone());
+    let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx.clone(), drain));
+    let tasks = vec![
+        tokio::spawn(serve_admin(admin_listener, live.clone(), shutdown_rx)),
+        tokio::spawn({
+            let live = live.clone();
+            async move {
+                if let Err(e) = reload::watch(live).await {
+                    tracing::error!(error = %e, "cannot watch the config directory; reload with SIGHUP");
+                }
+            }
+        }),
+        tokio::spawn(reload_on_sighup(live.clone())),
+    ];
+    tracing::info!(
+        public = %public_addr,
+        admin = %admin_addr,
+        revision = table.revision,
+        routes = table.routes().len(),
+        "strangler-proxy serving"
+    );
+    Ok(Running {
+        public: public_addr,
+        admin: admin_addr,
+        live,
+        shutdown,
+        public_task,
+        tasks,
+    })
+}
+
+async fn serve_public(
+    listener: TcpListener,
+    proxy: Proxy,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    accept_loop(&listener, &mut shutdown, |stream, client| {
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %client, "connection ended with an error");
+            }
+        });
+    })
+    .await;
+    drop(listener);
+    tracing::info!("draining in-flight requests (at most {drain:?})");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    } else {
+        tracing::info!("drained");
+    }
+}
+
+async fn serve_admin(listener: TcpListener, live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
+    accept_loop(&listener, &mut shutdown, |stream, _| {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = admin::respond(&live, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    })
+    .await;
+}
+
+async fn accept_loop<F>(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    mut on_conn: F,
+) where
+    F: FnMut(tokio::net::TcpStream, SocketAddr),
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, client)) => {
+                    let _ = stream.set_nodelay(true);
+                    on_conn(stream, client);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // The only change ever sent is "stop"; a dropped sender means the same.
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn reload_on_sighup(live: Arc<Live>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; file watching still reloads");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        let live = live.clone();
+        let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. For the binary.
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    wait_for_termination().await?;
+    tracing::info!("shutdown signal received");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
