@@ -5,7 +5,7 @@
 //! cannot be read further; every semantic error after that is collected, so an operator fixes a
 //! file in one pass. Every error carries the line and column of the value it is about.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -391,19 +391,35 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 struct Validator<'t> {
     text: &'t str,
+    /// Byte offset of each line start, so positions cost a binary search, not a scan.
+    line_starts: Vec<usize>,
     errors: Vec<ConfigError>,
 }
 
 impl<'t> Validator<'t> {
     fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Self {
             text,
+            line_starts,
             errors: Vec::new(),
         }
     }
 
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let line = self.line_starts.partition_point(|start| *start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self.text[start..offset.min(self.text.len())]
+            .chars()
+            .count()
+            + 1;
+        (line, column)
+    }
+
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(self.text, span.start);
+        let (line, column) = self.position(span.start);
         self.errors.push(ConfigError {
             line,
             column,
@@ -657,11 +673,11 @@ impl<'t> Validator<'t> {
 
     fn routes(&mut self, entries: &[Spanned<RouteEntry>], names: &[&str]) -> Vec<RouteConfig> {
         let mut out = Vec::new();
-        let mut seen_prefixes: Vec<(String, usize)> = Vec::new();
+        let mut seen_prefixes: HashMap<String, usize> = HashMap::new();
         let mut seen_names = HashSet::new();
         for entry in entries {
             let r = entry.get_ref();
-            let (line, _) = line_col(self.text, entry.span().start);
+            let (line, _) = self.position(entry.span().start);
             let name = r
                 .name
                 .as_ref()
@@ -702,15 +718,13 @@ impl<'t> Validator<'t> {
             } else {
                 match path::normalize(prefix) {
                     Ok(n) if n == *prefix && (prefix == "/" || !prefix.ends_with('/')) => {
-                        if let Some((_, other_line)) =
-                            seen_prefixes.iter().find(|(p, _)| p == prefix)
-                        {
+                        if let Some(other_line) = seen_prefixes.get(prefix) {
                             self.error(
                                 r.prefix.span(),
                                 format!("route {name:?}: prefix {prefix:?} is already routed on line {other_line}: merge the two routes"),
                             );
                         } else {
-                            seen_prefixes.push((prefix.clone(), line));
+                            seen_prefixes.insert(prefix.clone(), line);
                         }
                     }
                     Ok(n) => {
