@@ -30,9 +30,16 @@ pub fn respond<B>(live: &Arc<Live>, req: &Request<B>) -> Response<Full<Bytes>> {
             &format!("ready: revision {}\n", live.table().revision),
         ),
         "/routes" => json_response(&routes(live)),
+        "/diffs" => match query_param(req.uri().query().unwrap_or(""), "route") {
+            Some(route) => json_response(&diffs(live, &route)),
+            None => text(
+                StatusCode::BAD_REQUEST,
+                "name a route: /diffs?route=NAME (names are in /routes)\n",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz or /routes\n",
+            "not found: try /metrics, /healthz, /readyz, /routes or /diffs?route=NAME\n",
         ),
     }
 }
@@ -79,6 +86,40 @@ pub fn routes(live: &Live) -> Value {
             "url": format!("http://{}", s.authority),
         })).collect::<Vec<_>>(),
         "routes": routes,
+    })
+}
+
+/// The `/diffs?route=NAME` document: the latest shadow mismatches, newest first, and the
+/// fields learned as noise.
+pub fn diffs(live: &Live, route: &str) -> Value {
+    let shadows = live.shadows();
+    let mismatches: Vec<Value> = shadows
+        .mismatches(route)
+        .into_iter()
+        .map(|m| {
+            json!({
+                "at": rfc3339(m.at),
+                "method": m.method,
+                "path": m.path,
+                "request_id": m.request_id,
+                "default_status": m.default_status,
+                "service_status": m.service_status,
+                "diff": m.diff,
+            })
+        })
+        .collect();
+    json!({
+        "route": route,
+        "known_route": live.table().routes().iter().any(|r| r.config.name == route),
+        "learned_noise": shadows.noise(route),
+        "mismatches": mismatches,
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key && !v.is_empty()).then(|| v.to_string())
     })
 }
 

@@ -128,11 +128,7 @@ pub fn rewrite(
             None => PathAndQuery::try_from(path)?,
         },
     };
-    *req.uri_mut() = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority().clone())
-        .path_and_query(path_and_query)
-        .build()?;
+    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -167,6 +163,26 @@ pub fn rewrite(
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     *req.version_mut() = Version::HTTP_11;
     Ok(())
+}
+
+/// Points an already rewritten request at another upstream (fallback, shadow), keeping its
+/// path and query.
+pub fn retarget<B>(req: &mut Request<B>, upstream: &Upstream) -> Result<(), http::Error> {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
+    Ok(())
+}
+
+fn upstream_uri(upstream: &Upstream, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority().clone())
+        .path_and_query(path_and_query)
+        .build()
 }
 
 /// Sends `req` and waits for the response headers, at most the service's `request_timeout`.

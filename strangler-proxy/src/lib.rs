@@ -5,6 +5,7 @@
 //! `server` ties the listeners and signals together.
 
 pub mod admin;
+pub mod compare;
 pub mod config;
 pub mod forward;
 pub mod metrics;
@@ -14,4 +15,5 @@ pub mod random;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod shadow;
 pub mod upstream;

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `strangler_shadow_comparisons_total{route, result}`
     pub shadow_comparisons: IntCounterVec,
-    /// `strangler_route_weight{route, service}`
+    /// `strangler_route_weight{route, service, stage}`
     pub route_weight: IntGaugeVec,
     /// `strangler_config_reloads_total{result}`
     pub reloads: IntCounterVec,
@@ -97,9 +97,10 @@ impl Metrics {
         let route_weight = IntGaugeVec::new(
             Opts::new(
                 "strangler_route_weight",
-                "Percent of a route's matching requests its service serves.",
+                "Percent of a route's matching requests its service serves; `stage` is derived \
+                 from weight and shadow (dark, shadow, canary, live).",
             ),
-            &["route", "service"],
+            &["route", "service", "stage"],
         )
         .expect("valid metric");
         registry

@@ -18,18 +18,21 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::compare::Ignored;
 use crate::forward::{self, Downstream, Failure, FailureKind};
 use crate::path::{self, PathError};
 use crate::reload::Live;
 use crate::routes::RouteTable;
-use crate::upstream::BoxError;
+use crate::shadow::{self, Tee};
+use crate::upstream::{BoxError, Upstream};
 
-/// The body of every response the proxy sends: an upstream's, streamed, or its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body of every response the proxy sends: an upstream's, streamed (and copied when it is
+/// being shadowed), or its own.
+pub type ProxyBody = Either<Tee<Incoming>, Full<Bytes>>;
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -140,34 +143,93 @@ impl Proxy {
         let start = Instant::now();
         // One table for the whole request, whatever reloads happen meanwhile.
         let table = self.live.table();
-        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-        let request_id = ensure_request_id(req.headers_mut());
+        let (mut parts, body) = req.into_parts();
+        let request_id = ensure_request_id(&mut parts.headers);
 
-        if let Err(e) = check_limits(&req, &table) {
-            return self.refuse(e, &req, &request_id, start);
+        if let Err(e) = check_limits(&parts, &table) {
+            return self.refuse(e, &parts.method, &request_id, start);
         }
-        // A Uri clone shares its bytes; borrowing the path from it keeps `req` free to change.
-        let uri = req.uri().clone();
+        // A Uri clone shares its bytes; borrowing the path from it leaves `parts` free to change.
+        let uri = parts.uri.clone();
         let path = match route_path(&table, uri.path()) {
             Ok(p) => p,
-            Err(e) => return self.refuse(e, &req, &request_id, start),
+            Err(e) => return self.refuse(e, &parts.method, &request_id, start),
         };
-        let decision = table.resolve(req.method(), &path, req.headers());
-        let upstream = decision.upstream.clone();
-        let method = req.method().clone();
-
-        let upgrade = forward::is_upgrade(req.headers());
+        let mut decision = table.resolve(&parts.method, &path, &parts.headers);
+        if let Some(name) = &table.config.proxy.override_header {
+            // The client's choice was honoured (or not) above; the backend never sees it.
+            parts.headers.remove(name);
+        }
+        let method = parts.method.clone();
+        let upgrade = forward::is_upgrade(&parts.headers);
+        let to_default = Arc::ptr_eq(decision.upstream, &table.default);
+        // Only a request that can be sent again unchanged may fall back: a safe method with
+        // no body. Anything else could be applied twice.
+        let fallback = decision
+            .route
+            .filter(|r| r.config.fallback && !to_default && !upgrade)
+            .filter(|_| is_replayable(&method) && body.is_end_stream());
+        let shadow = decision
+            .route
+            .filter(|r| r.config.shadow && to_default && !upgrade)
+            .filter(|r| r.config.shadow_methods.contains(&method))
+            .and_then(|r| match self.live.shadows().try_permit() {
+                Some(permit) => Some((r, permit)),
+                None => {
+                    self.live
+                        .metrics()
+                        .shadow_comparisons
+                        .with_label_values(&[&r.config.name, "dropped"])
+                        .inc();
+                    None
+                }
+            });
+        let (body, request_capture) = match &shadow {
+            Some(_) if !body.is_end_stream() => {
+                let (tee, rx) = Tee::capture(body);
+                (tee, Some(rx))
+            }
+            _ => (Tee::passthrough(body), None),
+        };
+        let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let downstream = Downstream {
             client,
             normalized_path: matches!(path, Cow::Owned(_)).then_some(path.as_ref()),
             upgrade,
         };
-        if let Err(e) = forward::rewrite(&mut req, &upstream, &downstream) {
+        if let Err(e) = forward::rewrite(&mut req, decision.upstream, &downstream) {
             return ProxyError::Internal(e.to_string()).into_response(&request_id);
         }
+        let template = (fallback.is_some() || shadow.is_some()).then(|| template_of(&req));
 
-        let mut response = match forward::send(&upstream, req).await {
+        let mut outcome = forward::send(decision.upstream, req).await;
+        if let (Some(route), Some(template)) = (fallback, &template) {
+            let failed = match &outcome {
+                Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
+                Err(f) if f.kind != FailureKind::ClientAborted => Some(f.kind.as_str()),
+                _ => None,
+            };
+            if let Some(reason) = failed {
+                decision.metrics.upstream_error(self.live.metrics(), reason);
+                self.live
+                    .metrics()
+                    .fallbacks
+                    .with_label_values(&[&route.config.name])
+                    .inc();
+                tracing::warn!(
+                    request_id = request_id.to_str().unwrap_or(""),
+                    route = route.config.name,
+                    service = decision.upstream.name(),
+                    reason,
+                    "service failed; falling back to the default"
+                );
+                decision = table.fallback(route);
+                outcome = self.replay(template, decision.upstream).await;
+            }
+        }
+
+        let mut response = match outcome {
             Ok(response) => response,
             Err(Failure { kind, detail }) => {
                 decision
@@ -176,12 +238,12 @@ impl Proxy {
                 tracing::warn!(
                     request_id = request_id.to_str().unwrap_or(""),
                     route = decision.route_name(),
-                    backend = upstream.name(),
+                    backend = decision.upstream.name(),
                     kind = kind.as_str(),
                     "upstream failed: {detail}"
                 );
                 let response = ProxyError::Upstream {
-                    service: upstream.name().to_string(),
+                    service: decision.upstream.name().to_string(),
                     kind,
                 }
                 .into_response(&request_id);
@@ -208,7 +270,7 @@ impl Proxy {
             headers.insert(&X_REQUEST_ID, request_id.clone());
         }
         if table.config.proxy.backend_header {
-            headers.insert(&X_STRANGLER_BACKEND, upstream.header_value.clone());
+            headers.insert(&X_STRANGLER_BACKEND, decision.upstream.header_value.clone());
         }
         self.finish(
             &table,
@@ -219,13 +281,57 @@ impl Proxy {
             response.status(),
             start,
         );
-        response.map(Either::Left)
+        let Some(((route, permit), template)) = shadow.zip(template) else {
+            return response.map(|b| Either::Left(Tee::passthrough(b)));
+        };
+        let default_head = (response.status().as_u16(), shadow::content_type(&response));
+        let (response, default_body) = {
+            let (parts, body) = response.into_parts();
+            let (tee, rx) = Tee::capture(body);
+            (Response::from_parts(parts, Either::Left(tee)), rx)
+        };
+        let ignore = Ignored::new(route.config.shadow_ignore.iter().cloned());
+        shadow::spawn(
+            shadow::Job {
+                route: route.config.name.clone(),
+                ignore,
+                noise_check: route.config.shadow_noise_check,
+                template,
+                request_body: request_capture,
+                default_head,
+                default_body,
+                service: route.service.clone(),
+                default: table.default.clone(),
+                request_id: request_id.to_str().unwrap_or("").to_string(),
+                permit,
+            },
+            self.live.shadows().clone(),
+            self.live.metrics().clone(),
+        );
+        response
     }
 
-    fn refuse<B>(
+    /// Sends a bodiless copy of a request to `upstream` (a fallback).
+    async fn replay(
+        &self,
+        template: &Request<()>,
+        upstream: &Upstream,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut req = Request::new(Empty::new().map_err(Into::into).boxed_unsync());
+        *req.method_mut() = template.method().clone();
+        *req.uri_mut() = template.uri().clone();
+        *req.headers_mut() = template.headers().clone();
+        forward::retarget(&mut req, upstream).map_err(|e| Failure {
+            kind: FailureKind::Protocol,
+            detail: e.to_string(),
+        })?;
+        forward::send(upstream, req).await
+    }
+
+    fn refuse(
         &self,
         error: ProxyError,
-        req: &Request<B>,
+        method: &http::Method,
         request_id: &HeaderValue,
         start: Instant,
     ) -> Response<ProxyBody> {
@@ -239,7 +345,7 @@ impl Proxy {
         tracing::info!(
             target: "strangler::access",
             request_id = request_id.to_str().unwrap_or(""),
-            method = %req.method(),
+            method = %method,
             status = error.status().as_u16(),
             duration_us = start.elapsed().as_micros() as u64,
             "refused: {error}"
@@ -278,6 +384,35 @@ impl Proxy {
     }
 }
 
+/// Methods whose request can be sent twice without harm (RFC 9110 §9.2.1, safe methods).
+fn is_replayable(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+fn status_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        502 => "http_502",
+        503 => "http_503",
+        _ => "http_504",
+    }
+}
+
+/// A bodiless copy of a rewritten request, to send again elsewhere.
+fn template_of<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// Uses the client's `x-request-id` or adds a fresh one, and returns it.
 fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&X_REQUEST_ID) {
@@ -290,14 +425,14 @@ fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     id
 }
 
-fn check_limits<B>(req: &Request<B>, table: &RouteTable) -> Result<(), ProxyError> {
+fn check_limits(req: &http::request::Parts, table: &RouteTable) -> Result<(), ProxyError> {
     let settings = &table.config.proxy;
-    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target > settings.max_uri_bytes {
         return Err(ProxyError::UriTooLong(settings.max_uri_bytes));
     }
     let header_bytes: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::config::{self, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
+use crate::shadow::Shadows;
 use crate::upstream::Upstreams;
 
 /// Quiet time after a file event before the file is read, so an editor's truncate-then-write
@@ -56,6 +57,8 @@ pub struct Live {
     table: ArcSwap<RouteTable>,
     upstreams: Upstreams,
     metrics: Arc<Metrics>,
+    /// Shadow permits, mismatches and learned noise; `shadow_concurrency` is read at start.
+    shadows: Arc<Shadows>,
     /// Reloads from the watcher, SIGHUP and the poll are serialized so revisions stay ordered.
     reloading: Mutex<()>,
     last_rejection: Mutex<Option<Rejection>>,
@@ -69,8 +72,10 @@ impl Live {
         let upstreams = Upstreams::default();
         let table = RouteTable::compile(loaded.config, loaded.sha256, 1, &upstreams)
             .map_err(|message| single_error(path, message))?;
+        let shadows = Arc::new(Shadows::new(table.config.proxy.shadow_concurrency));
         let live = Arc::new(Self {
             path: path.to_path_buf(),
+            shadows,
             table: ArcSwap::from_pointee(table),
             upstreams,
             metrics,
@@ -95,6 +100,11 @@ impl Live {
     /// The shared metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Shadow state.
+    pub fn shadows(&self) -> &Arc<Shadows> {
+        &self.shadows
     }
 
     /// The last refused reload, if the file has not been fixed since.
@@ -146,6 +156,11 @@ impl Live {
                 tracing::info!(revision, file = %self.path.display(), "route table reloaded");
             }
             Outcome::Unchanged => {
+                // The file is back to the table in service: an earlier rejection is moot.
+                self.last_rejection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 tracing::debug!(file = %self.path.display(), "file unchanged; nothing to reload");
             }
             Outcome::Rejected(errors) => {
@@ -175,7 +190,11 @@ impl Live {
         for route in table.routes() {
             self.metrics
                 .route_weight
-                .with_label_values(&[&route.config.name, &route.config.service])
+                .with_label_values(&[
+                    &route.config.name,
+                    &route.config.service,
+                    route.config.stage().as_str(),
+                ])
                 .set(i64::from(route.config.weight));
         }
     }
@@ -203,33 +222,56 @@ fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
     }
 }
 
-/// Watches the directory holding the file and reloads on any change in it, debounced; also
-/// checks every few seconds in case an event was lost. Runs until the task is dropped.
-pub async fn watch(live: Arc<Live>) -> notify::Result<()> {
-    let dir = match live.path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let wake = Arc::new(Notify::new());
-    let notify_wake = wake.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any event in the directory may be ours (a ConfigMap swap touches `..data`, not the
-        // file's name); reading the file and comparing digests decides.
-        if event.is_ok() {
-            notify_wake.notify_one();
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(dir = %dir.display(), "watching for changes to {}", live.path.display());
-    loop {
-        tokio::select! {
-            () = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
-            () = tokio::time::sleep(POLL) => {}
-        }
-        let live = live.clone();
-        // File I/O and compilation are blocking work; keep them off the request threads.
-        if let Err(e) = tokio::task::spawn_blocking(move || live.reload()).await {
-            tracing::error!(error = %e, "reload task failed");
+/// A directory watch, installed; [`Watch::run`] turns its events into reloads.
+pub struct Watch {
+    live: Arc<Live>,
+    wake: Arc<Notify>,
+    // Dropping the watcher ends the watch, so it lives as long as the loop.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Watch {
+    /// Starts watching the directory holding the file. Installed before the proxy reports
+    /// itself started, so no change made after that can be missed.
+    pub fn install(live: Arc<Live>) -> notify::Result<Self> {
+        let dir = match live.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let wake = Arc::new(Notify::new());
+        let notify_wake = wake.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Any event in the directory may be ours (a ConfigMap swap touches `..data`,
+                // not the file's name); reading the file and comparing digests decides.
+                if event.is_ok() {
+                    notify_wake.notify_one();
+                }
+            })?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        // A change between the first load and this watch would otherwise wait for the poll.
+        wake.notify_one();
+        tracing::info!(dir = %dir.display(), "watching for changes to {}", live.path.display());
+        Ok(Self {
+            live,
+            wake,
+            _watcher: watcher,
+        })
+    }
+
+    /// Reloads after each burst of events (debounced) and every few seconds regardless.
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+                () = tokio::time::sleep(POLL) => {}
+            }
+            let live = self.live.clone();
+            // File I/O and compilation are blocking work; keep them off the request threads.
+            if let Err(e) = tokio::task::spawn_blocking(move || live.reload()).await {
+                tracing::error!(error = %e, "reload task failed");
+            }
         }
     }
 }

@@ -159,12 +159,17 @@ impl RouteTable {
                 metrics: &self.unmatched,
             };
         };
-        let to_service = route
-            .config
-            .methods
-            .as_ref()
-            .is_none_or(|m| m.contains(method))
-            && route.takes(headers);
+        let to_service = match self.forced(headers, route) {
+            Some(forced) => forced,
+            None => {
+                route
+                    .config
+                    .methods
+                    .as_ref()
+                    .is_none_or(|m| m.contains(method))
+                    && route.takes(headers)
+            }
+        };
         if to_service {
             Decision {
                 route: Some(route),
@@ -177,6 +182,32 @@ impl RouteTable {
                 upstream: &self.default,
                 metrics: &route.to_default,
             }
+        }
+    }
+}
+
+impl RouteTable {
+    /// The operator-enabled override: `Some(true)` forces the route's service, `Some(false)`
+    /// the default; any other value is ignored.
+    fn forced(&self, headers: &HeaderMap, route: &Route) -> Option<bool> {
+        let name = self.config.proxy.override_header.as_ref()?;
+        let value = headers.get(name)?.as_bytes();
+        if value == route.config.service.as_bytes() {
+            Some(true)
+        } else if value == UNMATCHED.as_bytes() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Where a request the route's service failed is retried: the default, counted under the
+    /// same route.
+    pub fn fallback<'t>(&'t self, route: &'t Route) -> Decision<'t> {
+        Decision {
+            route: Some(route),
+            upstream: &self.default,
+            metrics: &route.to_default,
         }
     }
 }

@@ -75,17 +75,19 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     let (public_addr, admin_addr) = (public.local_addr()?, admin_listener.local_addr()?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
+    let watch = reload::Watch::install(live.clone());
     let drain = settings.drain_timeout;
     let proxy = Proxy::new(live.clone());
     let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx.clone(), drain));
     let tasks = vec![
         tokio::spawn(serve_admin(admin_listener, live.clone(), shutdown_rx)),
-        tokio::spawn({
-            let live = live.clone();
-            async move {
-                if let Err(e) = reload::watch(live).await {
-                    tracing::error!(error = %e, "cannot watch the config directory; reload with SIGHUP");
-                }
+        tokio::spawn(async move {
+            match watch {
+                Ok(watch) => watch.run().await,
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot watch the config directory; reload with SIGHUP"
+                ),
             }
         }),
         tokio::spawn(reload_on_sighup(live.clone())),

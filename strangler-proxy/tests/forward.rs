@@ -570,8 +570,8 @@ async fn metrics_count_per_route_with_labels_from_the_file_only() {
         "strangler_requests_total{backend=\"monolith\",code=\"200\",route=\"posts\"} 1",
         "strangler_requests_total{backend=\"monolith\",code=\"200\",route=\"default\"} 1",
         "strangler_request_duration_seconds_count{backend=\"users\",route=\"users\"} 2",
-        "strangler_route_weight{route=\"users\",service=\"users\"} 100",
-        "strangler_route_weight{route=\"posts\",service=\"posts\"} 0",
+        "strangler_route_weight{route=\"users\",service=\"users\",stage=\"live\"} 100",
+        "strangler_route_weight{route=\"posts\",service=\"posts\",stage=\"dark\"} 0",
         "strangler_config_revision 1",
         "strangler_config_reloads_total{result=\"rejected\"} 0",
     ] {

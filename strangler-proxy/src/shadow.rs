@@ -1,0 +1,435 @@
+//! Shadow traffic: the default answers the client; a copy of the request goes to the service
+//! and the two answers are compared off the request path.
+//!
+//! The client never waits for a shadow: the default's body is captured as it streams to the
+//! client ([`Tee`]), and the comparison runs in its own task once both answers are in. Shadow
+//! work is bounded by `[proxy] shadow_concurrency` permits; without a permit the shadow is
+//! dropped and counted, never queued. Mismatches are kept per route, the latest
+//! [`MAX_MISMATCHES`], for `/diffs`.
+//!
+//! Noise cancellation (after Twitter's Diffy): with `shadow_noise_check`, some requests go to
+//! the default twice; JSON fields that differ between two answers of the default are learned as
+//! noise for the route and not held against the service.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::compare::{self, Answer, Difference, Ignored};
+use crate::forward;
+use crate::metrics::Metrics;
+use crate::upstream::{BoxError, Upstream, UpstreamBody};
+
+/// Largest body captured for comparison; larger answers are counted as `skipped`.
+pub const CAPTURE_LIMIT: usize = 1024 * 1024;
+/// Mismatches kept per route.
+pub const MAX_MISMATCHES: usize = 100;
+/// Every shadowed request of a route is noise-checked until this many have been, then one in
+/// [`NOISE_SAMPLE_EVERY`].
+const NOISE_WARMUP: u64 = 20;
+const NOISE_SAMPLE_EVERY: u64 = 10;
+
+/// Marks requests the service receives as shadows, so it can tell them apart.
+pub static X_STRANGLER_SHADOW: http::HeaderName =
+    http::HeaderName::from_static("x-strangler-shadow");
+
+/// One recorded mismatch.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    /// When it was compared.
+    pub at: SystemTime,
+    /// Request method.
+    pub method: String,
+    /// Request path and query as routed.
+    pub path: String,
+    /// The request's id.
+    pub request_id: String,
+    /// The default's status.
+    pub default_status: u16,
+    /// The service's status.
+    pub service_status: u16,
+    /// Readable differences, one per line.
+    pub diff: String,
+}
+
+#[derive(Default)]
+struct RouteRecord {
+    mismatches: VecDeque<Mismatch>,
+    noise: Ignored,
+    shadowed: u64,
+}
+
+/// Shadow state that outlives reloads: permits, recent mismatches and learned noise per route.
+pub struct Shadows {
+    permits: Arc<Semaphore>,
+    records: Mutex<HashMap<String, RouteRecord>>,
+}
+
+impl Shadows {
+    /// At most `concurrency` shadows in flight.
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            records: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A permit for one shadow, or `None` when the bound is reached.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    fn with_record<T>(&self, route: &str, f: impl FnOnce(&mut RouteRecord) -> T) -> T {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        f(records.entry(route.to_string()).or_default())
+    }
+
+    /// The latest mismatches of `route`, newest first.
+    pub fn mismatches(&self, route: &str) -> Vec<Mismatch> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .get(route)
+            .map(|r| r.mismatches.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Pointers learned as noise for `route`.
+    pub fn noise(&self, route: &str) -> Vec<String> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .get(route)
+            .map(|r| r.noise.patterns().map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, route: &str, mismatch: Mismatch) {
+        self.with_record(route, |r| {
+            if r.mismatches.len() == MAX_MISMATCHES {
+                r.mismatches.pop_front();
+            }
+            r.mismatches.push_back(mismatch);
+        });
+    }
+}
+
+/// What a capture ended with.
+#[derive(Debug)]
+pub enum Captured {
+    /// The whole body.
+    Complete(Bytes),
+    /// Larger than [`CAPTURE_LIMIT`].
+    TooLarge,
+    /// The stream failed or was dropped before its end.
+    Incomplete,
+}
+
+pin_project! {
+    /// A body passed through unchanged while, when asked, a copy of it is kept and handed over
+    /// at its end. Without a capture it only forwards frames.
+    pub struct Tee<B> {
+        #[pin]
+        inner: B,
+        capture: Option<Capture>,
+    }
+
+    impl<B> PinnedDrop for Tee<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the end (client went away): say so instead of leaving the
+            // comparison waiting.
+            if let Some(capture) = this.project().capture.take() {
+                let _ = capture.done.send(Captured::Incomplete);
+            }
+        }
+    }
+}
+
+struct Capture {
+    buf: BytesMut,
+    overflow: bool,
+    done: oneshot::Sender<Captured>,
+}
+
+impl<B> Tee<B> {
+    /// Forwards `inner` untouched.
+    pub fn passthrough(inner: B) -> Self {
+        Self {
+            inner,
+            capture: None,
+        }
+    }
+
+    /// Forwards `inner` and hands a copy over when it ends.
+    pub fn capture(inner: B) -> (Self, oneshot::Receiver<Captured>) {
+        let (done, rx) = oneshot::channel();
+        let capture = Capture {
+            buf: BytesMut::new(),
+            overflow: false,
+            done,
+        };
+        (
+            Self {
+                inner,
+                capture: Some(capture),
+            },
+            rx,
+        )
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tee<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(capture) = this.capture.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if capture.buf.len() + data.len() > CAPTURE_LIMIT {
+                            capture.overflow = true;
+                            capture.buf = BytesMut::new();
+                        } else if !capture.overflow {
+                            capture.buf.extend_from_slice(data);
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(capture) = this.capture.take() {
+                        let result = if capture.overflow {
+                            Captured::TooLarge
+                        } else {
+                            Captured::Complete(capture.buf.freeze())
+                        };
+                        let _ = capture.done.send(result);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    if let Some(capture) = this.capture.take() {
+                        let _ = capture.done.send(Captured::Incomplete);
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Everything one shadow comparison needs, gathered on the request path and run in a task.
+pub struct Job {
+    /// Route label.
+    pub route: String,
+    /// Pointers the route's config ignores.
+    pub ignore: Ignored,
+    /// Whether to learn noise.
+    pub noise_check: bool,
+    /// The request as sent to the default (body replaced below).
+    pub template: Request<()>,
+    /// The request body's capture, or `None` for an empty body.
+    pub request_body: Option<oneshot::Receiver<Captured>>,
+    /// The default's status and content type.
+    pub default_head: (u16, Option<String>),
+    /// The default's body capture.
+    pub default_body: oneshot::Receiver<Captured>,
+    /// The service being compared.
+    pub service: Arc<Upstream>,
+    /// The default, for noise checks.
+    pub default: Arc<Upstream>,
+    /// The request id, for the mismatch record.
+    pub request_id: String,
+    /// Held until the comparison ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The `content-type` of a response, as a string.
+pub fn content_type<B>(response: &Response<B>) -> Option<String> {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// Runs a comparison in its own task.
+pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let route = job.route.clone();
+        let result = run(job, &shadows).await;
+        metrics
+            .shadow_comparisons
+            .with_label_values(&[&route, result])
+            .inc();
+    });
+}
+
+async fn run(job: Job, shadows: &Shadows) -> &'static str {
+    let started = Instant::now();
+    let _permit = job.permit;
+    let request_body = match job.request_body {
+        None => Bytes::new(),
+        Some(rx) => match rx.await {
+            Ok(Captured::Complete(bytes)) => bytes,
+            _ => return "skipped",
+        },
+    };
+    let to_service = ask(&job.service, &job.template, request_body.clone(), true);
+    let noise_check = job.noise_check && {
+        let n = shadows.with_record(&job.route, |r| {
+            r.shadowed += 1;
+            r.shadowed
+        });
+        n <= NOISE_WARMUP || crate::random::next_u64().is_multiple_of(NOISE_SAMPLE_EVERY)
+    };
+    let again = async {
+        if noise_check {
+            Some(ask(&job.default, &job.template, request_body.clone(), false).await)
+        } else {
+            None
+        }
+    };
+    let (service, again) = tokio::join!(to_service, again);
+    let default_body = match job.default_body.await {
+        Ok(Captured::Complete(bytes)) => bytes,
+        _ => return "skipped",
+    };
+    let default = Answer {
+        status: job.default_head.0,
+        content_type: job.default_head.1,
+        body: default_body,
+    };
+    let service = match service {
+        Ok(answer) => answer,
+        Err(why) => {
+            tracing::debug!(
+                route = job.route,
+                request_id = job.request_id,
+                "shadow failed: {why}"
+            );
+            return "error";
+        }
+    };
+    if let Some(Ok(second)) = again {
+        learn_noise(shadows, &job.route, &default, &second);
+    }
+    let mut ignored = job.ignore;
+    shadows.with_record(&job.route, |r| ignored.extend(&r.noise));
+    let differences = compare::compare(&default, &service, &ignored);
+    if differences.is_empty() {
+        return "match";
+    }
+    let path = job
+        .template
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    tracing::info!(
+        route = job.route,
+        request_id = job.request_id,
+        path,
+        took_ms = started.elapsed().as_millis() as u64,
+        "shadow mismatch:\n{}",
+        compare::render(&differences)
+    );
+    shadows.record(
+        &job.route,
+        Mismatch {
+            at: SystemTime::now(),
+            method: job.template.method().to_string(),
+            path,
+            request_id: job.request_id,
+            default_status: default.status,
+            service_status: service.status,
+            diff: compare::render(&differences),
+        },
+    );
+    "mismatch"
+}
+
+fn learn_noise(shadows: &Shadows, route: &str, first: &Answer, second: &Answer) {
+    let noisy: Vec<Difference> = compare::compare(first, second, &Ignored::default());
+    let learned: Vec<String> = noisy
+        .iter()
+        .filter(|d| d.at.starts_with('/'))
+        .map(|d| compare::generalize(&d.at))
+        .collect();
+    shadows.with_record(route, |r| {
+        for pointer in learned {
+            if r.noise.insert(pointer.clone()) {
+                tracing::info!(route, pointer, "learned a noisy field of the default");
+            }
+        }
+    });
+}
+
+/// Sends a copy of the request to `upstream` and reads the whole answer (bounded).
+async fn ask(
+    upstream: &Upstream,
+    template: &Request<()>,
+    body: Bytes,
+    mark_shadow: bool,
+) -> Result<Answer, String> {
+    let mut req = Request::new(if body.is_empty() {
+        boxed(Empty::new())
+    } else {
+        boxed(Full::new(body))
+    });
+    *req.method_mut() = template.method().clone();
+    *req.uri_mut() = template.uri().clone();
+    *req.headers_mut() = template.headers().clone();
+    if mark_shadow {
+        req.headers_mut()
+            .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
+    }
+    forward::retarget(&mut req, upstream).map_err(|e| e.to_string())?;
+    let response: Response<Incoming> = forward::send(upstream, req)
+        .await
+        .map_err(|f| format!("{}: {}", f.kind.as_str(), f.detail))?;
+    let status = response.status().as_u16();
+    let content_type = content_type(&response);
+    let body = tokio::time::timeout(
+        upstream.config.request_timeout,
+        Limited::new(response.into_body(), CAPTURE_LIMIT).collect(),
+    )
+    .await
+    .map_err(|_| "body timed out".to_string())?
+    .map_err(|e| format!("body: {e}"))?
+    .to_bytes();
+    Ok(Answer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+fn boxed<B>(body: B) -> UpstreamBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
