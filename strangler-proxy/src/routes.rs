@@ -455,4 +455,79 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_non_sticky_split_converges_to_its_weight() {
+        let t = table("[[routes]]\nprefix = \"/a\"\nservice = \"users\"\nweight = 30\n");
+        let to_service = (0..10_000)
+            .filter(|_| {
+                t.resolve(&Method::GET, "/a/1", &HeaderMap::new())
+                    .upstream
+                    .name()
+                    == "users"
+            })
+            .count();
+        assert!(
+            (2_800..=3_200).contains(&to_service),
+            "{to_service} of 10000 at weight 30"
+        );
+    }
+
+    #[test]
+    fn sticky_keys_split_at_the_weight_and_agree_across_compiles() {
+        let text = "[[routes]]\nprefix = \"/a\"\nservice = \"users\"\nweight = 30\nsticky = \"header:x-user-id\"\n";
+        let (a, b) = (table(text), table(text));
+        let mut to_service = 0;
+        for user in 0..1_000 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user-id", format!("user-{user}").parse().unwrap());
+            let side = a.resolve(&Method::GET, "/a", &headers).upstream.name();
+            assert_eq!(
+                side,
+                b.resolve(&Method::GET, "/a", &headers).upstream.name()
+            );
+            to_service += usize::from(side == "users");
+        }
+        assert!(
+            (250..=350).contains(&to_service),
+            "{to_service} of 1000 keys at weight 30"
+        );
+    }
+
+    /// The bucket function is part of the contract between replicas and versions: these values
+    /// must never change, or a rolling upgrade would reshuffle every sticky key.
+    #[test]
+    fn sticky_buckets_are_pinned() {
+        let pinned: Vec<u64> = ["user-1", "user-2", "abc"]
+            .iter()
+            .map(|k| sticky_bucket("users", k.as_bytes()))
+            .collect();
+        assert_eq!(pinned, PINNED_BUCKETS.to_vec());
+        assert_ne!(
+            sticky_bucket("users", b"user-1"),
+            sticky_bucket("posts", b"user-1")
+        );
+    }
+
+    /// Computed independently with the Python `xxhash` package:
+    /// `xxh3_64_intdigest(key, seed=xxh3_64_intdigest(b"users", seed=0)) % 10000`.
+    const PINNED_BUCKETS: [u64; 3] = [4401, 5398, 9150];
+
+    proptest::proptest! {
+        /// A ramp only adds keys: a key on the service at a weight stays there at every higher
+        /// weight.
+        #[test]
+        fn raising_the_weight_only_adds_keys(key in "[a-z0-9-]{1,24}", low in 1u8..100, step in 1u8..100) {
+            let high = low.saturating_add(step).min(100);
+            let at = |w: u8| {
+                let t = table(&format!("[[routes]]\nprefix = \"/a\"\nservice = \"users\"\nweight = {w}\nsticky = \"cookie:sid\"\n"));
+                let mut headers = HeaderMap::new();
+                headers.insert(header::COOKIE, format!("sid={key}").parse().unwrap());
+                t.resolve(&Method::GET, "/a", &headers).upstream.name() == "users"
+            };
+            if at(low) {
+                proptest::prop_assert!(at(high), "key {} left the service going {} -> {}", key, low, high);
+            }
+        }
+    }
 }

@@ -195,9 +195,10 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         if let Some(capture) = this.capture.as_mut() {
+            let mut ended = false;
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
@@ -208,23 +209,25 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
                             capture.buf.extend_from_slice(data);
                         }
                     }
+                    // hyper stops polling once a body says it has ended, so the final
+                    // `None` may never come: the end is noticed here too.
+                    ended = this.inner.is_end_stream();
                 }
-                Poll::Ready(None) => {
-                    if let Some(capture) = this.capture.take() {
-                        let result = if capture.overflow {
-                            Captured::TooLarge
-                        } else {
-                            Captured::Complete(capture.buf.freeze())
-                        };
-                        let _ = capture.done.send(result);
-                    }
-                }
+                Poll::Ready(None) => ended = true,
                 Poll::Ready(Some(Err(_))) => {
                     if let Some(capture) = this.capture.take() {
                         let _ = capture.done.send(Captured::Incomplete);
                     }
                 }
                 Poll::Pending => {}
+            }
+            if ended && let Some(capture) = this.capture.take() {
+                let result = if capture.overflow {
+                    Captured::TooLarge
+                } else {
+                    Captured::Complete(capture.buf.freeze())
+                };
+                let _ = capture.done.send(result);
             }
         }
         polled

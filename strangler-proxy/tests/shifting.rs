@@ -1,0 +1,521 @@
+//! Traffic shifting against real upstreams: sticky splits across proxies, the override header,
+//! fallback to the monolith, and shadow comparison.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+use support::*;
+use tokio::task::JoinHandle;
+
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn metrics(p: &strangler_proxy::server::Running) -> String {
+    get(&format!("http://{}/metrics", p.admin)).await.text()
+}
+
+#[tokio::test]
+async fn two_proxies_put_every_sticky_key_on_the_same_side() {
+    let monolith = echo_upstream("monolith").await;
+    let users = echo_upstream("users").await;
+    let text = config_text(
+        &[("monolith", monolith), ("users", users)],
+        "",
+        &format!(
+            "{}sticky = \"header:x-user-id\"\n",
+            route("/api/users", "users", 25)
+        ),
+    );
+    let a = start_proxy(&temp_dir("sticky-a"), &text).await;
+    let b = start_proxy(&temp_dir("sticky-b"), &text).await;
+    let c = client();
+    let mut on_service = 0;
+    for user in 0..1_000 {
+        let id = format!("u{user}");
+        let headers = [("x-user-id", id.as_str())];
+        let url = |p: &strangler_proxy::server::Running| format!("http://{}/api/users/1", p.public);
+        let from_a = send(&c, Method::GET, &url(&a), &headers)
+            .await
+            .unwrap()
+            .backend();
+        let from_b = send(&c, Method::GET, &url(&b), &headers)
+            .await
+            .unwrap()
+            .backend();
+        assert_eq!(from_a, from_b, "key {id} split differently");
+        on_service += usize::from(from_a == "users");
+    }
+    assert!(
+        (180..=320).contains(&on_service),
+        "{on_service} of 1000 keys at 25 %"
+    );
+}
+
+#[tokio::test]
+async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
+    let monolith = echo_upstream("monolith").await;
+    let users = echo_upstream("users").await;
+    let services = [("monolith", monolith), ("users", users)];
+    let at = |w: u8| {
+        config_text(
+            &services,
+            "",
+            &format!(
+                "{}sticky = \"cookie:sid\"\n",
+                route("/api/users", "users", w)
+            ),
+        )
+    };
+    let dir = temp_dir("ramp");
+    let p = start_proxy(&dir, &at(10)).await;
+    let c = client();
+    let sides = |p: &strangler_proxy::server::Running| {
+        let url = format!("http://{}/api/users", p.public);
+        let c = c.clone();
+        async move {
+            let mut out = Vec::new();
+            for key in 0..300 {
+                let cookie = format!("theme=x; sid=k{key}");
+                let a = send(&c, Method::GET, &url, &[("cookie", cookie.as_str())])
+                    .await
+                    .unwrap();
+                out.push(a.backend() == "users");
+            }
+            out
+        }
+    };
+    let at_10 = sides(&p).await;
+    let reload_to = |weight: u8| {
+        let before = p.live.table().revision;
+        std::fs::write(dir.join("routes.toml"), at(weight)).unwrap();
+        // The watcher may get there first; either way a new revision must serve.
+        p.live.reload();
+        assert!(
+            p.live.table().revision > before,
+            "weight {weight} was not applied"
+        );
+    };
+    reload_to(25);
+    let at_25 = sides(&p).await;
+    for (key, (before, after)) in at_10.iter().zip(&at_25).enumerate() {
+        assert!(
+            !before || *after,
+            "key k{key} left the service when the weight went up"
+        );
+    }
+    assert!(at_25.iter().filter(|s| **s).count() > at_10.iter().filter(|s| **s).count());
+    reload_to(10);
+    assert_eq!(
+        sides(&p).await,
+        at_10,
+        "back at 10 %, every key is where it was"
+    );
+}
+
+#[tokio::test]
+async fn the_override_header_is_opt_in_and_never_forwarded() {
+    let monolith = echo_upstream("monolith").await;
+    let users = echo_upstream("users").await;
+    let services = [("monolith", monolith), ("users", users)];
+    let c = client();
+    let off = start_proxy(
+        &temp_dir("override-off"),
+        &config_text(&services, "", &route("/api/users", "users", 0)),
+    )
+    .await;
+    let a = send(
+        &c,
+        Method::GET,
+        &format!("http://{}/api/users", off.public),
+        &[("x-strangler-route", "users")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.backend(),
+        "monolith",
+        "without [proxy] override_header a client cannot choose"
+    );
+
+    let on = start_proxy(
+        &temp_dir("override-on"),
+        &config_text(
+            &services,
+            "override_header = \"x-strangler-route\"",
+            &format!(
+                "{}{}",
+                route("/api/users", "users", 0),
+                route("/api/threads", "users", 100)
+                    .replace("[[routes]]\n", "[[routes]]\nname = \"threads\"\n")
+            ),
+        ),
+    )
+    .await;
+    let url = |path: &str| format!("http://{}{path}", on.public);
+    let forced = send(
+        &c,
+        Method::GET,
+        &url("/api/users/1"),
+        &[("x-strangler-route", "users")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(forced.backend(), "users");
+    assert!(
+        forced.json()["headers"].get("x-strangler-route").is_none(),
+        "the header reached the backend"
+    );
+    let back = send(
+        &c,
+        Method::GET,
+        &url("/api/threads/1"),
+        &[("x-strangler-route", "default")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(back.backend(), "monolith");
+    let unknown = send(
+        &c,
+        Method::GET,
+        &url("/api/users/1"),
+        &[("x-strangler-route", "nope")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        unknown.backend(),
+        "monolith",
+        "an unknown value changes nothing"
+    );
+}
+
+/// A service whose listener can be killed: `kill()` stops accepting and closes open sockets.
+struct Killable {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+async fn killable(name: &'static str) -> Killable {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(move |req: Request| async move {
+        axum::Json(serde_json::json!({"backend": name, "path": req.uri().path()}))
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Killable { addr, task }
+}
+
+#[tokio::test]
+async fn fallback_hides_a_dying_service_from_get_clients_but_never_replays_writes() {
+    let monolith = echo_upstream("monolith").await;
+    let users = killable("users").await;
+    let text = config_text(
+        &[("monolith", monolith), ("users", users.addr)],
+        "",
+        &format!("{}fallback = true\n", route("/api/users", "users", 100)),
+    );
+    let p = start_proxy(&temp_dir("fallback"), &text).await;
+    let url = format!("http://{}/api/users/1", p.public);
+    assert_eq!(get(&url).await.backend(), "users");
+
+    // 8 clients send GETs continuously while the service is killed half way.
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, sent) = (url.clone(), sent.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let mut failures = Vec::new();
+                let mut backends = std::collections::BTreeSet::new();
+                for _ in 0..150 {
+                    if Instant::now() > stop_at {
+                        break;
+                    }
+                    match send(&c, Method::GET, &url, &[]).await {
+                        Ok(a) if a.status == StatusCode::OK => {
+                            backends.insert(a.backend());
+                        }
+                        Ok(a) => failures.push(format!("{} {}", a.status, a.text())),
+                        Err(e) => failures.push(e),
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                (failures, backends)
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sent.load(Ordering::SeqCst) >= 400
+        })
+        .await
+    );
+    users.task.abort();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in clients {
+        let (failures, backends) = c.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "GET clients saw failures: {failures:?}"
+        );
+        seen.extend(backends);
+    }
+    assert!(
+        seen.contains("monolith") && seen.contains("users"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        get(&url).await.backend(),
+        "monolith",
+        "the service is gone, the monolith answers"
+    );
+    let m = metrics(&p).await;
+    assert!(
+        metric(&m, "strangler_fallbacks_total{route=\"users\"}") >= 1,
+        "{m}"
+    );
+    assert!(
+        m.contains("strangler_requests_total{backend=\"monolith\",code=\"200\",route=\"users\"}")
+    );
+
+    // A POST is never replayed: the client sees the service's failure.
+    let post = send(&client(), Method::POST, &url, &[]).await.unwrap();
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn fallback_also_covers_gateway_errors_from_the_service() {
+    let monolith = echo_upstream("monolith").await;
+    let overloaded =
+        serve(Router::new().fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "busy") })).await;
+    let text = config_text(
+        &[("monolith", monolith), ("users", overloaded)],
+        "",
+        &format!(
+            "{}fallback = true\n{}",
+            route("/api/users", "users", 100),
+            route("/api/nofallback", "users", 100)
+                .replace("[[routes]]\n", "[[routes]]\nname = \"plain\"\n")
+        ),
+    );
+    let p = start_proxy(&temp_dir("fallback-503"), &text).await;
+    let a = get(&format!("http://{}/api/users/2", p.public)).await;
+    assert_eq!(
+        (a.status, a.backend()),
+        (StatusCode::OK, "monolith".to_string())
+    );
+    let a = get(&format!("http://{}/api/nofallback", p.public)).await;
+    assert_eq!(
+        a.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "without fallback the answer stands"
+    );
+    let m = metrics(&p).await;
+    assert!(
+        m.contains(
+            "strangler_upstream_errors_total{backend=\"users\",kind=\"http_503\",route=\"users\"} 1"
+        ),
+        "{m}"
+    );
+}
+
+/// A service that answers like the monolith but with deliberate differences by path.
+async fn differing_service(hits: Arc<AtomicUsize>, delay: Duration) -> SocketAddr {
+    serve(Router::new().fallback(move |req: Request| {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            assert_eq!(req.headers()["x-strangler-shadow"], "1");
+            let body = match req.uri().path() {
+                "/api/users/1" => serde_json::json!({"id": 1, "name": "Marceline"}),
+                "/api/users/2" => serde_json::json!({"id": 2}),
+                "/api/users/3" => return (StatusCode::NO_CONTENT, "").into_response(),
+                "/api/users" => serde_json::json!([{"id": 2}, {"id": 1}]),
+                "/api/users/clock" => serde_json::json!({"id": 9, "at": 12345}),
+                _ => serde_json::json!({}),
+            };
+            axum::Json(body).into_response()
+        }
+    }))
+    .await
+}
+
+/// The monolith: answers `/api/users/clock` with a fresh timestamp every time.
+async fn legacy() -> SocketAddr {
+    let tick = Arc::new(AtomicUsize::new(0));
+    serve(Router::new().fallback(move |req: Request| {
+        let tick = tick.clone();
+        async move {
+            let body = match req.uri().path() {
+                "/api/users/1" | "/api/users/3" => {
+                    serde_json::json!({"id": 1, "name": "Marceline"})
+                }
+                "/api/users/2" => serde_json::json!({"id": 2, "bio": "hero"}),
+                "/api/users" => serde_json::json!([{"id": 1}, {"id": 2}]),
+                "/api/users/clock" => {
+                    serde_json::json!({"id": 9, "at": tick.fetch_add(1, Ordering::SeqCst)})
+                }
+                _ => serde_json::json!({}),
+            };
+            let response: Response = axum::Json(body).into_response();
+            response
+        }
+    }))
+    .await
+}
+
+async fn comparisons(p: &strangler_proxy::server::Running, result: &str, at_least: u64) -> bool {
+    let prefix =
+        format!("strangler_shadow_comparisons_total{{result=\"{result}\",route=\"users\"}}");
+    eventually(Duration::from_secs(5), || async {
+        metric(&metrics(p).await, &prefix) >= at_least
+    })
+    .await
+}
+
+#[tokio::test]
+async fn shadows_are_compared_and_mismatches_explained() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let service = differing_service(hits.clone(), Duration::ZERO).await;
+    let text = config_text(
+        &[("monolith", legacy().await), ("users", service)],
+        "",
+        &format!("{}shadow = true\n", route("/api/users", "users", 0)),
+    );
+    let p = start_proxy(&temp_dir("shadow"), &text).await;
+    let base = format!("http://{}", p.public);
+    // The client always gets the monolith's answer.
+    let a = get(&format!("{base}/api/users/2")).await;
+    assert_eq!(a.json(), serde_json::json!({"id": 2, "bio": "hero"}));
+    assert!(comparisons(&p, "mismatch", 1).await);
+    get(&format!("{base}/api/users/1")).await;
+    assert!(
+        comparisons(&p, "match", 1).await,
+        "identical answers in another key order match"
+    );
+    get(&format!("{base}/api/users/3")).await;
+    get(&format!("{base}/api/users")).await;
+    assert!(comparisons(&p, "mismatch", 3).await);
+    // Writes are not shadowed unless shadow_methods says so.
+    send(&client(), Method::POST, &format!("{base}/api/users"), &[])
+        .await
+        .unwrap();
+
+    let diffs = get(&format!("http://{}/diffs?route=users", p.admin))
+        .await
+        .json();
+    let list = diffs["mismatches"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{diffs}");
+    let by_path = |path: &str| {
+        list.iter()
+            .find(|m| m["path"] == path)
+            .unwrap_or_else(|| panic!("{path} in {diffs}"))
+    };
+    assert_eq!(
+        by_path("/api/users/2")["diff"],
+        "/bio: default \"hero\" | service (missing)\n"
+    );
+    let status = by_path("/api/users/3");
+    assert_eq!(
+        (
+            status["default_status"].as_u64(),
+            status["service_status"].as_u64()
+        ),
+        (Some(200), Some(204))
+    );
+    assert!(
+        status["diff"]
+            .as_str()
+            .unwrap()
+            .starts_with("status: default 200 | service 204")
+    );
+    assert_eq!(
+        by_path("/api/users")["diff"],
+        "/0/id: default 1 | service 2\n/1/id: default 2 | service 1\n"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 4, "GETs only were mirrored");
+}
+
+#[tokio::test]
+async fn noise_in_the_default_is_learned_not_blamed_on_the_service() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let service = differing_service(hits, Duration::ZERO).await;
+    let monolith = legacy().await;
+    let text = |noise: bool| {
+        config_text(
+            &[("monolith", monolith), ("users", service)],
+            "",
+            &format!(
+                "{}shadow = true\nshadow_noise_check = {noise}\n",
+                route("/api/users", "users", 0)
+            ),
+        )
+    };
+    let noisy = start_proxy(&temp_dir("noise-off"), &text(false)).await;
+    get(&format!("http://{}/api/users/clock", noisy.public)).await;
+    assert!(
+        comparisons(&noisy, "mismatch", 1).await,
+        "without the check a timestamp is a mismatch"
+    );
+
+    let learning = start_proxy(&temp_dir("noise-on"), &text(true)).await;
+    for _ in 0..3 {
+        get(&format!("http://{}/api/users/clock", learning.public)).await;
+    }
+    assert!(comparisons(&learning, "match", 3).await);
+    let diffs = get(&format!("http://{}/diffs?route=users", learning.admin))
+        .await
+        .json();
+    assert_eq!(diffs["learned_noise"], serde_json::json!(["/at"]));
+    assert_eq!(diffs["mismatches"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn shadows_never_slow_the_client_and_are_dropped_when_full() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let slow_service = differing_service(hits.clone(), Duration::from_millis(1500)).await;
+    let text = config_text(
+        &[("monolith", legacy().await), ("users", slow_service)],
+        "shadow_concurrency = 2",
+        &format!("{}shadow = true\n", route("/api/users", "users", 0)),
+    );
+    let p = start_proxy(&temp_dir("shadow-bound"), &text).await;
+    let started = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(
+            get(&format!("http://{}/api/users/1", p.public))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "clients waited for shadows: {:?}",
+        started.elapsed()
+    );
+    assert!(comparisons(&p, "dropped", 4).await, "{}", metrics(&p).await);
+    assert!(comparisons(&p, "match", 2).await);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "only permitted shadows reached the service"
+    );
+}
