@@ -2,6 +2,7 @@
 //! shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -78,9 +79,11 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     let watch = reload::Watch::install(live.clone());
     let drain = settings.drain_timeout;
     let proxy = Proxy::new(live.clone());
-    let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx.clone(), drain));
+    let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx, drain));
     let tasks = vec![
-        tokio::spawn(serve_admin(admin_listener, live.clone(), shutdown_rx)),
+        // The admin side outlives the drain: probes must hear 503 from /readyz, and metrics
+        // stay scrapable, until the process ends.
+        tokio::spawn(serve_admin(admin_listener, live.clone())),
         tokio::spawn(async move {
             match watch {
                 Ok(watch) => watch.run().await,
@@ -121,7 +124,11 @@ async fn serve_public(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    accept_loop(&listener, &mut shutdown, |stream, client| {
+    let stop = async move {
+        // The only change ever sent is "stop"; a dropped sender means the same.
+        let _ = shutdown.changed().await;
+    };
+    accept_loop(&listener, stop, |stream, client| {
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -148,8 +155,8 @@ async fn serve_public(
     }
 }
 
-async fn serve_admin(listener: TcpListener, live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
-    accept_loop(&listener, &mut shutdown, |stream, _| {
+async fn serve_admin(listener: TcpListener, live: Arc<Live>) {
+    accept_loop(&listener, std::future::pending(), |stream, _| {
         let live = live.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -164,13 +171,11 @@ async fn serve_admin(listener: TcpListener, live: Arc<Live>, mut shutdown: watch
     .await;
 }
 
-async fn accept_loop<F>(
-    listener: &TcpListener,
-    shutdown: &mut watch::Receiver<bool>,
-    mut on_conn: F,
-) where
+async fn accept_loop<F>(listener: &TcpListener, stop: impl Future<Output = ()>, mut on_conn: F)
+where
     F: FnMut(tokio::net::TcpStream, SocketAddr),
 {
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -184,8 +189,7 @@ async fn accept_loop<F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            // The only change ever sent is "stop"; a dropped sender means the same.
-            _ = shutdown.changed() => return,
+            () = &mut stop => return,
         }
     }
 }
