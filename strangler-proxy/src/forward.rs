@@ -131,8 +131,15 @@ pub fn rewrite(
     *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
 
     let headers = req.headers_mut();
+    let upgrade = if downstream.upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(headers);
-    if downstream.upgrade {
+    if let Some(protocol) = upgrade {
+        // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
+        headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // HTTP/2 clients send :authority instead of Host; keep the host the client asked for.

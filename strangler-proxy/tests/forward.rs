@@ -217,15 +217,25 @@ async fn backend_header_names_who_answered() {
 }
 
 /// An upstream that speaks raw HTTP/1.1: answers each connection with `response` after reading
-/// the request head, then runs `after` on the socket.
+/// the request head, then echoes the socket if `echo_after`.
 async fn raw_upstream(response: &'static [u8], echo_after: bool) -> SocketAddr {
+    raw_upstream_recording(response, echo_after).await.0
+}
+
+type Heads = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`raw_upstream`], also keeping every request head it received (lower-cased).
+async fn raw_upstream_recording(response: &'static [u8], echo_after: bool) -> (SocketAddr, Heads) {
+    let heads: Heads = Arc::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let seen = heads.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -235,6 +245,9 @@ async fn raw_upstream(response: &'static [u8], echo_after: bool) -> SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
                 if sock.write_all(response).await.is_err() {
                     return;
                 }
@@ -245,7 +258,7 @@ async fn raw_upstream(response: &'static [u8], echo_after: bool) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, heads)
 }
 
 #[tokio::test]
@@ -493,7 +506,7 @@ async fn response_bodies_are_streamed_not_buffered() {
 
 #[tokio::test]
 async fn upgrades_are_tunnelled_both_ways() {
-    let upstream = raw_upstream(
+    let (upstream, heads) = raw_upstream_recording(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
         true,
     )
@@ -517,6 +530,12 @@ async fn upgrades_are_tunnelled_both_ways() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
+    let sent = heads.lock().unwrap()[0].clone();
+    assert!(
+        sent.contains("\r\nupgrade: echo\r\n"),
+        "the upstream was not asked to upgrade: {sent}"
+    );
+    assert!(sent.contains("\r\nconnection: upgrade\r\n"), "{sent}");
     for message in [&b"ping"[..], b"second message"] {
         sock.write_all(message).await.unwrap();
         let mut got = vec![0u8; message.len()];
