@@ -97,9 +97,10 @@ impl Board {
             Endpoint::ApiRoot => Ok(response::text(ok, "API ready to receive requests")),
             Endpoint::Users if verb == Verb::Post => {
                 let new = NewUser::from_fields(&read_fields(headers, body).await?)?;
-                self.created(move |conn| users::insert(conn, &new)).await
+                self.json_of(StatusCode::CREATED, move |conn| users::insert(conn, &new))
+                    .await
             }
-            Endpoint::Users => self.rows(|conn| users::list(conn)).await,
+            Endpoint::Users => self.json_of(ok, |conn| users::list(conn)).await,
             Endpoint::User(id) => self.one(lookup_id(&id), users::find).await,
             Endpoint::Threads if verb == Verb::Post => {
                 let new = NewThread::from_fields(&read_fields(headers, body).await?)?;
@@ -113,9 +114,10 @@ impl Board {
                     Resource::Users,
                     new.created_by,
                 )?;
-                self.created(move |conn| threads::insert(conn, &new)).await
+                self.json_of(StatusCode::CREATED, move |conn| threads::insert(conn, &new))
+                    .await
             }
-            Endpoint::Threads => self.rows(|conn| threads::list(conn)).await,
+            Endpoint::Threads => self.json_of(ok, |conn| threads::list(conn)).await,
             Endpoint::Thread(id) => self.one(lookup_id(&id), threads::find).await,
             Endpoint::Posts if verb == Verb::Post => {
                 let new = NewPost::from_fields(&read_fields(headers, body).await?)?;
@@ -126,15 +128,19 @@ impl Board {
                 );
                 require(thread, "thread", Resource::Threads, new.thread)?;
                 require(user, "user", Resource::Users, new.user)?;
-                self.created(move |conn| posts::insert(conn, &new)).await
+                self.json_of(StatusCode::CREATED, move |conn| posts::insert(conn, &new))
+                    .await
             }
-            Endpoint::Posts => self.rows(|conn| posts::list(conn)).await,
+            Endpoint::Posts => self.json_of(ok, |conn| posts::list(conn)).await,
             Endpoint::PostsInThread(id) => match lookup_id(&id) {
-                Some(id) => self.rows(move |conn| posts::in_thread(conn, id)).await,
+                Some(id) => {
+                    self.json_of(ok, move |conn| posts::in_thread(conn, id))
+                        .await
+                }
                 None => Ok(response::json(ok, &[(); 0])),
             },
             Endpoint::PostsByUser(id) => match lookup_id(&id) {
-                Some(id) => self.rows(move |conn| posts::by_user(conn, id)).await,
+                Some(id) => self.json_of(ok, move |conn| posts::by_user(conn, id)).await,
                 None => Ok(response::json(ok, &[(); 0])),
             },
             Endpoint::Post(raw) => {
@@ -150,25 +156,13 @@ impl Board {
         }
     }
 
-    /// 200 with whatever `query` returns.
-    async fn rows<T, F>(&self, query: F) -> Result<Response, ApiError>
+    /// `status` with whatever `query` returns.
+    async fn json_of<T, F>(&self, status: StatusCode, query: F) -> Result<Response, ApiError>
     where
         T: Serialize + Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        Ok(response::json(StatusCode::OK, &self.db.call(query).await?))
-    }
-
-    /// 201 with the row `insert` created.
-    async fn created<T, F>(&self, insert: F) -> Result<Response, ApiError>
-    where
-        T: Serialize + Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        Ok(response::json(
-            StatusCode::CREATED,
-            &self.db.call(insert).await?,
-        ))
+        Ok(response::json(status, &self.db.call(query).await?))
     }
 
     /// 200 with the row, or the legacy 204 when the id reads as nothing or finds nothing.
