@@ -1,0 +1,452 @@
+//! Shutdown drains: a request in flight when shutdown starts is answered, new connections are
+//! refused, and the binary exits 0 on SIGTERM. Also the binary's `check` command and its refusal
+//! to start on an invalid file.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use http::{Method, StatusCode};
+use support::{client, config_text, eventually, get, route, send, serve, start_proxy, temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// Arrivals at an upstream, and a gate that holds every request whose path contains `/held/`
+/// until it opens (or 10 s pass, so a failing test never hangs).
+#[derive(Clone)]
+struct Gate {
+    arrived: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+}
+
+/// An upstream answering `{"backend": name, "path": ...}`, holding `/held/` requests at a gate.
+async fn gated_upstream(name: &'static str) -> (SocketAddr, Gate) {
+    let gate = Gate {
+        arrived: Arc::new(AtomicUsize::new(0)),
+        open: Arc::new(tokio::sync::watch::channel(false).0),
+    };
+    let g = gate.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let g = g.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            if path.contains("/held/") {
+                g.arrived.fetch_add(1, Ordering::SeqCst);
+                let mut open = g.open.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o)).await;
+            }
+            axum::Json(serde_json::json!({ "backend": name, "path": path }))
+        }
+    });
+    (serve(app).await, gate)
+}
+
+/// Whether a fresh TCP connection to `addr` is refused.
+async fn refuses_connections(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+/// Whether `addr` refuses connections within 2 s. Polled rather than demanded at once: a child
+/// process another test in this binary forks at that moment holds a copy of every listening
+/// socket until it execs (they are close-on-exec, but open between fork and exec), and a
+/// connection made in that window is queued on the dead listener (seen with `ss`: LISTEN, no
+/// owner, Recv-Q 1).
+async fn stops_accepting(addr: SocketAddr) -> bool {
+    eventually(Duration::from_secs(2), || refuses_connections(addr)).await
+}
+
+async fn send_owned(url: String) -> Result<support::Answer, String> {
+    send(&client(), Method::GET, &url, &[]).await
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let dir = temp_dir("shutdown-drain");
+    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let (public, admin, live) = (running.public, running.admin, running.live.clone());
+
+    // A keep-alive admin connection opened before shutdown, the way a load balancer's health
+    // checker holds one.
+    let prober = client();
+    let ready = send(&prober, Method::GET, &url(admin, "/readyz"), &[])
+        .await
+        .unwrap();
+    assert_eq!(ready.status, StatusCode::OK);
+
+    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    assert!(
+        eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await,
+        "the request never reached the upstream"
+    );
+
+    let started = Instant::now();
+    let shutdown = tokio::spawn(running.shutdown());
+    assert!(
+        stops_accepting(public).await,
+        "the public listener still accepts after shutdown began"
+    );
+    assert!(live.is_draining());
+    // The held request is what the drain waits for.
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the request in flight"
+    );
+    assert!(!in_flight.is_finished());
+    let ready = send(&prober, Method::GET, &url(admin, "/readyz"), &[])
+        .await
+        .expect("the held admin connection still answers during the drain");
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text()
+    );
+
+    gate.open();
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered, not cut");
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.backend(), "monolith");
+    assert_eq!(answer.json()["path"], "/orders/held/1");
+
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown returns once the last request is answered")
+        .unwrap();
+    println!("drained in {:?}", started.elapsed());
+    assert!(stops_accepting(public).await);
+    assert!(
+        send(&client(), Method::GET, &url(public, "/orders/1"), &[])
+            .await
+            .is_err()
+    );
+}
+
+/// A drain with nothing in flight is immediate: idle keep-alive connections do not hold it up.
+#[tokio::test]
+async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
+    let monolith = support::echo_upstream("monolith").await;
+    let dir = temp_dir("shutdown-idle");
+    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let public = running.public;
+    let keep_alive = client();
+    for i in 0..4 {
+        let answer = send(
+            &keep_alive,
+            Method::GET,
+            &url(public, &format!("/x/{i}")),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.backend(), "monolith");
+    }
+    // The drain timeout is 30 s, so returning within 5 s means the idle connection was closed,
+    // not waited out.
+    tokio::time::timeout(Duration::from_secs(5), running.shutdown())
+        .await
+        .expect("an idle keep-alive connection held up the shutdown");
+    assert!(stops_accepting(public).await);
+}
+
+/// Load balancers and kubelet open a new connection for every probe; while the proxy drains,
+/// `/readyz` must tell them 503 (and `/metrics` must still be scrapable), not refuse them.
+#[tokio::test]
+async fn readyz_answers_503_to_new_probes_while_draining() {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let dir = temp_dir("shutdown-readyz");
+    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let (public, admin) = (running.public, running.admin);
+    assert_eq!(get(&url(admin, "/readyz")).await.status, StatusCode::OK);
+
+    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
+    let shutdown = tokio::spawn(running.shutdown());
+    assert!(stops_accepting(public).await);
+
+    // The drain lasts as long as the gate stays shut; probe it a few times on new connections.
+    let mut probes = Vec::new();
+    for _ in 0..5 {
+        // A new client each time: no pooled connection to reuse.
+        let readyz = send(&client(), Method::GET, &url(admin, "/readyz"), &[]).await;
+        probes.push(readyz.map(|a| a.status));
+    }
+    gate.open();
+    let _ = in_flight.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), shutdown).await;
+    assert!(
+        probes.iter().all(|p| p
+            .as_ref()
+            .is_ok_and(|s| *s == StatusCode::SERVICE_UNAVAILABLE)),
+        "fresh /readyz probes during the drain got {probes:?}, expected 503 each"
+    );
+}
+
+/// A child process that is killed if the test fails before it exits.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Proxy {
+    /// Waits up to `within` for the process to exit.
+    async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        eventually(within, || {
+            status = self.0.try_wait().expect("waiting on the child");
+            std::future::ready(status.is_some())
+        })
+        .await;
+        status
+    }
+}
+
+/// Two ports that were free a moment ago (bound together so they differ, then released).
+fn free_ports() -> (SocketAddr, SocketAddr) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("this test needs the `kill` command (procps or util-linux) on PATH");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
+/// A file with three validation errors, and the `FILE:LINE:COL: message` line each must give.
+fn invalid_file(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
+    let monolith = support::closed_port();
+    let users = support::closed_port();
+    let text = config_text(
+        &[("monolith", monolith), ("users", users)],
+        "",
+        &route("/api/users", "user", 101),
+    )
+    .replace(
+        &format!("\"http://{users}\""),
+        "\"https://users.internal:443\"",
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.display().to_string();
+    // Line and column of the value on the line that starts with `key = `.
+    let at = |key: &str, value: &str| {
+        let (n, line) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.starts_with(&format!("{key} = {value}")))
+            .unwrap();
+        format!("{file}:{}:{}: ", n + 1, line.find(value).unwrap() + 1)
+    };
+    let expected = vec![
+        at("url", "\"https://"),
+        at("service", "\"user\""),
+        at("weight", "101"),
+    ];
+    (path, expected)
+}
+
+/// Asserts `stderr` holds exactly one `FILE:LINE:COL: message` line per expected position,
+/// in any order, and nothing else that looks like an error line.
+fn assert_error_lines(stderr: &str, file: &Path, expected: &[String]) {
+    let prefix = format!("{}:", file.display());
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(lines.len(), expected.len(), "stderr:\n{stderr}");
+    for position in expected {
+        let matching: Vec<_> = lines.iter().filter(|l| l.starts_with(position)).collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "one line starting {position:?} expected; stderr:\n{stderr}"
+        );
+        assert!(
+            matching[0].len() > position.len() + 10,
+            "no message: {}",
+            matching[0]
+        );
+    }
+    assert!(stderr.contains("not supported yet"), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("(did you mean \"users\"?)"),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("found 101"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn check_prints_every_error_with_its_position_and_exits_1() {
+    let dir = temp_dir("bin-check-invalid");
+    let (path, expected) = invalid_file(&dir);
+    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_error_lines(&stderr, &path, &expected);
+}
+
+#[test]
+fn check_accepts_a_valid_file_with_a_one_line_summary() {
+    let dir = temp_dir("bin-check-valid");
+    let text = config_text(
+        &[
+            ("monolith", support::closed_port()),
+            ("users", support::closed_port()),
+        ],
+        "",
+        &route("/api/users", "users", 100),
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "stdout:\n{stdout}");
+    let summary = stdout.trim_end();
+    assert!(
+        summary.starts_with(&format!("{}: ok", path.display())),
+        "{summary}"
+    );
+    assert!(summary.contains("2 services"), "{summary}");
+    assert!(summary.contains("1 routes"), "{summary}");
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_on_an_invalid_file() {
+    let dir = temp_dir("bin-refuse");
+    let (path, expected) = invalid_file(&dir);
+    let stderr_path = dir.join("stderr.log");
+    let mut proxy = Proxy(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = proxy.exit_within(Duration::from_secs(5)).await;
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running on an invalid file:\n{stderr}"));
+    assert!(!status.success(), "{status}; stderr:\n{stderr}");
+    // The same errors as `check` gives; the first one is prefixed with the program name.
+    for position in &expected {
+        assert_eq!(
+            stderr.matches(position.as_str()).count(),
+            1,
+            "one error at {position:?} expected; stderr:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("refusing to start"), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_0() {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let users = support::echo_upstream("users").await;
+    let dir = temp_dir("bin-sigterm");
+    let (public, admin) = free_ports();
+    let text = config_text(
+        &[("monolith", monolith), ("users", users)],
+        "",
+        &route("/api/users", "users", 100),
+    )
+    .replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{public}\""),
+        1,
+    )
+    .replacen(
+        "admin = \"127.0.0.1:0\"",
+        &format!("admin = \"{admin}\""),
+        1,
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let mut proxy = Proxy(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+
+    let healthy = eventually(Duration::from_secs(10), || async {
+        send(&client(), Method::GET, &url(admin, "/healthz"), &[])
+            .await
+            .is_ok_and(|a| a.status == StatusCode::OK)
+    })
+    .await;
+    assert!(
+        healthy,
+        "no /healthz on {admin} (a port taken meanwhile?); stderr:\n{}",
+        log()
+    );
+    assert_eq!(get(&url(public, "/api/users/7")).await.backend(), "users");
+
+    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
+
+    kill("-TERM", proxy.0.id());
+    assert!(
+        stops_accepting(public).await,
+        "still accepting after SIGTERM; stderr:\n{}",
+        log()
+    );
+    assert!(
+        proxy.0.try_wait().unwrap().is_none(),
+        "exited with a request in flight; stderr:\n{}",
+        log()
+    );
+
+    gate.open();
+    let answer = in_flight.await.unwrap().expect("answered, not cut");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.backend(), "monolith");
+
+    let status = proxy.exit_within(Duration::from_secs(5)).await;
+    let status =
+        status.unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", log()));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", log());
+}
