@@ -328,15 +328,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Reads, parses and validates `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| ConfigErrors {
-        file: file.clone(),
+    let bytes = read(path)?;
+    from_bytes(path, bytes)
+}
+
+/// Reads the file's bytes, or says why it cannot.
+pub fn read(path: &Path) -> Result<Vec<u8>, ConfigErrors> {
+    std::fs::read(path).map_err(|e| ConfigErrors {
+        file: path.display().to_string(),
         errors: vec![ConfigError {
             line: 1,
             column: 1,
             message: format!("cannot read the file: {e}"),
         }],
-    })?;
+    })
+}
+
+/// Parses and validates the bytes of the file at `path`.
+pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, ConfigErrors> {
+    let file = path.display().to_string();
+    let sha256 = sha256_hex(&bytes);
     let text = String::from_utf8(bytes).map_err(|e| {
         let (line, column) = line_col(
             &String::from_utf8_lossy(e.as_bytes()),
@@ -351,14 +362,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
             }],
         }
     })?;
-    let config = parse(&text).map_err(|errors| ConfigErrors {
-        file: file.clone(),
-        errors,
-    })?;
-    Ok(Loaded {
-        config,
-        sha256: sha256_hex(text.as_bytes()),
-    })
+    let config = parse(&text).map_err(|errors| ConfigErrors { file, errors })?;
+    Ok(Loaded { config, sha256 })
 }
 
 /// Parses and validates `text`, returning every error found.

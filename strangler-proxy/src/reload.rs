@@ -36,6 +36,8 @@ const POLL: Duration = Duration::from_secs(5);
 pub struct Rejection {
     /// When it was refused.
     pub at: SystemTime,
+    /// Digest of the refused bytes, so the same file is not refused (and logged) again.
+    pub sha256: Option<String>,
     /// Every error in the file.
     pub errors: ConfigErrors,
 }
@@ -49,6 +51,8 @@ pub enum Outcome {
     Unchanged,
     /// The file is invalid; the previous table keeps serving.
     Rejected(ConfigErrors),
+    /// The file is the one already refused; nothing new to say.
+    StillRejected,
 }
 
 /// The route table in service now, and what is needed to replace it.
@@ -129,57 +133,73 @@ impl Live {
     pub fn reload(&self) -> Outcome {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.table();
-        let outcome = match config::load(&self.path) {
-            Ok(loaded) if loaded.sha256 == current.sha256 => Outcome::Unchanged,
+        let bytes = match config::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(errors) => return self.reject(&current, errors, None),
+        };
+        let sha256 = config::sha256_hex(&bytes);
+        if sha256 == current.sha256 {
+            // The file is back to the table in service: an earlier rejection is moot.
+            self.last_rejection
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            tracing::debug!(file = %self.path.display(), "file unchanged; nothing to reload");
+            return Outcome::Unchanged;
+        }
+        if self.last_rejection().and_then(|r| r.sha256) == Some(sha256.clone()) {
+            return Outcome::StillRejected;
+        }
+        match config::from_bytes(&self.path, bytes) {
             Ok(loaded) => {
                 let revision = current.revision + 1;
                 match RouteTable::compile(loaded.config, loaded.sha256, revision, &self.upstreams) {
-                    Ok(table) => {
-                        warn_on_restart_only_changes(&current, &table);
-                        let table = Arc::new(table);
-                        self.table.store(table.clone());
-                        self.publish(&table);
-                        Outcome::Applied(revision)
+                    Ok(table) => self.apply(&current, table),
+                    Err(message) => {
+                        self.reject(&current, single_error(&self.path, message), Some(sha256))
                     }
-                    Err(message) => Outcome::Rejected(single_error(&self.path, message)),
                 }
             }
-            Err(errors) => Outcome::Rejected(errors),
-        };
-        match &outcome {
-            Outcome::Applied(revision) => {
-                self.metrics.reloads.with_label_values(&["applied"]).inc();
-                *self
-                    .last_rejection
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                tracing::info!(revision, file = %self.path.display(), "route table reloaded");
-            }
-            Outcome::Unchanged => {
-                // The file is back to the table in service: an earlier rejection is moot.
-                self.last_rejection
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                tracing::debug!(file = %self.path.display(), "file unchanged; nothing to reload");
-            }
-            Outcome::Rejected(errors) => {
-                self.metrics.reloads.with_label_values(&["rejected"]).inc();
-                tracing::error!(
-                    revision = current.revision,
-                    "reload rejected; revision {} keeps serving:\n{errors}",
-                    current.revision
-                );
-                *self
-                    .last_rejection
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Rejection {
-                    at: SystemTime::now(),
-                    errors: errors.clone(),
-                });
-            }
+            Err(errors) => self.reject(&current, errors, Some(sha256)),
         }
-        outcome
+    }
+
+    fn apply(&self, current: &RouteTable, table: RouteTable) -> Outcome {
+        warn_on_restart_only_changes(current, &table);
+        let revision = table.revision;
+        let table = Arc::new(table);
+        self.table.store(table.clone());
+        self.publish(&table);
+        self.metrics.reloads.with_label_values(&["applied"]).inc();
+        self.last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        tracing::info!(revision, file = %self.path.display(), "route table reloaded");
+        Outcome::Applied(revision)
+    }
+
+    fn reject(
+        &self,
+        current: &RouteTable,
+        errors: ConfigErrors,
+        sha256: Option<String>,
+    ) -> Outcome {
+        self.metrics.reloads.with_label_values(&["rejected"]).inc();
+        tracing::error!(
+            revision = current.revision,
+            "reload rejected; revision {} keeps serving:\n{errors}",
+            current.revision
+        );
+        *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Rejection {
+            at: SystemTime::now(),
+            sha256,
+            errors: errors.clone(),
+        });
+        Outcome::Rejected(errors)
     }
 
     /// Sets the gauges that describe the table in service.

@@ -57,7 +57,10 @@ impl Running {
 pub async fn start(config: &Path) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let live = Live::open(config, metrics).map_err(|errors| {
-        anyhow::anyhow!("{errors}\nrefusing to start: fix the file (strangler-proxy check shows the same errors)")
+        anyhow::anyhow!(
+            "refusing to start: {} has errors (`strangler-proxy check` shows the same):\n{errors}",
+            config.display()
+        )
     })?;
     let table = live.table();
     let settings = &table.config.proxy;

@@ -299,7 +299,11 @@ async fn reverting_a_rejected_edit_clears_the_reload_error() {
         backends.table(0).replace("weight = 0", "weight = 300"),
     )
     .unwrap();
-    assert!(matches!(running.live.reload(), Outcome::Rejected(_)));
+    // The watcher may have refused it first; either way it is refused.
+    assert!(matches!(
+        running.live.reload(),
+        Outcome::Rejected(_) | Outcome::StillRejected
+    ));
     assert!(!routes_doc(&running).await["last_reload_error"].is_null());
 
     std::fs::write(&path, backends.table(0)).unwrap();
@@ -682,4 +686,43 @@ impl ConfigMap {
         std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
         std::fs::remove_dir_all(self.dir.join(old)).unwrap();
     }
+}
+
+/// An invalid file left on disk is refused once, not again at every poll or event.
+#[tokio::test]
+async fn the_same_invalid_file_is_refused_once() {
+    let backends = Backends::echo().await;
+    let dir = temp_dir("reload-refused-once");
+    let running = start_proxy(&dir, &backends.table(0)).await;
+    std::fs::write(
+        dir.join("routes.toml"),
+        backends.table(0).replace("weight = 0", "weight = 300"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            running.live.reload(),
+            Outcome::Rejected(_) | Outcome::StillRejected
+        ));
+    }
+    assert!(matches!(running.live.reload(), Outcome::StillRejected));
+    let rejected = "strangler_config_reloads_total{result=\"rejected\"}";
+    assert_eq!(metric(&running, rejected).await, Some(1.0));
+    // A different invalid file is news again.
+    std::fs::write(
+        dir.join("routes.toml"),
+        backends.table(0).replace("weight = 0", "weight = 400"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(&running, rejected).await == Some(2.0)
+        })
+        .await
+    );
+    assert!(
+        routes_doc(&running).await["last_reload_error"]
+            .to_string()
+            .contains("found 400")
+    );
 }
