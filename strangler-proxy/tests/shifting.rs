@@ -519,3 +519,38 @@ async fn shadows_never_slow_the_client_and_are_dropped_when_full() {
         "only permitted shadows reached the service"
     );
 }
+
+#[tokio::test]
+async fn writes_are_shadowed_with_their_body_when_the_operator_asks() {
+    // Both sides echo the request body back, so a body that did not reach the service whole
+    // would be a mismatch.
+    let echo_body = || serve(Router::new().fallback(|body: axum::body::Bytes| async move { body }));
+    let monolith = echo_body().await;
+    let service = echo_body().await;
+    let text = config_text(
+        &[("monolith", monolith), ("users", service)],
+        "",
+        &format!(
+            "{}shadow = true\nshadow_methods = [\"POST\"]\n",
+            route("/api/users", "users", 0)
+        ),
+    );
+    let p = start_proxy(&temp_dir("shadow-post"), &text).await;
+    let body = "x".repeat(200_000);
+    let req = http::Request::post(format!("http://{}/api/users", p.public))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+        .unwrap();
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(comparisons(&p, "match", 1).await, "{}", metrics(&p).await);
+    get(&format!("http://{}/api/users", p.public)).await;
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            "strangler_shadow_comparisons_total{result=\"match\",route=\"users\"}"
+        ),
+        1,
+        "GET is not in shadow_methods, so it was not mirrored"
+    );
+}
