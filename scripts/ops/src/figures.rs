@@ -1,0 +1,328 @@
+//! One route's traffic over a window — requests, errors, p99 latency, shadow comparisons and
+//! fallbacks for the service and for the default — computed from counter increases, whichever
+//! source (two scrapes of `/metrics`, or Prometheus' `increase()`) they came from.
+
+use std::collections::BTreeMap;
+
+use crate::exposition::{Sample, Scrape};
+
+/// Counter names the figures read.
+pub mod names {
+    /// `{route, backend, code}`
+    pub const REQUESTS: &str = "strangler_requests_total";
+    /// `{route, backend, le}`
+    pub const DURATION_BUCKET: &str = "strangler_request_duration_seconds_bucket";
+    /// `{route}`
+    pub const FALLBACKS: &str = "strangler_fallbacks_total";
+    /// `{route, result}`
+    pub const SHADOW: &str = "strangler_shadow_comparisons_total";
+    /// `{route, service, stage}`
+    pub const WEIGHT: &str = "strangler_route_weight";
+}
+
+/// How much a counter series grew over the window, with the labels that matter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Increase {
+    /// Metric name.
+    pub name: String,
+    /// Labels of the series (or of the Prometheus aggregation).
+    pub labels: BTreeMap<String, String>,
+    /// Growth over the window.
+    pub value: f64,
+}
+
+/// Growth of every series of `route` between two scrapes of one proxy. A series that shrank
+/// was reset (the proxy restarted): its whole current value is growth.
+pub fn increases(start: &Scrape, end: &Scrape, route: &str) -> Vec<Increase> {
+    let key = |s: &Sample| (s.name.clone(), s.labels.clone());
+    let before: BTreeMap<_, f64> = start
+        .samples
+        .iter()
+        .filter(|s| s.label("route") == route)
+        .map(|s| (key(s), s.value))
+        .collect();
+    end.samples
+        .iter()
+        .filter(|s| s.label("route") == route)
+        .filter(|s| {
+            [
+                names::REQUESTS,
+                names::DURATION_BUCKET,
+                names::FALLBACKS,
+                names::SHADOW,
+            ]
+            .contains(&s.name.as_str())
+        })
+        .map(|s| {
+            let old = before.get(&key(s)).copied().unwrap_or(0.0);
+            Increase {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                value: if s.value >= old {
+                    s.value - old
+                } else {
+                    s.value
+                },
+            }
+        })
+        .collect()
+}
+
+/// One backend's share of a route over the window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Side {
+    /// Requests it was asked to answer.
+    pub requests: f64,
+    /// Of those, answered 5xx or failed before answering.
+    pub errors: f64,
+    /// Cumulative latency histogram: (upper bound in seconds, count), ascending, `+Inf` last.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+impl Side {
+    /// Errors over requests, if there were requests.
+    pub fn error_ratio(&self) -> Option<f64> {
+        (self.requests > 0.0).then(|| self.errors / self.requests)
+    }
+
+    /// The 99th percentile latency in seconds, if anything was observed.
+    pub fn p99(&self) -> Option<f64> {
+        quantile(0.99, &self.buckets)
+    }
+}
+
+/// Shadow comparison results over the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Shadow {
+    /// Same answer from both.
+    pub matched: f64,
+    /// Different answers.
+    pub mismatched: f64,
+    /// The service failed to answer.
+    pub errors: f64,
+}
+
+impl Shadow {
+    /// Comparisons made (dropped ones are not comparisons).
+    pub fn compared(&self) -> f64 {
+        self.matched + self.mismatched + self.errors
+    }
+
+    /// Matches over comparisons, if any were made.
+    pub fn match_ratio(&self) -> Option<f64> {
+        let n = self.compared();
+        (n > 0.0).then(|| self.matched / n)
+    }
+}
+
+/// A route's figures over one window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteWindow {
+    /// Length of the window.
+    pub seconds: f64,
+    /// The extracted service.
+    pub service: Side,
+    /// The default backend (the monolith), for the same route.
+    pub default: Side,
+    /// Requests the service failed that were retried on the default.
+    pub fallbacks: f64,
+    /// Shadow comparisons.
+    pub shadow: Shadow,
+}
+
+impl RouteWindow {
+    /// Folds counter growth into figures. A request the service failed and the proxy retried
+    /// on the default (a fallback) is counted under the default by the proxy; here it is also
+    /// one request and one error of the service, since that is what the service did with it.
+    pub fn from_increases(
+        increases: &[Increase],
+        service: &str,
+        default: &str,
+        seconds: f64,
+    ) -> RouteWindow {
+        let mut w = RouteWindow {
+            seconds,
+            ..RouteWindow::default()
+        };
+        let mut buckets: [BTreeMap<u64, (f64, f64)>; 2] = Default::default();
+        for inc in increases {
+            let label = |k: &str| inc.labels.get(k).map_or("", String::as_str);
+            let side = match label("backend") {
+                b if b == service => Some(0),
+                b if b == default => Some(1),
+                _ => None,
+            };
+            match inc.name.as_str() {
+                names::REQUESTS => {
+                    let Some(i) = side else { continue };
+                    let s = if i == 0 {
+                        &mut w.service
+                    } else {
+                        &mut w.default
+                    };
+                    s.requests += inc.value;
+                    if label("code").starts_with('5') {
+                        s.errors += inc.value;
+                    }
+                }
+                names::DURATION_BUCKET => {
+                    let Some(i) = side else { continue };
+                    let Some(le) = crate::exposition::parse_value(label("le")) else {
+                        continue;
+                    };
+                    let entry = buckets[i].entry(order_key(le)).or_insert((le, 0.0));
+                    entry.1 += inc.value;
+                }
+                names::FALLBACKS => w.fallbacks += inc.value,
+                names::SHADOW => match label("result") {
+                    "match" => w.shadow.matched += inc.value,
+                    "mismatch" => w.shadow.mismatched += inc.value,
+                    "error" => w.shadow.errors += inc.value,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        w.service.requests += w.fallbacks;
+        w.service.errors += w.fallbacks;
+        let [s, d] = buckets;
+        w.service.buckets = s.into_values().collect();
+        w.default.buckets = d.into_values().collect();
+        w
+    }
+}
+
+/// A sort key that orders non-negative floats (bucket bounds) as numbers.
+fn order_key(le: f64) -> u64 {
+    if le.is_sign_negative() {
+        0
+    } else {
+        le.to_bits()
+    }
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated linearly inside the bucket it
+/// falls in, as Prometheus' `histogram_quantile` does; `None` without observations.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 || !buckets.last()?.0.is_infinite() {
+        return None;
+    }
+    let rank = q * total;
+    let i = buckets.iter().position(|(_, c)| *c >= rank)?;
+    let (upper, count) = buckets[i];
+    if upper.is_infinite() {
+        // Beyond the largest finite bound: that bound is all that can be said.
+        return Some(if i > 0 { buckets[i - 1].0 } else { 0.0 });
+    }
+    let (lower, below) = if i > 0 { buckets[i - 1] } else { (0.0, 0.0) };
+    if count <= below {
+        return Some(upper);
+    }
+    Some(lower + (upper - lower) * (rank - below) / (count - below))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inc(name: &str, labels: &[(&str, &str)], value: f64) -> Increase {
+        Increase {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        let b = [
+            (0.001, 50.0),
+            (0.01, 90.0),
+            (0.1, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        // Rank 99 lies 9/10 of the way through (0.01, 0.1].
+        let p99 = quantile(0.99, &b).unwrap();
+        assert!((p99 - 0.091).abs() < 1e-9, "{p99}");
+        assert!((quantile(0.5, &b).unwrap() - 0.001).abs() < 1e-12);
+        assert_eq!(quantile(0.99, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
+        // Everything slower than the last finite bound.
+        assert_eq!(
+            quantile(0.99, &[(0.1, 0.0), (f64::INFINITY, 5.0)]),
+            Some(0.1)
+        );
+    }
+
+    #[test]
+    fn fallbacks_count_as_failed_service_requests() {
+        let incs = [
+            inc(
+                names::REQUESTS,
+                &[("backend", "users"), ("code", "200")],
+                90.0,
+            ),
+            inc(
+                names::REQUESTS,
+                &[("backend", "users"), ("code", "502")],
+                4.0,
+            ),
+            inc(
+                names::REQUESTS,
+                &[("backend", "monolith"), ("code", "200")],
+                300.0,
+            ),
+            inc(
+                names::REQUESTS,
+                &[("backend", "monolith"), ("code", "500")],
+                3.0,
+            ),
+            inc(names::FALLBACKS, &[], 6.0),
+            inc(names::SHADOW, &[("result", "match")], 98.0),
+            inc(names::SHADOW, &[("result", "mismatch")], 1.0),
+            inc(names::SHADOW, &[("result", "error")], 1.0),
+            inc(names::SHADOW, &[("result", "dropped")], 50.0),
+            inc(
+                names::DURATION_BUCKET,
+                &[("backend", "users"), ("le", "+Inf")],
+                94.0,
+            ),
+            inc(
+                names::DURATION_BUCKET,
+                &[("backend", "users"), ("le", "0.01")],
+                94.0,
+            ),
+        ];
+        let w = RouteWindow::from_increases(&incs, "users", "monolith", 10.0);
+        assert_eq!(w.service.requests, 100.0);
+        assert_eq!(w.service.errors, 10.0);
+        assert_eq!(w.service.error_ratio(), Some(0.1));
+        assert_eq!(w.default.requests, 303.0);
+        assert_eq!(w.default.error_ratio(), Some(3.0 / 303.0));
+        assert_eq!(w.shadow.compared(), 100.0);
+        assert_eq!(w.shadow.match_ratio(), Some(0.98));
+        assert_eq!(w.service.buckets, vec![(0.01, 94.0), (f64::INFINITY, 94.0)]);
+        assert_eq!(w.default.p99(), None);
+    }
+
+    #[test]
+    fn scrape_deltas_survive_a_counter_reset() {
+        let a = Scrape::parse(
+            "strangler_requests_total{route=\"r\",backend=\"s\",code=\"200\"} 100\n\
+             strangler_requests_total{route=\"other\",backend=\"s\",code=\"200\"} 1\n",
+        )
+        .unwrap();
+        let b = Scrape::parse(
+            "strangler_requests_total{route=\"r\",backend=\"s\",code=\"200\"} 7\n\
+             strangler_requests_total{route=\"r\",backend=\"s\",code=\"500\"} 2\n\
+             strangler_requests_total{route=\"other\",backend=\"s\",code=\"200\"} 9\n",
+        )
+        .unwrap();
+        let w = RouteWindow::from_increases(&increases(&a, &b, "r"), "s", "m", 1.0);
+        assert_eq!(w.service.requests, 9.0);
+        assert_eq!(w.service.errors, 2.0);
+    }
+}

@@ -1,0 +1,444 @@
+//! `strangler-ops`: the operator scripts (`scripts/migrate-data`, `shift`, `rollout`,
+//! `rollback`, `status`). Parses arguments and calls the library.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use monolith::legacy::Resource;
+use strangler_ops::copy::CopyOptions;
+use strangler_ops::migrate::{self, MigrateOptions, Outcome};
+use strangler_ops::progress::Display;
+use strangler_ops::resource;
+use strangler_ops::rollout::{self, Gates, RolloutOptions};
+use strangler_ops::routes_file::{self, Change, EditError};
+use strangler_ops::signals::Stop;
+use strangler_ops::source::Source;
+use strangler_ops::status::{self, StatusOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "strangler-ops",
+    version,
+    about = "Operator scripts: move a resource's data to its service, shift and roll out traffic, roll back, show status"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// The route table the proxy serves.
+    #[arg(long, value_name = "PATH", default_value = "./routes.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy a resource's rows from the monolith's database into its service's, then verify.
+    ///
+    /// Reads DATA/monolith.db and writes DATA/RESOURCE.db (created with the service's schema if
+    /// missing), in batches, each an upsert of a range of ids plus removal of rows the monolith
+    /// no longer has. A killed run continues where it stopped; a finished one can be run again
+    /// (rows already right are left alone). Ends by comparing row counts and an order-independent
+    /// checksum of both tables; exits 1 if they differ.
+    ///
+    /// --follow installs triggers in the monolith's database (recording changed ids in a side
+    /// table, invisible to clients) before copying, then keeps applying inserts, updates and
+    /// deletes until Ctrl-C or SIGTERM, reporting the lag; on stop it removes the triggers.
+    MigrateData(MigrateArgs),
+    /// Set a route's weight (and optionally shadow and methods) in routes.toml.
+    ///
+    /// Edits the file in place keeping comments and layout, validates the result exactly as
+    /// `strangler-proxy check` does, and replaces the file atomically (temporary file + rename),
+    /// which the running proxy picks up within a second. An invalid result is refused and the
+    /// file left untouched.
+    Shift(ShiftArgs),
+    /// Step a route's weight up while watching the proxy's metrics; roll back on a breach.
+    ///
+    /// At each step it waits for the proxy to apply the weight, watches one interval, then
+    /// compares the service with the default: error ratio (5xx and failed requests) above
+    /// --max-error-ratio, p99 above --max-latency-ratio x the default's, or shadow match ratio
+    /// below --min-shadow-match writes the last safe weight back and exits 1, saying which gate
+    /// failed with the figures. Too little traffic to judge holds the step (and says so).
+    /// Exit status: 0 done, 1 rolled back, 2 refused (nothing changed), 3 gave up holding,
+    /// 130 stopped (last safe weight written back).
+    Rollout(RolloutArgs),
+    /// Take a route's service out at once: weight 0 and shadow off.
+    Rollback(RollbackArgs),
+    /// Show every route of the running proxy: stage, weight, traffic, errors, latency, shadow.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ResourceArg {
+    Users,
+    Threads,
+    Posts,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The resource to migrate.
+    #[arg(value_enum)]
+    resource: ResourceArg,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Directory holding monolith.db and the services' databases.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// After the copy, keep applying the monolith's changes until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    follow: bool,
+    /// Only compare both sides; copy nothing.
+    #[arg(long, conflicts_with = "follow")]
+    verify_only: bool,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// How often --follow looks for changes.
+    #[arg(long, default_value = "200ms", value_parser = duration)]
+    poll: Duration,
+    /// How often --follow prints its lag.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    report_every: Duration,
+    /// Copy even though routes.toml sends this resource's writes to its service.
+    #[arg(long)]
+    force: bool,
+    /// Pause after each batch (lets tests interrupt a copy midway).
+    #[arg(long, hide = true, default_value = "0ms", value_parser = duration_or_zero)]
+    batch_pause: Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args)]
+struct ShiftArgs {
+    /// The route's name (its `name`, or its service's when it has none).
+    route: String,
+    /// Percent of the route's requests the service serves, 0..=100.
+    weight: i64,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Mirror what the default serves to the service and compare the answers.
+    #[arg(long, value_enum)]
+    shadow: Option<OnOff>,
+    /// Only these methods are peeled off (e.g. GET,HEAD); `all` removes the restriction.
+    #[arg(long, value_name = "LIST")]
+    methods: Option<String>,
+}
+
+#[derive(Args)]
+struct RollbackArgs {
+    /// The route's name.
+    route: String,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Args)]
+struct RolloutArgs {
+    /// The route's name.
+    route: String,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Weights to step through, ascending.
+    #[arg(long, default_value = "0,1,5,25,50,100", value_parser = steps)]
+    steps: Steps,
+    /// Time at each step before it is judged.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    interval: Duration,
+    /// Highest acceptable share of the service's requests that fail (5xx or upstream errors).
+    #[arg(long, default_value_t = 0.01)]
+    max_error_ratio: f64,
+    /// Highest acceptable service p99 as a multiple of the default's.
+    #[arg(long, default_value_t = 2.0)]
+    max_latency_ratio: f64,
+    /// A service p99 at or below this never fails the latency gate.
+    #[arg(long, default_value = "10ms", value_parser = duration)]
+    latency_floor: Duration,
+    /// Lowest acceptable share of shadow comparisons that match.
+    #[arg(long, default_value_t = 0.999)]
+    min_shadow_match: f64,
+    /// Fewest requests (or shadow comparisons) an interval needs to prove a step safe;
+    /// fewer holds the step.
+    #[arg(long, default_value_t = 20)]
+    min_requests: u64,
+    /// One proxy's metrics URL (default: the admin address in the config).
+    #[arg(long, value_name = "URL", conflicts_with = "prometheus")]
+    metrics: Option<String>,
+    /// A Prometheus server scraping every proxy replica, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URL")]
+    prometheus: Option<String>,
+    /// Allow weights 1..=99 on a route that sends writes to the service.
+    #[arg(long)]
+    allow_split_writes: bool,
+    /// Give up (writing the last safe weight back) after this many holds at one step; 0 waits forever.
+    #[arg(long, default_value_t = 0)]
+    max_holds: u32,
+    /// How long to wait for the proxy to report a new weight.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    apply_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct Steps(Vec<u8>);
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The proxy's admin URL (default: `[proxy] admin` from the config).
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// Time between the two scrapes the rates are computed from.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    window: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    strangler_proxy::config::parse_duration(s)
+}
+
+fn duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim_start_matches('0')
+        .trim_end_matches("ms")
+        .trim_end_matches('s')
+        .is_empty()
+    {
+        return Ok(Duration::ZERO);
+    }
+    duration(s)
+}
+
+fn steps(s: &str) -> Result<Steps, String> {
+    rollout::parse_steps(s).map(Steps)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::MigrateData(args) => migrate_data(args),
+        Command::Shift(args) => shift(args),
+        Command::Rollback(args) => rollback(args),
+        Command::Rollout(args) => run_rollout(args),
+        Command::Status(args) => run_status(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let resource = match args.resource {
+        ResourceArg::Users => Resource::Users,
+        ResourceArg::Threads => Resource::Threads,
+        ResourceArg::Posts => Resource::Posts,
+    };
+    debug_assert_eq!(resource::parse(resource.name()), Ok(resource));
+    if !args.verify_only && !args.force {
+        match strangler_proxy::config::load(&args.config.config) {
+            Ok(loaded) => {
+                if let Err(refusal) = migrate::guard(&loaded.config, resource) {
+                    eprintln!("refusing to copy {}: {refusal}", resource.name());
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            Err(e) if !args.config.config.exists() => {
+                let _ = e;
+                eprintln!(
+                    "note: {} not found; not checking whether the service already takes writes",
+                    args.config.config.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "refusing to copy: {} is invalid, so whether the service already takes writes \
+                     cannot be checked (fix it, or pass --force)",
+                    args.config.config.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let options = MigrateOptions {
+        resource,
+        data_dir: args.data_dir,
+        copy: CopyOptions {
+            batch: args.batch,
+            pause: args.batch_pause,
+        },
+        follow: args.follow,
+        poll: args.poll,
+        report_every: args.report_every,
+        verify_only: args.verify_only,
+        display: Display::detect(),
+    };
+    let stop = Stop::on_signals();
+    let mut out = std::io::stdout().lock();
+    let outcome = migrate::run(&options, &stop, &mut out)?;
+    out.flush()?;
+    Ok(match outcome {
+        Outcome::Verified => ExitCode::SUCCESS,
+        Outcome::Mismatch => ExitCode::FAILURE,
+        Outcome::Stopped { .. } => ExitCode::from(130),
+    })
+}
+
+fn print_edit(
+    path: &Path,
+    route: &str,
+    result: Result<routes_file::Edited, EditError>,
+) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(edited) => {
+            let what = routes_file::describe(route, &edited);
+            if edited.written {
+                println!("{}: {what}", path.display());
+            } else {
+                println!("{}: {what}; nothing to write", path.display());
+            }
+            let after = &edited.after;
+            if (1..=99).contains(&after.weight) && after.includes_writes() {
+                eprintln!(
+                    "warning: route {route} now splits writes between the service's database and \
+                     the monolith's; consider --methods GET,HEAD until the data is moved"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
+    let methods = args.methods.map(|m| {
+        if m.eq_ignore_ascii_case("all") {
+            None
+        } else {
+            Some(
+                m.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
+        }
+    });
+    let change = Change {
+        weight: Some(args.weight),
+        shadow: args.shadow.map(|s| matches!(s, OnOff::On)),
+        methods,
+    };
+    let path = args.config.config;
+    let result = routes_file::edit_file(&path, &args.route, &change);
+    print_edit(&path, &args.route, result)
+}
+
+fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let change = Change {
+        weight: Some(0),
+        shadow: Some(false),
+        methods: None,
+    };
+    let path = args.config.config;
+    let result = routes_file::edit_file(&path, &args.route, &change);
+    print_edit(&path, &args.route, result)
+}
+
+fn admin_from_config(path: &Path) -> anyhow::Result<String> {
+    let loaded = strangler_proxy::config::load(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "reading [proxy] admin from {} (or pass --admin URL)",
+                path.display()
+            )
+        })?;
+    Ok(status::admin_url(loaded.config.proxy.admin))
+}
+
+fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
+    let source = match (&args.metrics, &args.prometheus) {
+        (_, Some(url)) => Source::prometheus(url),
+        (Some(url), None) => Source::proxy(url),
+        (None, None) => Source::proxy(&admin_from_config(&args.config.config)?),
+    };
+    let options = RolloutOptions {
+        config: args.config.config,
+        route: args.route,
+        steps: args.steps.0,
+        interval: args.interval,
+        gates: Gates {
+            max_error_ratio: args.max_error_ratio,
+            max_latency_ratio: args.max_latency_ratio,
+            latency_floor: args.latency_floor,
+            min_shadow_match: args.min_shadow_match,
+            min_requests: args.min_requests,
+        },
+        source,
+        allow_split_writes: args.allow_split_writes,
+        max_holds: args.max_holds,
+        apply_timeout: args.apply_timeout,
+    };
+    let stop = Stop::on_signals();
+    let mut out = LineOut;
+    let ending = rollout::run(&options, &stop, &mut out)?;
+    Ok(ExitCode::from(ending.exit_code()))
+}
+
+fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let admin = match args.admin {
+        Some(url) => url,
+        None => admin_from_config(&args.config.config)?,
+    };
+    let admin = if admin.contains("://") {
+        admin
+    } else {
+        format!("http://{admin}")
+    };
+    let options = StatusOptions {
+        admin,
+        window: args.window,
+    };
+    let config = args
+        .config
+        .config
+        .exists()
+        .then_some(args.config.config.as_path());
+    let mut out = std::io::stdout().lock();
+    status::run(&options, config, &mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stdout flushed after every write, so a rollout's progress shows as it happens even when
+/// piped to a log.
+struct LineOut;
+
+impl std::io::Write for LineOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
