@@ -125,6 +125,7 @@ struct ShiftArgs {
     /// The route's name (its `name`, or its service's when it has none).
     route: String,
     /// Percent of the route's requests the service serves, 0..=100.
+    #[arg(allow_negative_numbers = true)]
     weight: i64,
     #[command(flatten)]
     config: ConfigArg,

@@ -566,7 +566,14 @@ mod tests {
     }
 
     /// Window, weight, shadow on, baseline p99, expected verdict, text one message must hold.
-    type Case = (RouteWindow, u8, bool, Option<f64>, &'static str, &'static str);
+    type Case = (
+        RouteWindow,
+        u8,
+        bool,
+        Option<f64>,
+        &'static str,
+        &'static str,
+    );
 
     #[test]
     fn gates_table() {

@@ -1,0 +1,185 @@
+//! `shift` and `rollback` on a copy of the shipped routes.toml: comments and layout survive,
+//! the file is replaced by rename, and anything `strangler-proxy check` would reject is refused
+//! with the file left byte for byte as it was.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+
+use common::{Scratch, run, stderr, stdout};
+
+const SHIPPED: &str = include_str!("../../../routes.toml");
+
+fn shipped_copy(dir: &Scratch) -> String {
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, SHIPPED).expect("write");
+    path.display().to_string()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The shipped file with the users route's `weight  = 0` line replaced by `lines`.
+fn users_route_with(lines: &str) -> String {
+    let users = SHIPPED
+        .find("prefix  = \"/api/users\"")
+        .expect("users route");
+    let at = users + SHIPPED[users..].find("weight  = 0\n").expect("weight line");
+    format!(
+        "{}{lines}{}",
+        &SHIPPED[..at],
+        &SHIPPED[at + "weight  = 0\n".len()..]
+    )
+}
+
+#[test]
+fn shift_changes_one_value_and_nothing_else() {
+    let dir = Scratch::new("shift");
+    let path = shipped_copy(&dir);
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let o = run(&["shift", "users", "25", "--config", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{path}: route users: weight 0 → 25, stage dark → canary\n")
+    );
+    // Every method still goes to the service: a canary now splits writes.
+    assert!(stderr(&o).contains("splits writes"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        users_route_with("weight  = 25\n")
+    );
+    // Replaced by rename (a new inode), no temporary file left behind.
+    assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
+    assert_eq!(files_in(&dir.path), ["routes.toml"]);
+    // What the proxy would load.
+    let loaded = strangler_proxy::config::load(Path::new(&path)).expect("valid");
+    let users = loaded
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == "users")
+        .unwrap();
+    assert_eq!((users.weight, users.stage().as_str()), (25, "canary"));
+}
+
+#[test]
+fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
+    let dir = Scratch::new("shadow");
+    let path = shipped_copy(&dir);
+    let o = run(&[
+        "shift",
+        "users",
+        "10",
+        "--shadow",
+        "on",
+        "--methods",
+        "GET,HEAD",
+        "--config",
+        &path,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{path}: route users: weight 0 → 10, shadow off → on, methods all → GET,HEAD, stage dark → canary\n"
+        )
+    );
+    assert!(
+        !stderr(&o).contains("splits writes"),
+        "reads only: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        users_route_with("weight  = 10\nshadow  = true\nmethods = [\"GET\", \"HEAD\"]\n")
+    );
+
+    let o = run(&["rollback", "users", "--config", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{path}: route users: weight 10 → 0, shadow on → off, stage canary → dark\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        users_route_with("weight  = 0\nshadow  = false\nmethods = [\"GET\", \"HEAD\"]\n")
+    );
+
+    // `--methods all` lifts the restriction; the same values again write nothing.
+    let o = run(&["shift", "users", "0", "--methods", "all", "--config", &path]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        users_route_with("weight  = 0\nshadow  = false\n")
+    );
+    let o = run(&["shift", "users", "0", "--config", &path]);
+    assert!(
+        stdout(&o).contains("unchanged") && stdout(&o).contains("nothing to write"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn invalid_results_are_refused_and_the_file_left_untouched() {
+    let dir = Scratch::new("refuse");
+    let path = shipped_copy(&dir);
+    let before = std::fs::metadata(&path).unwrap();
+    for (args, message) in [
+        (
+            vec!["shift", "users", "150"],
+            format!("{path}:45:11: weight: expected an integer 0..=100, found 150"),
+        ),
+        (
+            vec!["shift", "users", "5", "--methods", "GET,FETCH"],
+            format!("{path}:46:19: methods: \"FETCH\" is not a standard upper-case method"),
+        ),
+        (
+            vec!["shift", "posts", "-1"],
+            "weight: expected an integer 0..=100, found -1".to_string(),
+        ),
+        (
+            vec!["shift", "orders", "5"],
+            format!("{path}: no route named \"orders\" (routes: users, threads, posts)"),
+        ),
+        (
+            vec!["rollback", "orders"],
+            "no route named \"orders\"".to_string(),
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--config", &path]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(&message), "{args:?}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), SHIPPED, "{args:?}");
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.ino(), after.mtime_nsec()),
+            (before.ino(), before.mtime_nsec())
+        );
+        assert_eq!(files_in(&dir.path), ["routes.toml"]);
+    }
+}
+
+#[test]
+fn a_file_that_is_not_toml_is_refused() {
+    let dir = Scratch::new("garbage");
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, "[[routes]\nweight = ").unwrap();
+    let o = run(&["shift", "users", "5", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not valid TOML"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "[[routes]\nweight = "
+    );
+}
