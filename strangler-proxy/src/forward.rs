@@ -68,9 +68,14 @@ pub struct Failure {
     pub detail: String,
 }
 
-/// Whether the request asks to switch protocols (WebSocket and friends).
+/// Whether the request asks to switch to WebSocket, the one upgrade the proxy tunnels. Others
+/// are dropped as hop-by-hop: an `h2c` upgrade tunnelled to a backend would let the client
+/// speak HTTP/2 straight to it for any path, past routing, normalization and limits.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| has_token(v, b"websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -107,6 +112,8 @@ pub struct Downstream<'a> {
     pub normalized_path: Option<&'a str>,
     /// Keep `Upgrade` and `Connection: upgrade`.
     pub upgrade: bool,
+    /// The request id, set after hop-by-hop removal so `Connection` cannot name it away.
+    pub request_id: &'a HeaderValue,
 }
 
 /// Rewrites a downstream request for `upstream`: absolute URI on the upstream with exactly the
@@ -137,6 +144,9 @@ pub fn rewrite(
         None
     };
     strip_hop_by_hop(headers);
+    // Only the proxy marks shadows; a client's marker could make a service skip a real write.
+    headers.remove(&crate::shadow::X_STRANGLER_SHADOW);
+    headers.insert(&crate::proxy::X_REQUEST_ID, downstream.request_id.clone());
     if let Some(protocol) = upgrade {
         // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
         headers.insert(header::UPGRADE, protocol);
@@ -154,15 +164,17 @@ pub fn rewrite(
         headers.insert(header::HOST, host);
     }
     let ip = downstream.client.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + ip.len());
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Every prior line, in order, then this hop: a list split over lines is one list.
+        let mut v = Vec::new();
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
             v.extend_from_slice(prior.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_bytes(&v)
         }
-        None => HeaderValue::from_str(&ip),
+        v.extend_from_slice(ip.as_bytes());
+        HeaderValue::from_bytes(&v)
+    } else {
+        HeaderValue::from_str(&ip)
     };
     if let Ok(v) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -172,9 +184,32 @@ pub fn rewrite(
     Ok(())
 }
 
+/// A bodiless copy of a rewritten request, to send again elsewhere (fallback, shadow).
+pub fn template_of<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// A request built from a template and a body, pointed at `upstream`.
+pub fn from_template(
+    template: &Request<()>,
+    body: UpstreamBody,
+    upstream: &Upstream,
+) -> Result<Request<UpstreamBody>, http::Error> {
+    let mut req = Request::new(body);
+    *req.method_mut() = template.method().clone();
+    *req.uri_mut() = template.uri().clone();
+    *req.headers_mut() = template.headers().clone();
+    retarget(&mut req, upstream)?;
+    Ok(req)
+}
+
 /// Points an already rewritten request at another upstream (fallback, shadow), keeping its
 /// path and query.
-pub fn retarget<B>(req: &mut Request<B>, upstream: &Upstream) -> Result<(), http::Error> {
+fn retarget<B>(req: &mut Request<B>, upstream: &Upstream) -> Result<(), http::Error> {
     let path_and_query = req
         .uri()
         .path_and_query()

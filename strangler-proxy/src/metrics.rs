@@ -182,11 +182,6 @@ impl PairMetrics {
         &self.route
     }
 
-    /// The backend label.
-    pub fn backend(&self) -> &str {
-        &self.backend
-    }
-
     fn resolved(&self, metrics: &Metrics) -> &Resolved {
         self.resolved.get_or_init(|| Resolved {
             duration: metrics

@@ -17,9 +17,10 @@ pub enum PathError {
     /// A `..` would climb above the root.
     #[error("'..' climbs above the root")]
     AboveRoot,
-    /// An encoded `/` next to a dot segment (`..%2F`): a traversal attempt whichever way the
-    /// upstream decodes it.
-    #[error("an encoded '/' next to '.' or '..' could climb out of the route")]
+    /// A dot segment in disguise: next to an encoded `/` (`..%2F`), a backslash (`..\`, which
+    /// IIS and some Node stacks read as `/`) or with parameters (`..;`, which Tomcat and Spring
+    /// resolve): a traversal attempt whichever way the upstream reads it.
+    #[error("a disguised '.' or '..' segment could climb out of the route")]
     EncodedTraversal,
     /// `%` not followed by two hex digits.
     #[error("a '%' is not followed by two hex digits")]
@@ -53,7 +54,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 trailing_slash = true;
             }
             s => {
-                if s.contains("%2F") && s.split("%2F").any(|piece| piece == "." || piece == "..") {
+                if is_disguised_dot_segment(s) {
                     return Err(PathError::EncodedTraversal);
                 }
                 depth += 1;
@@ -69,21 +70,37 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-/// True when the path contains an encoded `/`, which the upstream may or may not decode: the
-/// caller checks that decoding it would not change the route before forwarding it.
-pub fn has_encoded_slash(path: &str) -> bool {
-    path.contains("%2F")
+/// True when the path contains something an upstream may read as `/`: an encoded slash, or a
+/// backslash raw or encoded. The caller checks that reading it so would not change the route.
+pub fn has_slash_lookalike(path: &str) -> bool {
+    path.contains("%2F") || path.contains("%5C") || path.contains('\\')
 }
 
-/// `path` with `%2F` decoded to `/`, for that check.
-pub fn decode_slashes(path: &str) -> String {
+/// `path` with every slash lookalike read as `/`, for that check.
+pub fn as_slashes(path: &str) -> String {
     path.replace("%2F", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/")
 }
 
-/// A path already in normal form: no escapes, no empty or dot segments.
+/// Whether a segment hides a dot segment behind a separator some upstream honours.
+fn is_disguised_dot_segment(segment: &str) -> bool {
+    segment
+        .split("%2F")
+        .flat_map(|s| s.split("%5C"))
+        .flat_map(|s| s.split('\\'))
+        .map(|piece| piece.split(';').next().unwrap_or(piece))
+        .any(|piece| piece == "." || piece == "..")
+}
+
+/// A path already in normal form: only plain ASCII, no escapes, no empty or dot segments, and
+/// nothing that could disguise one (`;`, `\`).
 fn is_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.contains(&b'%') {
+    if bytes
+        .iter()
+        .any(|b| matches!(b, b'%' | b';' | b'\\') || !b.is_ascii())
+    {
         return false;
     }
     // Every segment after the leading '/' must be non-empty and not a dot segment; the last one
@@ -106,8 +123,16 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if !b.is_ascii() {
+            // hyper lets raw non-ASCII bytes through; send them on percent-encoded (the same
+            // resource by RFC 3986) so they survive the rewrite byte for byte.
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+            i += 1;
+            continue;
+        }
         if b != b'%' {
-            // Request paths are ASCII on the wire; hyper refuses anything else before we see it.
             out.push(char::from(b));
             i += 1;
             continue;
@@ -163,6 +188,16 @@ mod tests {
                 Err(PathError::EncodedTraversal),
             ),
             ("/api/users/a%2F..", Err(PathError::EncodedTraversal)),
+            ("/api/users/..;/..;/admin", Err(PathError::EncodedTraversal)),
+            ("/api/users/..\\..\\admin", Err(PathError::EncodedTraversal)),
+            (
+                "/api/users/..%5C..%5Cadmin",
+                Err(PathError::EncodedTraversal),
+            ),
+            ("/api/users/.;x", Err(PathError::EncodedTraversal)),
+            ("/api/users/1;v=2", Ok("/api/users/1;v=2")),
+            ("/api/users/a\\b", Ok("/api/users/a\\b")),
+            ("/api/users/café", Ok("/api/users/caf%C3%A9")),
             ("/api/users/a%2Fb", Ok("/api/users/a%2Fb")),
             ("/files/a..b", Ok("/files/a..b")),
             ("//api//users/1", Ok("/api/users/1")),
@@ -208,6 +243,10 @@ mod tests {
             Just("%2F".to_string()),
             Just("%41".to_string()),
             Just("%ff".to_string()),
+            Just("..;".to_string()),
+            Just("..\\x".to_string()),
+            Just("%5C..".to_string()),
+            Just("é".to_string()),
             "[a-zA-Z0-9._~-]{1,6}",
         ];
         prop::collection::vec(segment, 0..10).prop_map(|segs| format!("/{}", segs.join("/")))
@@ -227,9 +266,11 @@ mod tests {
             if let Ok(n) = normalize(&path) {
                 prop_assert!(n.starts_with('/'));
                 prop_assert!(!n.contains("//"), "{} -> {}", path, n);
-                // Not even an upstream that decodes %2F finds a dot segment in it.
-                for segment in n.split('/').flat_map(|s| s.split("%2F")) {
-                    prop_assert!(segment != ".." && segment != ".", "{} -> {}", path, n);
+                prop_assert!(n.is_ascii(), "{} -> {}", path, n);
+                // Not even an upstream that decodes %2F, reads '\' as '/' or drops ';'
+                // parameters finds a dot segment in it.
+                for segment in n.split('/') {
+                    prop_assert!(!is_disguised_dot_segment(segment), "{} -> {}", path, n);
                 }
             }
         }

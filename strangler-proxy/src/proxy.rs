@@ -6,12 +6,8 @@
 //! metrics and the access log come last, when the outcome is known.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -45,8 +41,10 @@ pub enum ProxyError {
     /// Downstream: a path that cannot be routed safely.
     #[error("the request path cannot be routed safely: {0}")]
     BadPath(#[from] PathError),
-    /// Downstream: an encoded '/' that would route differently once decoded.
-    #[error("the request path has an encoded '/' that would change its route once decoded")]
+    /// Downstream: an encoded '/' or a backslash that would route differently read as '/'.
+    #[error(
+        "the request path has an encoded '/' or a '\\' that would change its route if read as '/'"
+    )]
     AmbiguousSlash,
     /// Downstream: request target over `max_uri_bytes`.
     #[error("the request target is longer than {0} bytes")]
@@ -126,14 +124,6 @@ impl Proxy {
         Self { live }
     }
 
-    /// A tower service for requests from `client`.
-    pub fn service(&self, client: SocketAddr) -> ProxyService {
-        ProxyService {
-            proxy: self.clone(),
-            client,
-        }
-    }
-
     /// Proxies one request from `client`.
     pub async fn handle<B>(&self, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
     where
@@ -197,11 +187,12 @@ impl Proxy {
             client,
             normalized_path: matches!(path, Cow::Owned(_)).then_some(path.as_ref()),
             upgrade,
+            request_id: &request_id,
         };
         if let Err(e) = forward::rewrite(&mut req, decision.upstream, &downstream) {
             return ProxyError::Internal(e.to_string()).into_response(&request_id);
         }
-        let template = (fallback.is_some() || shadow.is_some()).then(|| template_of(&req));
+        let template = (fallback.is_some() || shadow.is_some()).then(|| forward::template_of(&req));
 
         let mut outcome = forward::send(decision.upstream, req).await;
         if let (Some(route), Some(template)) = (fallback, &template) {
@@ -295,7 +286,11 @@ impl Proxy {
             shadow::Job {
                 route: route.config.name.clone(),
                 ignore,
-                noise_check: route.config.shadow_noise_check,
+                // The noise check sends the request to the default a second time: only a
+                // request that may be sent twice qualifies.
+                noise_check: route.config.shadow_noise_check
+                    && is_replayable(&method)
+                    && request_capture.is_none(),
                 template,
                 request_body: request_capture,
                 default_head,
@@ -317,11 +312,8 @@ impl Proxy {
         template: &Request<()>,
         upstream: &Upstream,
     ) -> Result<Response<Incoming>, Failure> {
-        let mut req = Request::new(Empty::new().map_err(Into::into).boxed_unsync());
-        *req.method_mut() = template.method().clone();
-        *req.uri_mut() = template.uri().clone();
-        *req.headers_mut() = template.headers().clone();
-        forward::retarget(&mut req, upstream).map_err(|e| Failure {
+        let body = Empty::new().map_err(Into::into).boxed_unsync();
+        let req = forward::from_template(template, body, upstream).map_err(|e| Failure {
             kind: FailureKind::Protocol,
             detail: e.to_string(),
         })?;
@@ -404,23 +396,20 @@ fn status_kind(status: StatusCode) -> &'static str {
     }
 }
 
-/// A bodiless copy of a rewritten request, to send again elsewhere.
-fn template_of<B>(req: &Request<B>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// Uses the client's `x-request-id` or adds a fresh one, and returns it.
+/// Uses the client's `x-request-id` or adds a fresh one (32 hex digits), and returns it.
 fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&X_REQUEST_ID) {
         return id.clone();
     }
-    let (a, b) = (crate::random::next_u64(), crate::random::next_u64());
-    let id = HeaderValue::from_str(&format!("{a:016x}{b:016x}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    let random =
+        (u128::from(crate::random::next_u64()) << 64) | u128::from(crate::random::next_u64());
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((random >> (4 * i)) & 0xF) as usize];
+    }
+    let id =
+        HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     headers.insert(&X_REQUEST_ID, id.clone());
     id
 }
@@ -442,13 +431,13 @@ fn check_limits(req: &http::request::Parts, table: &RouteTable) -> Result<(), Pr
     Ok(())
 }
 
-/// The normalized path to route on and forward. An encoded '/' is forwarded as it is only when
-/// decoding it would not change the route: the upstream may decode it, and then it must still
-/// be the route's business.
+/// The normalized path to route on and forward. An encoded '/' or a backslash is forwarded as it
+/// is only when reading it as '/' would not change the route: the upstream may, and then it must
+/// still be the route's business.
 fn route_path<'p>(table: &RouteTable, original: &'p str) -> Result<Cow<'p, str>, ProxyError> {
     let normalized = path::normalize(original)?;
-    if path::has_encoded_slash(&normalized) {
-        let decoded_slashes = path::decode_slashes(&normalized);
+    if path::has_slash_lookalike(&normalized) {
+        let decoded_slashes = path::as_slashes(&normalized);
         let decoded = path::normalize(&decoded_slashes)?;
         let as_sent = table.lookup(&normalized).map(|r| &r.config.name);
         let as_decoded = table.lookup(&decoded).map(|r| &r.config.name);
@@ -473,31 +462,4 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
             Err(e) => tracing::warn!(error = %e, "protocol upgrade failed"),
         }
     });
-}
-
-/// [`Proxy`] as a tower service bound to one client address.
-#[derive(Clone)]
-pub struct ProxyService {
-    proxy: Proxy,
-    client: SocketAddr,
-}
-
-impl<B> tower::Service<Request<B>> for ProxyService
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let client = self.client;
-        Box::pin(async move { Ok(proxy.handle(req, client).await) })
-    }
 }

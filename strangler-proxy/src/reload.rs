@@ -27,6 +27,9 @@ use crate::upstream::Upstreams;
 /// is read once, whole.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// A file written to without pause is still read this often.
+const MAX_QUIET_WAIT: Duration = Duration::from_millis(500);
+
 /// A safety net for lost events (inotify queue overflow, a replaced mount): the file's digest
 /// is checked this often even when no event arrives. Unchanged content costs one read.
 const POLL: Duration = Duration::from_secs(5);
@@ -66,6 +69,8 @@ pub struct Live {
     /// Reloads from the watcher, SIGHUP and the poll are serialized so revisions stay ordered.
     reloading: Mutex<()>,
     last_rejection: Mutex<Option<Rejection>>,
+    /// Label sets of `strangler_route_weight` exported now.
+    published: Mutex<Vec<[String; 3]>>,
     draining: AtomicBool,
 }
 
@@ -85,6 +90,7 @@ impl Live {
             metrics,
             reloading: Mutex::new(()),
             last_rejection: Mutex::new(None),
+            published: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
         });
         live.publish(&live.table());
@@ -202,21 +208,38 @@ impl Live {
         Outcome::Rejected(errors)
     }
 
-    /// Sets the gauges that describe the table in service.
+    /// Sets the gauges that describe the table in service, then removes the series of routes
+    /// (or stages) that no longer exist, so a scrape never sees a route without its weight.
     fn publish(&self, table: &RouteTable) {
         self.metrics.revision.set(table.revision as i64);
-        // Reset so a removed route's weight disappears instead of lingering at its last value.
-        self.metrics.route_weight.reset();
-        for route in table.routes() {
+        let labels = |t: &RouteTable| -> Vec<[String; 3]> {
+            t.routes()
+                .iter()
+                .map(|r| {
+                    let c = &r.config;
+                    [
+                        c.name.clone(),
+                        c.service.clone(),
+                        c.stage().as_str().to_string(),
+                    ]
+                })
+                .collect()
+        };
+        let now = labels(table);
+        for (route, l) in table.routes().iter().zip(&now) {
             self.metrics
                 .route_weight
-                .with_label_values(&[
-                    &route.config.name,
-                    &route.config.service,
-                    route.config.stage().as_str(),
-                ])
+                .with_label_values(&[&l[0], &l[1], &l[2]])
                 .set(i64::from(route.config.weight));
         }
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        for stale in published.iter().filter(|l| !now.contains(l)) {
+            let _ = self
+                .metrics
+                .route_weight
+                .remove_label_values(&[&stale[0], &stale[1], &stale[2]]);
+        }
+        *published = now;
     }
 }
 
@@ -233,11 +256,18 @@ fn single_error(path: &Path, message: String) -> ConfigErrors {
 
 fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
     let (old, new) = (&old.config.proxy, &new.config.proxy);
-    if old.listen != new.listen || old.admin != new.admin {
+    let changed = [
+        ("listen", old.listen != new.listen),
+        ("admin", old.admin != new.admin),
+        (
+            "shadow_concurrency",
+            old.shadow_concurrency != new.shadow_concurrency,
+        ),
+        ("drain_timeout", old.drain_timeout != new.drain_timeout),
+    ];
+    for (key, _) in changed.iter().filter(|(_, differs)| *differs) {
         tracing::warn!(
-            "[proxy] listen/admin changed; the running listeners stay on {} and {} until restart",
-            old.listen,
-            old.admin
+            "[proxy] {key} changed; it is read at start-up and takes effect after a restart"
         );
     }
 }
@@ -264,7 +294,11 @@ impl Watch {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // Any event in the directory may be ours (a ConfigMap swap touches `..data`,
                 // not the file's name); reading the file and comparing digests decides.
-                if event.is_ok() {
+                // Reads (ours included: inotify reports every open) change nothing; waking on
+                // them would make the proxy reload itself in a loop.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     notify_wake.notify_one();
                 }
             })?;
@@ -279,12 +313,28 @@ impl Watch {
         })
     }
 
+    /// Waits until no event has arrived for [`DEBOUNCE`] (at most [`MAX_QUIET_WAIT`]), so a
+    /// writer that pauses mid-file is read once it is done.
+    async fn quiet(&self) {
+        let give_up = tokio::time::Instant::now() + MAX_QUIET_WAIT;
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {
+                    if tokio::time::Instant::now() >= give_up {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(DEBOUNCE) => return,
+            }
+        }
+    }
+
     /// Reloads after each burst of events (debounced) and every few seconds regardless.
     /// Runs until the task is dropped.
     pub async fn run(self) {
         loop {
             tokio::select! {
-                () = self.wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+                () = self.wake.notified() => self.quiet().await,
                 () = tokio::time::sleep(POLL) => {}
             }
             let live = self.live.clone();

@@ -27,6 +27,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// The service taking the peeled-off share.
     pub service: Arc<Upstream>,
+    /// [`sticky_seed`] of the route's name, computed once.
+    sticky_seed: u64,
     to_service: PairMetrics,
     to_default: PairMetrics,
 }
@@ -91,6 +93,7 @@ impl RouteTable {
             by_prefix.insert(route.prefix.clone().into_boxed_str(), i);
             max_depth = max_depth.max(depth(&route.prefix));
             routes.push(Route {
+                sticky_seed: sticky_seed(&route.name),
                 to_service: PairMetrics::new(&route.name, service.name()),
                 to_default: PairMetrics::new(&route.name, default.name()),
                 config: route.clone(),
@@ -220,7 +223,7 @@ impl Route {
             100 => true,
             weight => {
                 let bucket = match self.sticky_key(headers) {
-                    Some(key) => sticky_bucket(&self.config.name, key),
+                    Some(key) => bucket(self.sticky_seed, key),
                     None => random_bucket(),
                 };
                 bucket < u64::from(weight) * (BUCKETS / 100)
@@ -248,7 +251,14 @@ impl Route {
 /// every version agrees) of the key seeded by the route name, so routes split independently.
 /// A key in the service's share at weight w stays there at any weight above w.
 pub fn sticky_bucket(route: &str, key: &[u8]) -> u64 {
-    let seed = xxh3_64_with_seed(route.as_bytes(), 0);
+    bucket(sticky_seed(route), key)
+}
+
+fn sticky_seed(route: &str) -> u64 {
+    xxh3_64_with_seed(route.as_bytes(), 0)
+}
+
+fn bucket(seed: u64, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed) % BUCKETS
 }
 
@@ -313,7 +323,7 @@ mod tests {
             (
                 &get,
                 "/api/users/%2E%2E%2Fposts",
-                "400 an encoded '/' next to '.' or '..' could climb out of the route".into(),
+                "400 a disguised '.' or '..' segment could climb out of the route".into(),
             ),
             (
                 &get,

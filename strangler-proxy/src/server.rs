@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -55,6 +56,8 @@ impl Running {
 
 /// Loads `config`, binds both listeners and starts serving. Refuses an invalid file.
 pub async fn start(config: &Path) -> anyhow::Result<Running> {
+    // Before binding: a SIGHUP from an impatient operator must never kill a starting proxy.
+    let hup = signal(SignalKind::hangup()).ok();
     let metrics = Arc::new(Metrics::new());
     let live = Live::open(config, metrics).map_err(|errors| {
         anyhow::anyhow!(
@@ -96,7 +99,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
                 ),
             }
         }),
-        tokio::spawn(reload_on_sighup(live.clone())),
+        tokio::spawn(reload_on_sighup(live.clone(), hup)),
     ];
     tracing::info!(
         public = %public_addr,
@@ -197,8 +200,8 @@ where
     }
 }
 
-async fn reload_on_sighup(live: Arc<Live>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+async fn reload_on_sighup(live: Arc<Live>, hup: Option<Signal>) {
+    let Some(mut hup) = hup else {
         tracing::warn!("cannot install a SIGHUP handler; file watching still reloads");
         return;
     };
@@ -211,20 +214,16 @@ async fn reload_on_sighup(live: Arc<Live>) {
 
 /// Serves until SIGTERM or SIGINT, then drains. For the binary.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
-    let running = start(config).await?;
-    wait_for_termination().await?;
-    tracing::info!("shutdown signal received");
-    running.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_termination() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before anything else so a signal during start-up is not the default action
+    // (which for SIGTERM would skip the drain).
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let running = start(config).await?;
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+    tracing::info!("shutdown signal received");
+    running.shutdown().await;
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -92,7 +92,10 @@ impl Shadows {
 
     fn with_record<T>(&self, route: &str, f: impl FnOnce(&mut RouteRecord) -> T) -> T {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        f(records.entry(route.to_string()).or_default())
+        match records.get_mut(route) {
+            Some(record) => f(record),
+            None => f(records.entry(route.to_string()).or_default()),
+        }
     }
 
     /// The latest mismatches of `route`, newest first.
@@ -160,6 +163,10 @@ struct Capture {
     done: oneshot::Sender<Captured>,
 }
 
+/// How long a comparison may wait for the client to finish with the default's answer, beyond
+/// the service's own deadline; after it the shadow is `skipped` and its permit returned.
+const CLIENT_GRACE: Duration = Duration::from_secs(30);
+
 impl<B> Tee<B> {
     /// Forwards `inner` untouched.
     pub fn passthrough(inner: B) -> Self {
@@ -203,15 +210,16 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         if capture.buf.len() + data.len() > CAPTURE_LIMIT {
+                            // Say so now: the comparison should not wait for the rest.
                             capture.overflow = true;
-                            capture.buf = BytesMut::new();
-                        } else if !capture.overflow {
+                            ended = true;
+                        } else {
                             capture.buf.extend_from_slice(data);
                         }
                     }
                     // hyper stops polling once a body says it has ended, so the final
                     // `None` may never come: the end is noticed here too.
-                    ended = this.inner.is_end_stream();
+                    ended |= this.inner.is_end_stream();
                 }
                 Poll::Ready(None) => ended = true,
                 Poll::Ready(Some(Err(_))) => {
@@ -248,7 +256,7 @@ pub struct Job {
     pub route: String,
     /// Pointers the route's config ignores.
     pub ignore: Ignored,
-    /// Whether to learn noise.
+    /// Learn noise (only ever set for safe, bodiless requests: they are sent twice).
     pub noise_check: bool,
     /// The request as sent to the default (body replaced below).
     pub template: Request<()>,
@@ -281,7 +289,10 @@ pub fn content_type<B>(response: &Response<B>) -> Option<String> {
 pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let route = job.route.clone();
-        let result = run(job, &shadows).await;
+        let deadline = job.service.config.request_timeout + CLIENT_GRACE;
+        let result = tokio::time::timeout(deadline, run(job, &shadows))
+            .await
+            .unwrap_or("skipped");
         metrics
             .shadow_comparisons
             .with_label_values(&[&route, result])
@@ -396,19 +407,16 @@ async fn ask(
     body: Bytes,
     mark_shadow: bool,
 ) -> Result<Answer, String> {
-    let mut req = Request::new(if body.is_empty() {
+    let body = if body.is_empty() {
         boxed(Empty::new())
     } else {
         boxed(Full::new(body))
-    });
-    *req.method_mut() = template.method().clone();
-    *req.uri_mut() = template.uri().clone();
-    *req.headers_mut() = template.headers().clone();
+    };
+    let mut req = forward::from_template(template, body, upstream).map_err(|e| e.to_string())?;
     if mark_shadow {
         req.headers_mut()
             .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
     }
-    forward::retarget(&mut req, upstream).map_err(|e| e.to_string())?;
     let response: Response<Incoming> = forward::send(upstream, req)
         .await
         .map_err(|f| format!("{}: {}", f.kind.as_str(), f.detail))?;

@@ -106,6 +106,18 @@ async fn unsafe_paths_are_refused_with_400_and_a_request_id() {
             .status,
         StatusCode::BAD_REQUEST
     );
+    // `/api%2Fusers` routes to the default as sent, to `users` if the upstream decodes it.
+    for ambiguous in ["/api%2Fusers/1", "/api%5Cusers/1", "/api\\users/1"] {
+        let a = get(&format!("{}{ambiguous}", s.base)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{ambiguous}");
+        assert!(
+            a.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("would change its route"),
+            "{ambiguous}"
+        );
+    }
     let a = get(&format!("{}/api/users/a%2Fb", s.base)).await;
     assert_eq!(
         (a.status, a.backend()),
@@ -186,6 +198,38 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
     assert!(
         a.headers.get("x-strangler-backend").is_none(),
         "off by default"
+    );
+
+    // Connection cannot name the proxy's own headers away, nor can a client forge a shadow
+    // marker; several x-forwarded-for lines are one list.
+    let a = send(
+        &c,
+        Method::GET,
+        &format!("{}/api/users/1", s.base),
+        &[
+            ("connection", "x-request-id, x-forwarded-for"),
+            ("x-strangler-shadow", "1"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-request-id"].as_str().map(str::len), Some(32), "{h}");
+    assert!(h.get("x-strangler-shadow").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    let req = http::Request::get(format!("{}/api/users/1", s.base))
+        .header("x-forwarded-for", "1.1.1.1")
+        .header("x-forwarded-for", "2.2.2.2");
+    let res = c
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        body["headers"]["x-forwarded-for"],
+        "1.1.1.1, 2.2.2.2, 127.0.0.1"
     );
 
     let a = send(
@@ -507,16 +551,18 @@ async fn response_bodies_are_streamed_not_buffered() {
 #[tokio::test]
 async fn upgrades_are_tunnelled_both_ways() {
     let (upstream, heads) = raw_upstream_recording(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         true,
     )
     .await;
     let text = config_text(&[("monolith", upstream)], "", "");
     let p = start_proxy(&temp_dir("upgrade"), &text).await;
     let mut sock = TcpStream::connect(p.public).await.unwrap();
-    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    sock.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -529,10 +575,10 @@ async fn upgrades_are_tunnelled_both_ways() {
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     let sent = heads.lock().unwrap()[0].clone();
     assert!(
-        sent.contains("\r\nupgrade: echo\r\n"),
+        sent.contains("\r\nupgrade: websocket\r\n"),
         "the upstream was not asked to upgrade: {sent}"
     );
     assert!(sent.contains("\r\nconnection: upgrade\r\n"), "{sent}");
@@ -567,11 +613,12 @@ async fn h2c_clients_are_served() {
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["backend"], "users");
     assert_eq!(body["path"], "/api/users/3");
-    assert!(
-        body["headers"]["host"]
-            .as_str()
-            .unwrap()
-            .starts_with("127.0.0.1:"),
+    // No Host header in HTTP/2: the upstream gets the authority the client used, not its own.
+    let authority = s.proxy.public.to_string();
+    assert_eq!(body["headers"]["host"], authority.as_str(), "{body}");
+    assert_eq!(
+        body["headers"]["x-forwarded-host"],
+        authority.as_str(),
         "{body}"
     );
 }
@@ -617,4 +664,31 @@ async fn admin_endpoints_describe_the_table() {
     assert_eq!(routes["routes"][1]["stage"], "dark");
     assert_eq!(routes["routes"][1]["weight"], 0);
     assert_eq!(get(&admin(&s, "/nope")).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_tunnelled() {
+    let (upstream, heads) =
+        raw_upstream_recording(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let text = config_text(&[("monolith", upstream)], "", "");
+    let p = start_proxy(&temp_dir("h2c-upgrade"), &text).await;
+    let a = send(
+        &client(),
+        Method::GET,
+        &format!("http://{}/", p.public),
+        &[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((a.status, a.text()), (StatusCode::OK, "ok".to_string()));
+    let sent = heads.lock().unwrap()[0].clone();
+    assert!(
+        !sent.contains("upgrade"),
+        "an h2c upgrade reached the upstream: {sent}"
+    );
+    assert!(!sent.contains("http2-settings"), "{sent}");
 }
