@@ -70,6 +70,8 @@ pub struct ProxySection {
     default: Option<Spanned<String>>,
     #[serde(default)]
     backend_header: bool,
+    #[serde(default)]
+    ignore_case: bool,
     access_log: Option<bool>,
     override_header: Option<Spanned<String>>,
     shadow_concurrency: Option<Spanned<i64>>,
@@ -172,6 +174,8 @@ pub struct ProxySettings {
     pub default: String,
     /// Add `x-strangler-backend` to responses.
     pub backend_header: bool,
+    /// Match prefixes whatever the letter case (for monoliths whose router ignores case).
+    pub ignore_case: bool,
     /// One log line per request.
     pub access_log: bool,
     /// Header that lets a client force a backend (off unless set).
@@ -436,7 +440,8 @@ impl<'t> Validator<'t> {
         let services = self.services(&file.services);
         let names: Vec<&str> = file.services.keys().map(String::as_str).collect();
         let proxy = self.proxy(file.proxy.as_ref(), &names);
-        let routes = self.routes(&file.routes, &names);
+        let ignore_case = file.proxy.as_ref().is_some_and(|p| p.get_ref().ignore_case);
+        let routes = self.routes(&file.routes, &names, ignore_case);
         self.errors.sort_by_key(|e| (e.line, e.column));
         match proxy {
             Some(proxy) if self.errors.is_empty() => Ok(Config {
@@ -526,6 +531,7 @@ impl<'t> Validator<'t> {
             admin: admin?,
             default: default?,
             backend_header: p.backend_header,
+            ignore_case: p.ignore_case,
             access_log: p.access_log.unwrap_or(true),
             override_header,
             shadow_concurrency: shadow_concurrency?,
@@ -676,7 +682,12 @@ impl<'t> Validator<'t> {
         out
     }
 
-    fn routes(&mut self, entries: &[Spanned<RouteEntry>], names: &[&str]) -> Vec<RouteConfig> {
+    fn routes(
+        &mut self,
+        entries: &[Spanned<RouteEntry>],
+        names: &[&str],
+        ignore_case: bool,
+    ) -> Vec<RouteConfig> {
         let mut out = Vec::new();
         let mut seen_prefixes: HashMap<String, usize> = HashMap::new();
         let mut seen_names = HashSet::new();
@@ -723,13 +734,19 @@ impl<'t> Validator<'t> {
             } else {
                 match path::normalize(prefix) {
                     Ok(n) if n == *prefix && (prefix == "/" || !prefix.ends_with('/')) => {
-                        if let Some(other_line) = seen_prefixes.get(prefix) {
+                        // With ignore_case, /api/users and /API/Users are one prefix.
+                        let key = if ignore_case {
+                            prefix.to_ascii_lowercase()
+                        } else {
+                            prefix.clone()
+                        };
+                        if let Some(other_line) = seen_prefixes.get(&key) {
                             self.error(
                                 r.prefix.span(),
                                 format!("route {name:?}: prefix {prefix:?} is already routed on line {other_line}: merge the two routes"),
                             );
                         } else {
-                            seen_prefixes.insert(prefix.clone(), line);
+                            seen_prefixes.insert(key, line);
                         }
                     }
                     Ok(n) => {
@@ -1204,6 +1221,19 @@ request_timeout = "30s"
             "{BASE}\n[[routes]]\nname = \"a\"\nprefix = \"/api\"\nservice = \"users\"\nweight = 1\n[[routes]]\nname = \"b\"\nprefix = \"/api\"\nservice = \"users\"\nweight = 1\n"
         );
         assert_eq!(errors(&text).len(), 1);
+    }
+
+    #[test]
+    fn with_ignore_case_prefixes_differing_in_case_are_duplicates() {
+        let routes = "[[routes]]\nname = \"a\"\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 1\n[[routes]]\nname = \"b\"\nprefix = \"/API/Users\"\nservice = \"users\"\nweight = 1\n";
+        assert!(errors(&format!("{BASE}\n{routes}")).is_empty());
+        let insensitive = format!("{BASE}\n{routes}").replace(
+            "default = \"monolith\"",
+            "default = \"monolith\"\nignore_case = true",
+        );
+        let errors = errors(&insensitive);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("already routed"), "{errors:?}");
     }
 
     #[test]

@@ -47,7 +47,11 @@ pub struct RouteTable {
     pub default: Arc<Upstream>,
     unmatched: PairMetrics,
     routes: Vec<Route>,
-    by_prefix: HashMap<Box<str>, usize>,
+    /// Route indices by [`prefix_hash`] of their prefix; collisions are told apart by
+    /// comparing the prefix itself, so the probe never allocates.
+    by_prefix: HashMap<u64, Vec<usize>>,
+    /// `[proxy] ignore_case`: prefixes match whatever the letter case.
+    ignore_case: bool,
     /// Segments in the deepest prefix: probing deeper is pointless.
     max_depth: usize,
 }
@@ -85,12 +89,16 @@ impl RouteTable {
                 .ok_or_else(|| format!("service {name:?} is not defined"))
         };
         let default = lookup(&config.proxy.default)?;
+        let ignore_case = config.proxy.ignore_case;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut by_prefix = HashMap::with_capacity(config.routes.len());
         let mut max_depth = 0;
         for (i, route) in config.routes.iter().enumerate() {
             let service = lookup(&route.service)?;
-            by_prefix.insert(route.prefix.clone().into_boxed_str(), i);
+            by_prefix
+                .entry(prefix_hash(&route.prefix))
+                .or_insert_with(Vec::new)
+                .push(i);
             max_depth = max_depth.max(depth(&route.prefix));
             routes.push(Route {
                 sticky_seed: sticky_seed(&route.name),
@@ -109,6 +117,7 @@ impl RouteTable {
             config,
             routes,
             by_prefix,
+            ignore_case,
             max_depth,
         })
     }
@@ -142,8 +151,8 @@ impl RouteTable {
         }
         loop {
             let candidate = if end == 0 { "/" } else { &path[..end] };
-            if let Some(&i) = self.by_prefix.get(candidate) {
-                return self.routes.get(i);
+            if let Some(route) = self.probe(candidate) {
+                return Some(route);
             }
             if end == 0 {
                 return None;
@@ -190,6 +199,18 @@ impl RouteTable {
 }
 
 impl RouteTable {
+    fn probe(&self, candidate: &str) -> Option<&Route> {
+        let indices = self.by_prefix.get(&prefix_hash(candidate))?;
+        indices.iter().map(|i| &self.routes[*i]).find(|r| {
+            let prefix = r.config.prefix.as_str();
+            if self.ignore_case {
+                prefix.eq_ignore_ascii_case(candidate)
+            } else {
+                prefix == candidate
+            }
+        })
+    }
+
     /// The operator-enabled override: `Some(true)` forces the route's service, `Some(false)`
     /// the default; any other value is ignored.
     fn forced(&self, headers: &HeaderMap, route: &Route) -> Option<bool> {
@@ -266,6 +287,14 @@ fn random_bucket() -> u64 {
     crate::random::next_u64() % BUCKETS
 }
 
+/// FNV-1a over the ASCII-lower-cased bytes: the same for prefixes that differ only in case, so
+/// one table serves both matching modes.
+fn prefix_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn depth(prefix: &str) -> usize {
     prefix.bytes().filter(|b| *b == b'/').count() - usize::from(prefix == "/")
 }
@@ -277,8 +306,12 @@ mod tests {
     use crate::path::normalize;
 
     fn table(routes: &str) -> RouteTable {
+        table_with_proxy("", routes)
+    }
+
+    fn table_with_proxy(proxy_extra: &str, routes: &str) -> RouteTable {
         let text = format!(
-            "[proxy]\ndefault = \"monolith\"\n[services.monolith]\nurl = \"http://127.0.0.1:1\"\n\
+            "[proxy]\ndefault = \"monolith\"\n{proxy_extra}[services.monolith]\nurl = \"http://127.0.0.1:1\"\n\
              [services.users]\nurl = \"http://127.0.0.1:2\"\n[services.posts]\nurl = \"http://127.0.0.1:3\"\n\
              [services.admin]\nurl = \"http://127.0.0.1:4\"\n{routes}"
         );
@@ -539,5 +572,27 @@ mod tests {
                 proptest::prop_assert!(at(high), "key {} left the service going {} -> {}", key, low, high);
             }
         }
+    }
+
+    #[test]
+    fn ignore_case_matches_prefixes_whatever_the_case() {
+        let sensitive = table(ROUTES);
+        assert_eq!(
+            routed(&sensitive, &Method::GET, "/API/Users/1"),
+            "default monolith /API/Users/1"
+        );
+        let insensitive = table_with_proxy("ignore_case = true\n", ROUTES);
+        assert_eq!(
+            routed(&insensitive, &Method::GET, "/API/Users/1"),
+            "users users /API/Users/1"
+        );
+        assert_eq!(
+            routed(&insensitive, &Method::GET, "/api/POSTS/by-USER/2"),
+            "posts-reads posts /api/POSTS/by-USER/2"
+        );
+        assert_eq!(
+            routed(&insensitive, &Method::GET, "/api/usersX"),
+            "default monolith /api/usersX"
+        );
     }
 }
