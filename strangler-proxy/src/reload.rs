@@ -28,7 +28,7 @@ use crate::upstream::Upstreams;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// A file written to without pause is still read this often.
-const MAX_QUIET_WAIT: Duration = Duration::from_millis(500);
+const MAX_QUIET_WAIT: Duration = Duration::from_millis(100);
 
 /// A safety net for lost events (inotify queue overflow, a replaced mount): the file's digest
 /// is checked this often even when no event arrives. Unchanged content costs one read.
