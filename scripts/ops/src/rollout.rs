@@ -301,7 +301,7 @@ pub fn run(options: &RolloutOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
              writes through to the monolith. Nothing was changed.",
             names.route,
             state.methods.as_ref().map_or(
-                "every method, writes included".to_string(),
+                "every method (writes included)".to_string(),
                 |m| format!("writes ({})", m.join(","))
             ),
             names.service,

@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Scratch, count, eventually, generate, ops, run, sqlite, stderr, stdout};
+use common::{Lines, Scratch, count, eventually, generate, ops, run, sqlite, stderr, stdout};
 
 fn data_args(dir: &Scratch) -> Vec<String> {
     vec![
@@ -336,40 +334,4 @@ fn follow_applies_inserts_updates_and_deletes_until_sigterm() {
         )
         .unwrap();
     assert_eq!(leftovers, 0);
-}
-
-/// A child's stdout, read line by line on a thread.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn follow(stdout: std::process::ChildStdout) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn saw(&self, needle: &str) -> bool {
-        self.seen.iter().any(|l| l.contains(needle))
-    }
-
-    fn wait_for(&mut self, needle: &str) {
-        eventually(Duration::from_secs(60), needle, || {
-            while let Ok(line) = self.rx.try_recv() {
-                self.seen.push(line);
-            }
-            self.saw(needle).then_some(())
-        });
-    }
 }

@@ -3,9 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A directory removed when dropped.
@@ -94,4 +98,40 @@ pub fn count(path: &Path, table: &str) -> i64 {
     sqlite(path)
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .expect("count")
+}
+
+/// A child's stdout, read line by line on a thread.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn follow(stdout: std::process::ChildStdout) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn saw(&self, needle: &str) -> bool {
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+
+    pub fn wait_for(&mut self, needle: &str) {
+        eventually(Duration::from_secs(60), needle, || {
+            while let Ok(line) = self.rx.try_recv() {
+                self.seen.push(line);
+            }
+            self.saw(needle).then_some(())
+        });
+    }
 }

@@ -1,0 +1,383 @@
+//! `rollout` against a fake proxy whose traffic follows the weight in the routes file: it
+//! completes when the service behaves, and writes the last safe weight back (exit 1) when a
+//! gate fails, naming the gate and the figures.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::fake::{Behaviour, FakeProxy};
+use common::{Lines, Scratch, ops, run, stderr, stdout};
+
+const SHIPPED: &str = include_str!("../../../routes.toml");
+
+/// The shipped routes with the users route moved to reads only (and shadowing when asked).
+fn routes(dir: &Scratch, shadow: bool) -> String {
+    let extra = if shadow {
+        "methods = [\"GET\", \"HEAD\"]\nshadow = true\n"
+    } else {
+        "methods = [\"GET\", \"HEAD\"]\n"
+    };
+    let text = SHIPPED.replacen("weight  = 0\n", &format!("weight  = 0\n{extra}"), 1);
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn weight_in(path: &str, route: &str) -> u8 {
+    let loaded = strangler_proxy::config::load(std::path::Path::new(path)).expect("valid file");
+    loaded
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .expect("route")
+        .weight
+}
+
+fn rollout(path: &str, source: &[&str], extra: &[&str]) -> std::process::Output {
+    // --max-holds bounds every run: a test never waits for traffic that will not come.
+    let mut args = vec![
+        "rollout",
+        "users",
+        "--config",
+        path,
+        "--interval",
+        "200ms",
+        "--apply-timeout",
+        "5s",
+    ];
+    if !extra.contains(&"--max-holds") {
+        args.extend(["--max-holds", "5"]);
+    }
+    args.extend_from_slice(source);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn a_healthy_service_is_rolled_out_to_100() {
+    let dir = Scratch::new("rollout-ok");
+    let path = routes(&dir, true);
+    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &[]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert_eq!(weight_in(&path, "users"), 100);
+    for step in [
+        "step 1/6 (0%)",
+        "step 2/6 (1%)",
+        "step 3/6 (5%)",
+        "step 4/6 (25%)",
+        "step 5/6 (50%)",
+        "step 6/6 (100%)",
+    ] {
+        assert!(
+            out.contains(&format!("{step}: gates passed")),
+            "{step}: {out}"
+        );
+    }
+    // Shadow comparisons were judged at 0%, and the service's share grew step by step.
+    assert!(out.contains("shadow 100.00% matched (2000/2000)"), "{out}");
+    assert!(
+        out.contains("step 4/6 (25%): route users: weight 5 → 25"),
+        "{out}"
+    );
+    assert!(out.contains("service 500 req, 0.00% errors"), "{out}");
+    assert!(
+        out.contains("rollout of users complete: weight 100"),
+        "{out}"
+    );
+    // Other routes are untouched.
+    assert_eq!(weight_in(&path, "posts"), 0);
+}
+
+#[test]
+fn errors_from_50_percent_on_roll_back_to_25_and_exit_1() {
+    let dir = Scratch::new("rollout-errors");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            service_fails: Some((50, 0.3)),
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &[]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    assert!(out.contains("step 4/6 (25%): gates passed"), "{out}");
+    assert!(
+        out.contains("step 5/6 (50%): GATE FAILED: error ratio: service 0.3000 (300 of 1000 requests) > --max-error-ratio 0.01 (default 0.0000 (0 of 1000 requests))"),
+        "{out}"
+    );
+    assert!(
+        out.contains("wrote the last safe weight back: route users: weight 50 → 25"),
+        "{out}"
+    );
+    assert!(!out.contains("step 6/6"), "{out}");
+    assert_eq!(weight_in(&path, "users"), 25);
+}
+
+#[test]
+fn failures_hidden_by_fallback_still_count_against_the_service() {
+    let dir = Scratch::new("rollout-fallback");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            service_fails: Some((1, 0.5)),
+            fallback: true,
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,25,100"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // 500 requests for the service: 250 answered, 250 failed and served by the default instead.
+    assert!(
+        out.contains("GATE FAILED: error ratio: service 0.5000 (250 of 500 requests)"),
+        "{out}"
+    );
+    assert!(out.contains("| 250 fallbacks"), "{out}");
+    assert_eq!(weight_in(&path, "users"), 0);
+}
+
+#[test]
+fn a_slow_service_fails_the_latency_gate() {
+    let dir = Scratch::new("rollout-slow");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            service_latency: 0.3,
+            default_latency: 0.02,
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,25,100"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("GATE FAILED: p99 latency: service 496.0 ms > --max-latency-ratio 2 x default 49.6 ms (= 99.2 ms)"),
+        "{out}"
+    );
+    assert_eq!(weight_in(&path, "users"), 0);
+}
+
+#[test]
+fn shadow_mismatches_stop_the_rollout_before_any_traffic_moves() {
+    let dir = Scratch::new("rollout-shadow");
+    let path = routes(&dir, true);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            shadow_mismatch: 0.05,
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &[]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("step 1/6 (0%): GATE FAILED: shadow match ratio: 0.9500 (1900 of 2000 comparisons matched, 100 differed, 0 failed) < --min-shadow-match 0.999"),
+        "{out}"
+    );
+    assert!(!out.contains("step 2/6"), "{out}");
+    assert_eq!(weight_in(&path, "users"), 0);
+}
+
+#[test]
+fn too_little_traffic_holds_the_step_until_traffic_comes() {
+    let dir = Scratch::new("rollout-hold");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            per_scrape: 40,
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let mut child = ops()
+        .args([
+            "rollout",
+            "users",
+            "--config",
+            &path,
+            "--interval",
+            "200ms",
+            "--steps",
+            "0,25,100",
+            "--max-holds",
+            "50",
+            "--metrics",
+            &metrics,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = Lines::follow(child.stdout.take().expect("stdout"));
+    lines.wait_for(
+        "step 2/3 (25%): holding at 25%: the service answered 10 requests in the interval, fewer than --min-requests 20; waiting another interval",
+    );
+    assert_eq!(weight_in(&path, "users"), 25, "a hold keeps the weight");
+    fake.set(Behaviour::default());
+    let status = child.wait().expect("wait");
+    lines.wait_for("rollout of users complete: weight 100");
+    assert!(status.success(), "{:?}", lines.seen);
+    assert_eq!(weight_in(&path, "users"), 100);
+}
+
+#[test]
+fn holding_too_long_gives_up_and_writes_the_last_safe_weight_back() {
+    let dir = Scratch::new("rollout-giveup");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(
+        path.clone().into(),
+        Behaviour {
+            per_scrape: 40,
+            ..Behaviour::default()
+        },
+    );
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(
+        &path,
+        &["--metrics", &metrics],
+        &["--steps", "0,25,100", "--max-holds", "2"],
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert_eq!(out.matches("holding at 25%").count(), 2, "{out}");
+    assert!(
+        out.contains("wrote the last safe weight back: route users: weight 25 → 0"),
+        "{out}"
+    );
+    assert_eq!(weight_in(&path, "users"), 0);
+}
+
+#[test]
+fn splitting_writes_is_refused_unless_allowed() {
+    let dir = Scratch::new("rollout-writes");
+    let path = dir.join("routes.toml").display().to_string();
+    std::fs::write(&path, SHIPPED).unwrap();
+    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
+    let metrics = format!("{}/metrics", fake.url);
+    let o = rollout(&path, &["--metrics", &metrics], &[]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(
+            "refusing to roll out \"users\": it sends every method (writes included) to \"users\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("--allow-split-writes"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        SHIPPED,
+        "nothing changed"
+    );
+    assert_eq!(fake.scrapes(), 0, "refused before reading any metrics");
+
+    // Straight to 100 splits nothing; so is an explicit permission.
+    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,100"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let dir2 = Scratch::new("rollout-writes-allowed");
+    let path2 = dir2.join("routes.toml").display().to_string();
+    std::fs::write(&path2, SHIPPED).unwrap();
+    let fake2 = FakeProxy::start(path2.clone().into(), Behaviour::default());
+    let o = rollout(
+        &path2,
+        &["--metrics", &format!("{}/metrics", fake2.url)],
+        &["--steps", "0,50,100", "--allow-split-writes"],
+    );
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(weight_in(&path2, "users"), 100);
+}
+
+#[test]
+fn a_proxy_that_never_applies_the_weight_stops_the_rollout() {
+    let dir = Scratch::new("rollout-unapplied");
+    let path = routes(&dir, false);
+    // The fake serves a different copy of the file, as a proxy watching another file would.
+    let other = dir.join("other.toml");
+    std::fs::copy(&path, &other).unwrap();
+    let fake = FakeProxy::start(other, Behaviour::default());
+    let metrics = format!("{}/metrics", fake.url);
+    let o = run(&[
+        "rollout",
+        "users",
+        "--config",
+        &path,
+        "--interval",
+        "200ms",
+        "--apply-timeout",
+        "500ms",
+        "--steps",
+        "0,25",
+        "--max-holds",
+        "5",
+        "--metrics",
+        &metrics,
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("the proxy did not report weight 25 for route \"users\" within 500ms (it reports [0.0]): is it watching this routes file?"), "{out}");
+    assert_eq!(weight_in(&path, "users"), 0);
+}
+
+#[test]
+fn prometheus_is_queried_for_the_fleet() {
+    let dir = Scratch::new("rollout-prom");
+    let path = routes(&dir, false);
+    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
+    let o = rollout(
+        &path,
+        &["--prometheus", &fake.url],
+        &["--steps", "0,50,100"],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("reading Prometheus {}", fake.url)),
+        "{out}"
+    );
+    assert!(out.contains("step 2/3 (50%): gates passed"), "{out}");
+    assert_eq!(weight_in(&path, "users"), 100);
+    let queries = fake.queries();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q == "strangler_route_weight{route=\"users\"}"),
+        "{queries:?}"
+    );
+    assert!(
+        queries.iter().any(|q| q
+            == "sum by (backend, code) (increase(strangler_requests_total{route=\"users\"}[1s]))"),
+        "{queries:?}"
+    );
+    assert!(queries.iter().any(|q| q.starts_with(
+        "sum by (backend, le) (increase(strangler_request_duration_seconds_bucket{route=\"users\"}["
+    )));
+
+    // The same breach through Prometheus.
+    fake.set(Behaviour {
+        service_fails: Some((1, 0.2)),
+        ..Behaviour::default()
+    });
+    let o = rollout(&path, &["--prometheus", &fake.url], &["--steps", "100"]);
+    // Already at 100: the single step is judged and fails; there is no safer weight than the start.
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("GATE FAILED: error ratio: service 0.2000 (400 of 2000 requests)"),
+        "{out}"
+    );
+}

@@ -1,0 +1,147 @@
+//! `status` against a fake admin endpoint: one row per route with the window's figures.
+
+mod common;
+
+use common::fake::{Behaviour, FakeProxy};
+use common::{Scratch, run, stderr, stdout};
+
+const SHIPPED: &str = include_str!("../../../routes.toml");
+
+#[test]
+fn status_shows_every_route_with_both_sides() {
+    let dir = Scratch::new("status");
+    let path = dir.join("routes.toml");
+    let text = SHIPPED.replacen("weight  = 0\n", "weight  = 25\nshadow  = true\n", 1);
+    std::fs::write(&path, &text).unwrap();
+    let fake = FakeProxy::start(
+        path.clone(),
+        Behaviour {
+            per_scrape: 200,
+            service_fails: Some((1, 0.1)),
+            ..Behaviour::default()
+        },
+    );
+    let p = path.display().to_string();
+    let o = run(&[
+        "status", "--admin", &fake.url, "--window", "200ms", "--config", &p,
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.starts_with(&format!("proxy {}: revision 1, loaded 2026-11-23T10:04:05Z, default monolith (serving {p} as saved)\n", fake.url)), "{out}");
+    assert!(out.contains("over the last 0."), "{out}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("route"))
+        .expect("header");
+    for column in [
+        "stage",
+        "weight",
+        "req/s svc",
+        "req/s default",
+        "errors svc",
+        "errors default",
+        "p99 svc",
+        "p99 default",
+        "shadow match",
+        "fallbacks",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let users = out
+        .lines()
+        .find(|l| l.starts_with("users "))
+        .expect("users row");
+    let cells: Vec<&str> = users
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(cells[..3], ["users", "canary", "25"], "{users}");
+    // 200 requests per scrape: 50 to the service (5 failing), 150 to the default, all shadowed.
+    let rate: f64 = cells[3].parse().unwrap();
+    let default_rate: f64 = cells[4].parse().unwrap();
+    assert!((default_rate - 3.0 * rate).abs() < 0.5, "{users}");
+    assert_eq!(
+        cells[5..],
+        [
+            "10.00% (5/50)",
+            "0.00% (0/150)",
+            "5.0 ms",
+            "5.0 ms",
+            "100.00% (150/150)",
+            "0 (0 in all)"
+        ],
+        "{users}"
+    );
+    let threads = out
+        .lines()
+        .find(|l| l.starts_with("threads "))
+        .expect("threads row");
+    let mut cells: Vec<&str> = threads
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    // The default's rate depends on the window's exact length.
+    assert!(cells.remove(4).parse::<f64>().unwrap() > 0.0, "{threads}");
+    assert_eq!(
+        cells,
+        [
+            "threads",
+            "dark",
+            "0",
+            "0.0",
+            "-",
+            "0.00% (0/200)",
+            "-",
+            "5.0 ms",
+            "-",
+            "0 (0 in all)"
+        ],
+        "{threads}"
+    );
+}
+
+#[test]
+fn a_saved_file_the_proxy_does_not_serve_is_pointed_out() {
+    let dir = Scratch::new("status-stale");
+    let served = dir.join("served.toml");
+    std::fs::write(&served, SHIPPED).unwrap();
+    let fake = FakeProxy::start(served, Behaviour::default());
+    let local = dir.join("routes.toml");
+    std::fs::write(&local, SHIPPED.replacen("weight  = 0", "weight  = 5", 1)).unwrap();
+    let p = local.display().to_string();
+    let o = run(&[
+        "status", "--admin", &fake.url, "--window", "100ms", "--config", &p,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("NOTE: {p} differs from what the proxy serves")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn an_unreachable_admin_endpoint_says_where_it_looked() {
+    let dir = Scratch::new("status-down");
+    let path = dir.join("routes.toml");
+    // Nothing listens on this admin address.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    std::fs::write(
+        &path,
+        SHIPPED.replace("127.0.0.1:9901", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let o = run(&["status", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "is the proxy running with its admin listener at http://127.0.0.1:{port}?"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
