@@ -468,6 +468,17 @@ fn back_to(
         routes_file::describe(&options.route, &edited),
         options.config.display()
     )?;
+    // Confirm the proxy took it; a stop request must not cut this short.
+    match wait_applied(
+        &options.source,
+        &options.route,
+        weight,
+        options.apply_timeout,
+        &Stop::new(),
+    ) {
+        Ok(()) => writeln!(out, "the proxy serves weight {weight} again")?,
+        Err(e) => writeln!(out, "WARNING: {e:#}")?,
+    }
     Ok(ending)
 }
 
