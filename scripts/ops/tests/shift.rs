@@ -133,14 +133,23 @@ fn invalid_results_are_refused_and_the_file_left_untouched() {
     let dir = Scratch::new("refuse");
     let path = shipped_copy(&dir);
     let before = std::fs::metadata(&path).unwrap();
+    // The users route's `weight` line, 1-based; a new key goes on the line after it.
+    let users = SHIPPED
+        .find("prefix  = \"/api/users\"")
+        .expect("users route");
+    let weight_at = users + SHIPPED[users..].find("weight  = 0\n").expect("weight line");
+    let line = SHIPPED[..weight_at].matches('\n').count() + 1;
     for (args, message) in [
         (
             vec!["shift", "users", "150"],
-            format!("{path}:45:11: weight: expected an integer 0..=100, found 150"),
+            format!("{path}:{line}:11: weight: expected an integer 0..=100, found 150"),
         ),
         (
             vec!["shift", "users", "5", "--methods", "GET,FETCH"],
-            format!("{path}:46:19: methods: \"FETCH\" is not a standard upper-case method"),
+            format!(
+                "{path}:{}:19: methods: \"FETCH\" is not a standard upper-case method",
+                line + 1
+            ),
         ),
         (
             vec!["shift", "posts", "-1"],
