@@ -4,7 +4,7 @@
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +43,15 @@ impl Progress {
         let bar = (display == Display::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix} [{bar:40.cyan/blue}] {human_pos}/{human_len} rows  {per_sec}  eta {eta}",
+                "{prefix} [{bar:40.cyan/blue}] {human_pos}/{human_len} rows  {rate}  eta {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                },
+            )
             .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(label.to_string());
@@ -78,10 +84,12 @@ impl Progress {
 
     /// Ends the display with a last line.
     pub fn finish(&mut self) {
-        match self.bar.take() {
-            Some(bar) => bar.finish(),
-            None => eprintln!("{}", self.line()),
+        // The bar gives way to the same summary line a log gets, so what follows starts on a
+        // line of its own.
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
+        eprintln!("{}", self.line());
     }
 
     fn line(&self) -> String {
