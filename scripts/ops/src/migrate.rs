@@ -170,9 +170,9 @@ pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         })?;
         writeln!(
             out,
-            "change capture on: triggers on {}.{} record changes in {}",
-            source.display(),
+            "change capture on: triggers on table {} in {} record changed ids in {}",
             table.name(),
+            source.display(),
             capture::CHANGES
         )?;
     }
