@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::Request;
 use http::{Method, StatusCode};
 use strangler_proxy::config::sha256_hex;
 use strangler_proxy::reload::Outcome;
 use strangler_proxy::server::{self, Running};
-use support::{client, config_text, eventually, get, route, send, serve, start_proxy, temp_dir};
+use support::{
+    client, config_text, eventually, gated_upstream, get, route, send, start_proxy, temp_dir,
+};
 
 /// How long a flip may take before the test fails; the spec's target is well under 1 s.
 const FLIP_DEADLINE: Duration = Duration::from_secs(2);
@@ -518,45 +518,6 @@ async fn fifty_rename_saves_under_load_fail_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_in_place_writes_under_load_fail_no_request() {
     rewrites_under_load(Save::InPlaceInTwoHalves).await;
-}
-
-/// An upstream named `name` that counts arrivals and holds every request whose path contains
-/// `/held/` until the gate opens (or 10 s pass, so a failing test never hangs).
-#[derive(Clone)]
-struct Gate {
-    arrived: Arc<AtomicUsize>,
-    open: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Gate {
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-
-    fn arrived(&self) -> usize {
-        self.arrived.load(Ordering::SeqCst)
-    }
-}
-
-async fn gated_upstream(name: &'static str) -> (SocketAddr, Gate) {
-    let gate = Gate {
-        arrived: Arc::new(AtomicUsize::new(0)),
-        open: Arc::new(tokio::sync::watch::channel(false).0),
-    };
-    let g = gate.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let g = g.clone();
-        async move {
-            let path = req.uri().path().to_string();
-            if path.contains("/held/") {
-                g.arrived.fetch_add(1, Ordering::SeqCst);
-                let mut open = g.open.subscribe();
-                let _ = tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o)).await;
-            }
-            axum::Json(serde_json::json!({ "backend": name, "path": path }))
-        }
-    });
-    (serve(app).await, gate)
 }
 
 #[tokio::test]

@@ -7,59 +7,17 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::Request;
 use http::{Method, StatusCode};
-use support::{client, config_text, eventually, get, route, send, serve, start_proxy, temp_dir};
+use support::{
+    client, config_text, eventually, gated_upstream, get, route, send, start_proxy, temp_dir,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
 
 fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
-}
-
-/// Arrivals at an upstream, and a gate that holds every request whose path contains `/held/`
-/// until it opens (or 10 s pass, so a failing test never hangs).
-#[derive(Clone)]
-struct Gate {
-    arrived: Arc<AtomicUsize>,
-    open: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Gate {
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-
-    fn arrived(&self) -> usize {
-        self.arrived.load(Ordering::SeqCst)
-    }
-}
-
-/// An upstream answering `{"backend": name, "path": ...}`, holding `/held/` requests at a gate.
-async fn gated_upstream(name: &'static str) -> (SocketAddr, Gate) {
-    let gate = Gate {
-        arrived: Arc::new(AtomicUsize::new(0)),
-        open: Arc::new(tokio::sync::watch::channel(false).0),
-    };
-    let g = gate.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let g = g.clone();
-        async move {
-            let path = req.uri().path().to_string();
-            if path.contains("/held/") {
-                g.arrived.fetch_add(1, Ordering::SeqCst);
-                let mut open = g.open.subscribe();
-                let _ = tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o)).await;
-            }
-            axum::Json(serde_json::json!({ "backend": name, "path": path }))
-        }
-    });
-    (serve(app).await, gate)
 }
 
 /// Whether a fresh TCP connection to `addr` is refused.
