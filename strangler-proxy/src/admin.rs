@@ -1,119 +1,213 @@
-//! The admin listener: metrics, health, readiness and the route table in service.
+//! The admin listener: metrics, health, readiness, the route table in service and the latest
+//! shadow differences.
 //!
 //! It binds to loopback unless `[proxy] admin` says otherwise, because `/routes` tells anyone
-//! who can reach it where every service lives.
+//! who can reach it where every service lives. The `/routes` document is typed
+//! ([`RoutesDoc`]) and the operator scripts read it back with the same type.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::reload::Live;
+use crate::config::StickyKey;
+use crate::drain::Draining;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::shadow::Shadows;
 
-/// Answers one admin request.
-pub fn respond<B>(live: &Arc<Live>, req: &Request<B>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-    }
-    match req.uri().path() {
-        "/metrics" => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(live.metrics().render())))
-            .unwrap_or_default(),
-        "/healthz" => text(StatusCode::OK, "alive\n"),
-        "/readyz" if live.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(
-            StatusCode::OK,
-            &format!("ready: revision {}\n", live.table().revision),
-        ),
-        "/routes" => json_response(&routes(live)),
-        "/diffs" => match query_param(req.uri().query().unwrap_or(""), "route") {
-            Some(route) => json_response(&diffs(live, &route)),
-            None => text(
-                StatusCode::BAD_REQUEST,
-                "name a route: /diffs?route=NAME (names are in /routes)\n",
+/// The `/routes` document: the table in service and how it got there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutesDoc {
+    /// The file the proxy serves.
+    pub file: String,
+    /// Revision of the table in service (1 at start, +1 per applied reload).
+    pub revision: u64,
+    /// sha256 (hex) of the file's bytes the table came from, to compare replicas and files.
+    pub sha256: String,
+    /// When the table was loaded, RFC 3339 in UTC.
+    pub loaded_at: String,
+    /// The last refused reload, while the file has not been fixed.
+    pub last_reload_error: Option<ReloadError>,
+    /// The service that serves what no route claims.
+    pub default: String,
+    /// Every service.
+    pub services: Vec<ServiceDoc>,
+    /// Every route, in file order.
+    pub routes: Vec<RouteDoc>,
+}
+
+/// A refused reload in [`RoutesDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadError {
+    /// When, RFC 3339 in UTC.
+    pub at: String,
+    /// Every error, one `FILE:LINE:COL: message` per entry.
+    pub errors: Vec<String>,
+}
+
+/// A service in [`RoutesDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDoc {
+    /// Its name in `routes.toml`.
+    pub name: String,
+    /// `http://host:port`.
+    pub url: String,
+}
+
+/// A route in [`RoutesDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteDoc {
+    /// Metric label.
+    pub name: String,
+    /// Path prefix (segment-aware).
+    pub prefix: String,
+    /// The service taking the route's share.
+    pub service: String,
+    /// Percent of matching requests the service serves.
+    pub weight: u8,
+    /// Derived stage: `dark`, `shadow`, `canary` or `live` (SPEC §4).
+    pub stage: String,
+    /// Whether the default's answers are mirrored to the service and compared.
+    pub shadow: bool,
+    /// Whether safe, bodiless requests the service fails are retried on the default.
+    pub fallback: bool,
+    /// The methods peeled off, or `None` for every method.
+    pub methods: Option<Vec<String>>,
+    /// `header:NAME` or `cookie:NAME`.
+    pub sticky: Option<String>,
+}
+
+/// What the admin listener reads: handed over by the server at start-up.
+pub struct Admin {
+    /// The file, the live table and the last rejection.
+    pub reloader: Arc<Reloader>,
+    /// Rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Mismatches and learned noise, at `/diffs`.
+    pub shadows: Arc<Shadows>,
+    /// `/readyz` answers 503 once set.
+    pub draining: Arc<Draining>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        }
+        match req.uri().path() {
+            "/metrics" => Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(self.metrics.render())))
+                .unwrap_or_default(),
+            "/healthz" => text(StatusCode::OK, "alive\n"),
+            "/readyz" if self.draining.is_set() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            "/readyz" => text(
+                StatusCode::OK,
+                &format!(
+                    "ready: revision {}\n",
+                    self.reloader.live().table().revision
+                ),
             ),
-        },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /routes or /diffs?route=NAME\n",
-        ),
+            "/routes" => json_response(&self.routes()),
+            "/diffs" => match query_param(req.uri().query().unwrap_or(""), "route") {
+                Some(route) => json_response(&self.diffs(&route)),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "name a route: /diffs?route=NAME (names are in /routes)\n",
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /readyz, /routes or /diffs?route=NAME\n",
+            ),
+        }
     }
-}
 
-/// The `/routes` document.
-pub fn routes(live: &Live) -> Value {
-    let table = live.table();
-    let routes: Vec<Value> = table
-        .routes()
-        .iter()
-        .map(|r| {
-            let c = &r.config;
-            json!({
-                "name": c.name,
-                "prefix": c.prefix,
-                "service": c.service,
-                "weight": c.weight,
-                "stage": c.stage().as_str(),
-                "shadow": c.shadow,
-                "fallback": c.fallback,
-                "methods": c.methods.as_ref().map(|m| m.iter().map(Method::as_str).collect::<Vec<_>>()),
-                "sticky": c.sticky.as_ref().map(|s| match s {
-                    crate::config::StickyKey::Header(h) => format!("header:{h}"),
-                    crate::config::StickyKey::Cookie(c) => format!("cookie:{c}"),
-                }),
+    /// The `/routes` document.
+    pub fn routes(&self) -> RoutesDoc {
+        let table = self.reloader.live().table();
+        let routes = table
+            .routes()
+            .iter()
+            .map(|r| {
+                let c = &r.config;
+                RouteDoc {
+                    name: c.name.clone(),
+                    prefix: c.prefix.clone(),
+                    service: c.service.clone(),
+                    weight: c.weight,
+                    stage: c.stage().as_str().to_string(),
+                    shadow: c.shadow,
+                    fallback: c.fallback,
+                    methods: c
+                        .methods
+                        .as_ref()
+                        .map(|m| m.iter().map(|m| m.as_str().to_string()).collect()),
+                    sticky: c.sticky.as_ref().map(|s| match s {
+                        StickyKey::Header(h) => format!("header:{h}"),
+                        StickyKey::Cookie(c) => format!("cookie:{c}"),
+                    }),
+                }
             })
-        })
-        .collect();
-    let last_error = live.last_rejection().map(|r| {
+            .collect();
+        RoutesDoc {
+            file: self.reloader.path().display().to_string(),
+            revision: table.revision,
+            sha256: table.sha256.clone(),
+            loaded_at: rfc3339(table.loaded_at),
+            last_reload_error: self.reloader.last_rejection().map(|r| ReloadError {
+                at: rfc3339(r.at),
+                errors: r.errors.to_string().lines().map(String::from).collect(),
+            }),
+            default: table.config.proxy.default.clone(),
+            services: table
+                .config
+                .services
+                .iter()
+                .map(|s| ServiceDoc {
+                    name: s.name.clone(),
+                    url: format!("http://{}", s.authority),
+                })
+                .collect(),
+            routes,
+        }
+    }
+
+    /// The `/diffs?route=NAME` document: the latest shadow mismatches, newest first, and the
+    /// fields learned as noise.
+    pub fn diffs(&self, route: &str) -> Value {
+        let mismatches: Vec<Value> = self
+            .shadows
+            .mismatches(route)
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "at": rfc3339(m.at),
+                    "method": m.method,
+                    "path": m.path,
+                    "request_id": m.request_id,
+                    "default_status": m.default_status,
+                    "service_status": m.service_status,
+                    "diff": m.diff,
+                })
+            })
+            .collect();
+        let table = self.reloader.live().table();
         json!({
-            "at": rfc3339(r.at),
-            "errors": r.errors.to_string().lines().collect::<Vec<_>>(),
+            "route": route,
+            "known_route": table.routes().iter().any(|r| r.config.name == route),
+            "learned_noise": self.shadows.noise(route),
+            "mismatches": mismatches,
         })
-    });
-    json!({
-        "file": live.path().display().to_string(),
-        "revision": table.revision,
-        "sha256": table.sha256,
-        "loaded_at": rfc3339(table.loaded_at),
-        "last_reload_error": last_error,
-        "default": table.config.proxy.default,
-        "services": table.config.services.iter().map(|s| json!({
-            "name": s.name,
-            "url": format!("http://{}", s.authority),
-        })).collect::<Vec<_>>(),
-        "routes": routes,
-    })
-}
-
-/// The `/diffs?route=NAME` document: the latest shadow mismatches, newest first, and the
-/// fields learned as noise.
-pub fn diffs(live: &Live, route: &str) -> Value {
-    let shadows = live.shadows();
-    let mismatches: Vec<Value> = shadows
-        .mismatches(route)
-        .into_iter()
-        .map(|m| {
-            json!({
-                "at": rfc3339(m.at),
-                "method": m.method,
-                "path": m.path,
-                "request_id": m.request_id,
-                "default_status": m.default_status,
-                "service_status": m.service_status,
-                "diff": m.diff,
-            })
-        })
-        .collect();
-    json!({
-        "route": route,
-        "known_route": live.table().routes().iter().any(|r| r.config.name == route),
-        "learned_noise": shadows.noise(route),
-        "mismatches": mismatches,
-    })
+    }
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -131,38 +225,24 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
-fn json_response(value: &Value) -> Response<Full<Bytes>> {
+fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
+        .body(Full::new(Bytes::from(
+            serde_json::to_string(value).unwrap_or_default(),
+        )))
         .unwrap_or_default()
 }
 
-/// `2026-11-23T10:04:05Z` for a time after the epoch (civil-from-days, H. Hinnant).
+/// `2026-11-23T10:04:05Z`: RFC 3339 in UTC, whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -12,24 +12,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::headers::{
+    HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    X_STRANGLER_SHADOW,
+};
 use crate::upstream::{Upstream, UpstreamBody};
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), removed both ways.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// `x-forwarded-for`, `x-forwarded-proto`, `x-forwarded-host`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Why an upstream gave no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,27 +53,6 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The underlying error, for the log.
     pub detail: String,
-}
-
-/// Whether the request asks to switch to WebSocket, the one upgrade the proxy tunnels. Others
-/// are dropped as hop-by-hop: an `h2c` upgrade tunnelled to a backend would let the client
-/// speak HTTP/2 straight to it for any path, past routing, normalization and limits.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| has_token(v, b"websocket"))
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, b"upgrade"))
-}
-
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -145,8 +111,8 @@ pub fn rewrite(
     };
     strip_hop_by_hop(headers);
     // Only the proxy marks shadows; a client's marker could make a service skip a real write.
-    headers.remove(&crate::shadow::X_STRANGLER_SHADOW);
-    headers.insert(&crate::proxy::X_REQUEST_ID, downstream.request_id.clone());
+    headers.remove(&X_STRANGLER_SHADOW);
+    headers.insert(&X_REQUEST_ID, downstream.request_id.clone());
     if let Some(protocol) = upgrade {
         // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
         headers.insert(header::UPGRADE, protocol);
@@ -311,14 +277,5 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["traceparent", "content-type"]);
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(!is_upgrade(&h));
-        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert!(is_upgrade(&h));
     }
 }

@@ -1,13 +1,18 @@
 //! strangler-proxy: peels path prefixes off a monolith onto extracted services.
 //!
-//! `config` reads `routes.toml`, `routes` compiles it into the table `reload` keeps live,
-//! `proxy` answers requests with `forward`, `metrics` and `admin` make it observable, and
-//! `server` ties the listeners and signals together.
+//! `config` reads `routes.toml`, `routes` compiles it into the table `live` holds and `reload`
+//! replaces, `proxy` answers requests with `forward` (and `shadow`), `metrics` and `admin` make
+//! it observable, and `server` builds the per-process state and ties the listeners and signals
+//! together. Imports run one way, down this list: server → admin, reload, proxy → shadow →
+//! forward → upstream, routes → config, metrics, path, headers.
 
 pub mod admin;
 pub mod compare;
 pub mod config;
+pub mod drain;
 pub mod forward;
+pub mod headers;
+pub mod live;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

@@ -12,6 +12,33 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Every metric name the proxy exports: the contract with `scripts/status`, `rollout`,
+/// `cutover`, the Prometheus rules and the dashboard, which read them back with these constants.
+pub mod names {
+    /// Counter `{route, backend, code}`: requests answered.
+    pub const REQUESTS: &str = "strangler_requests_total";
+    /// Histogram `{route, backend}`, seconds: time to response headers.
+    pub const REQUEST_DURATION: &str = "strangler_request_duration_seconds";
+    /// The `_bucket` series of [`REQUEST_DURATION`] (`{route, backend, le}`).
+    pub const REQUEST_DURATION_BUCKET: &str = "strangler_request_duration_seconds_bucket";
+    /// Counter `{route, backend, kind}`: a backend failed before answering.
+    pub const UPSTREAM_ERRORS: &str = "strangler_upstream_errors_total";
+    /// Counter `{route}`: the client went away before the backend answered.
+    pub const CLIENT_ABORTS: &str = "strangler_client_aborts_total";
+    /// Counter `{route}`: service failures retried on the default.
+    pub const FALLBACKS: &str = "strangler_fallbacks_total";
+    /// Counter `{route, result}`: shadow comparisons.
+    pub const SHADOW_COMPARISONS: &str = "strangler_shadow_comparisons_total";
+    /// Gauge `{route, service, stage}`: percent of a route's requests its service serves.
+    pub const ROUTE_WEIGHT: &str = "strangler_route_weight";
+    /// Counter `{result}`: reloads of `routes.toml`.
+    pub const CONFIG_RELOADS: &str = "strangler_config_reloads_total";
+    /// Gauge: revision of the table in service.
+    pub const CONFIG_REVISION: &str = "strangler_config_revision";
+    /// Counter `{reason}`: requests refused before routing.
+    pub const DOWNSTREAM_REJECTED: &str = "strangler_downstream_rejected_total";
+}
+
 /// The proxy's metric families.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +60,8 @@ pub struct Metrics {
     pub revision: IntGauge,
     /// `strangler_downstream_rejected_total{reason}`: requests refused before routing.
     pub rejected: IntCounterVec,
+    /// `strangler_client_aborts_total{route}`
+    pub client_aborts: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -53,38 +82,44 @@ impl Metrics {
             c
         };
         let requests = counter(
-            "strangler_requests_total",
+            names::REQUESTS,
             "Requests answered, by route, backend that answered and status code.",
             &["route", "backend", "code"],
         );
         let upstream_errors = counter(
-            "strangler_upstream_errors_total",
+            names::UPSTREAM_ERRORS,
             "Requests a backend failed before answering, by kind (connect, timeout, reset, protocol).",
             &["route", "backend", "kind"],
         );
         let fallbacks = counter(
-            "strangler_fallbacks_total",
+            names::FALLBACKS,
             "Requests the service failed that were retried on the default.",
             &["route"],
         );
         let shadow_comparisons = counter(
-            "strangler_shadow_comparisons_total",
+            names::SHADOW_COMPARISONS,
             "Shadow comparisons, by result (match, mismatch, error, dropped).",
             &["route", "result"],
         );
         let reloads = counter(
-            "strangler_config_reloads_total",
+            names::CONFIG_RELOADS,
             "Reloads of routes.toml, by result (applied, rejected).",
             &["result"],
         );
         let rejected = counter(
-            "strangler_downstream_rejected_total",
+            names::DOWNSTREAM_REJECTED,
             "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large).",
             &["reason"],
         );
+        let client_aborts = counter(
+            names::CLIENT_ABORTS,
+            "Requests whose client went away before the backend answered (a downstream event, \
+             not counted against the backend).",
+            &["route"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
-                "strangler_request_duration_seconds",
+                names::REQUEST_DURATION,
                 "Time from receiving a request to sending the response headers.",
             )
             .buckets(BUCKETS.to_vec()),
@@ -96,7 +131,7 @@ impl Metrics {
             .expect("registered once");
         let route_weight = IntGaugeVec::new(
             Opts::new(
-                "strangler_route_weight",
+                names::ROUTE_WEIGHT,
                 "Percent of a route's matching requests its service serves; `stage` is derived \
                  from weight and shadow (dark, shadow, canary, live).",
             ),
@@ -107,7 +142,7 @@ impl Metrics {
             .register(Box::new(route_weight.clone()))
             .expect("registered once");
         let revision = IntGauge::new(
-            "strangler_config_revision",
+            names::CONFIG_REVISION,
             "Revision of the route table serving now.",
         )
         .expect("valid metric");
@@ -128,6 +163,7 @@ impl Metrics {
             reloads,
             revision,
             rejected,
+            client_aborts,
         }
     }
 

@@ -1,39 +1,44 @@
 //! The public side: one request in, one response out.
 //!
-//! The steps run in a fixed order, each for a reason: the table is loaded first so the whole
-//! request sees one revision; the request id comes next so every later log line and error body
-//! carries it; limits and normalization precede routing so nothing unsafe is ever routed;
-//! metrics and the access log come last, when the outcome is known.
+//! [`Proxy::handle`] runs named phases around a per-request [`Exchange`], in a fixed order,
+//! each for a reason: the table is loaded first so the whole request sees one revision; the
+//! request id comes next so every later log line and error body carries it; `admit` (limits,
+//! normalization) precedes `decide` (routing) so nothing unsafe is ever routed; `send` (with
+//! fallback) → `respond` → `finish`, which counts and logs once the outcome is known; the
+//! shadow comparison last, off the request path.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::compare::Ignored;
 use crate::forward::{self, Downstream, Failure, FailureKind};
+use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
+use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::path::{self, PathError};
-use crate::reload::Live;
-use crate::routes::RouteTable;
-use crate::shadow::{self, Tee};
-use crate::upstream::{BoxError, Upstream};
+use crate::routes::{Decision, RouteTable};
+use crate::shadow::{self, Captured, Shadows, Tee};
+use crate::upstream::{BoxError, Upstream, UpstreamBody};
 
 /// The body of every response the proxy sends: an upstream's, streamed (and copied when it is
 /// being shadowed), or its own.
 pub type ProxyBody = Either<Tee<Incoming>, Full<Bytes>>;
-
-/// `x-request-id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// `x-strangler-backend`, when `[proxy] backend_header = true`.
-pub static X_STRANGLER_BACKEND: HeaderName = HeaderName::from_static("x-strangler-backend");
 
 /// Everything the proxy can answer on its own, typed by which side failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,9 @@ pub enum ProxyError {
     /// Downstream: header block over `max_header_bytes`.
     #[error("the request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// Downstream: the client's request body failed while being sent (the client went away).
+    #[error("the request body ended early: {0}")]
+    ClientAborted(String),
     /// Upstream: no response.
     #[error("service {service:?} failed: {}", kind.as_str())]
     Upstream {
@@ -59,13 +67,35 @@ pub enum ProxyError {
         service: String,
         /// How it failed.
         kind: FailureKind,
+        /// The underlying error, for the log only.
+        detail: String,
     },
     /// Internal: a request we could not rebuild (a bug, never the client's fault).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// Which side of the proxy a failure is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client or its request.
+    Downstream,
+    /// The backend.
+    Upstream,
+    /// The proxy itself (a bug).
+    Internal,
+}
+
 impl ProxyError {
+    /// The side that failed.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::Upstream { .. } => Side::Upstream,
+            ProxyError::Internal(_) => Side::Internal,
+            _ => Side::Downstream,
+        }
+    }
+
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -76,10 +106,7 @@ impl ProxyError {
                 kind: FailureKind::Timeout,
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream {
-                kind: FailureKind::ClientAborted,
-                ..
-            } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,68 +139,59 @@ impl ProxyError {
     }
 }
 
-/// The proxy: cheap to clone, shared by every connection.
+/// What every connection shares: the live table, the metrics and the shadow permits.
+struct Shared {
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    shadows: Arc<Shadows>,
+}
+
+/// The proxy, for one client address: cheap to clone (one `Arc`), a `tower::Service`.
 #[derive(Clone)]
 pub struct Proxy {
-    live: Arc<Live>,
+    shared: Arc<Shared>,
+    client: SocketAddr,
 }
 
 impl Proxy {
-    /// A proxy serving whatever table `live` holds.
-    pub fn new(live: Arc<Live>) -> Self {
-        Self { live }
+    /// A proxy serving whatever table `live` holds, counting into `metrics`, bounding shadow
+    /// work by `shadows`. Its client address is unspecified until [`Proxy::for_client`].
+    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, shadows: Arc<Shadows>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                live,
+                metrics,
+                shadows,
+            }),
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
     }
 
-    /// Proxies one request from `client`.
-    pub async fn handle<B>(&self, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
+    /// The same proxy for requests from `client` (it goes into `x-forwarded-for`).
+    pub fn for_client(&self, client: SocketAddr) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            client,
+        }
+    }
+
+    /// Proxies one request, one line per phase.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let start = Instant::now();
         // One table for the whole request, whatever reloads happen meanwhile.
-        let table = self.live.table();
+        let table = self.shared.live.table();
         let (mut parts, body) = req.into_parts();
-        let request_id = ensure_request_id(&mut parts.headers);
-
-        if let Err(e) = check_limits(&parts, &table) {
-            return self.refuse(e, &parts.method, &request_id, start);
-        }
         // A Uri clone shares its bytes; borrowing the path from it leaves `parts` free to change.
         let uri = parts.uri.clone();
-        let path = match route_path(&table, uri.path()) {
-            Ok(p) => p,
-            Err(e) => return self.refuse(e, &parts.method, &request_id, start),
-        };
-        let mut decision = table.resolve(&parts.method, &path, &parts.headers);
-        if let Some(name) = &table.config.proxy.override_header {
-            // The client's choice was honoured (or not) above; the backend never sees it.
-            parts.headers.remove(name);
+        let mut ex = Exchange::begin(&table, &self.shared.metrics, &mut parts);
+        if let Err(e) = ex.admit(&parts, uri.path()) {
+            return ex.refuse(e);
         }
-        let method = parts.method.clone();
-        let upgrade = forward::is_upgrade(&parts.headers);
-        let to_default = Arc::ptr_eq(decision.upstream, &table.default);
-        // Only a request that can be sent again unchanged may fall back: a safe method with
-        // no body. Anything else could be applied twice.
-        let fallback = decision
-            .route
-            .filter(|r| r.config.fallback && !to_default && !upgrade)
-            .filter(|_| is_replayable(&method) && body.is_end_stream());
-        let shadow = decision
-            .route
-            .filter(|r| r.config.shadow && to_default && !upgrade)
-            .filter(|r| r.config.shadow_methods.contains(&method))
-            .and_then(|r| match self.live.shadows().try_permit() {
-                Some(permit) => Some((r, permit)),
-                None => {
-                    self.live
-                        .metrics()
-                        .shadow_comparisons
-                        .with_label_values(&[&r.config.name, "dropped"])
-                        .inc();
-                    None
-                }
-            });
+        ex.decide(&mut parts, body.is_end_stream());
+        let shadow = self.shadow_permit(&ex);
         let (body, request_capture) = match &shadow {
             Some(_) if !body.is_end_stream() => {
                 let (tee, rx) = Tee::capture(body);
@@ -182,74 +200,239 @@ impl Proxy {
             _ => (Tee::passthrough(body), None),
         };
         let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = ex.upgrade.then(|| hyper::upgrade::on(&mut req));
+        if let Err(e) = ex.rewrite(&mut req, self.client) {
+            return ex.fail(ProxyError::Internal(e.to_string()));
+        }
+        let template = (ex.fallback || shadow.is_some()).then(|| forward::template_of(&req));
+        let response = match ex.send(req, template.as_ref()).await {
+            Ok(response) => ex.respond(response, client_upgrade),
+            Err(e) => return ex.fail(e),
+        };
+        ex.finish(response.status());
+        match (shadow, template) {
+            (Some(permit), Some(template)) => {
+                self.mirror(&ex, permit, template, request_capture, response)
+            }
+            _ => response.map(|b| Either::Left(Tee::passthrough(b))),
+        }
+    }
+
+    /// A shadow permit when the decision mirrors this request; `None` (counted as `dropped`)
+    /// when the bound on shadow work is reached.
+    fn shadow_permit(&self, ex: &Exchange<'_>) -> Option<OwnedSemaphorePermit> {
+        let decision = ex.decision.as_ref().filter(|d| d.shadow)?;
+        let permit = self.shared.shadows.try_permit();
+        if permit.is_none() {
+            self.shared
+                .metrics
+                .shadow_comparisons
+                .with_label_values(&[decision.route_name(), "dropped"])
+                .inc();
+        }
+        permit
+    }
+
+    /// Copies the default's answer as it streams to the client and compares it with the
+    /// service's off the request path.
+    fn mirror(
+        &self,
+        ex: &Exchange<'_>,
+        permit: OwnedSemaphorePermit,
+        template: Request<()>,
+        request_body: Option<oneshot::Receiver<Captured>>,
+        response: Response<Incoming>,
+    ) -> Response<ProxyBody> {
+        let Some(route) = ex.decision.as_ref().and_then(|d| d.route) else {
+            return response.map(|b| Either::Left(Tee::passthrough(b)));
+        };
+        let default_head = (response.status().as_u16(), shadow::content_type(&response));
+        let (parts, body) = response.into_parts();
+        let (tee, default_body) = Tee::capture(body);
+        shadow::spawn(
+            shadow::Job {
+                route: route.config.name.clone(),
+                ignore: Ignored::new(route.config.shadow_ignore.iter().cloned()),
+                // The noise check sends the request to the default a second time: only a
+                // request that may be sent twice qualifies.
+                noise_check: route.config.shadow_noise_check
+                    && ex.method.is_safe()
+                    && request_body.is_none(),
+                template,
+                request_body,
+                default_head,
+                default_body,
+                service: route.service.clone(),
+                default: ex.table.default.clone(),
+                request_id: ex.request_id.to_str().unwrap_or("").to_string(),
+                permit,
+            },
+            self.shared.shadows.clone(),
+            self.shared.metrics.clone(),
+        );
+        Response::from_parts(parts, Either::Left(tee))
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Never busy: every limit is applied per request, inside `handle`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.handle(req).await) })
+    }
+}
+
+/// One request's context, threaded through the phases of [`Proxy::handle`].
+/// [`Exchange::finish`] (and [`Exchange::refuse`] before routing) is the one place a request is
+/// counted and logged.
+struct Exchange<'r> {
+    table: &'r RouteTable,
+    metrics: &'r Metrics,
+    start: Instant,
+    method: Method,
+    request_id: HeaderValue,
+    /// The normalized path routing used, set by [`Exchange::admit`].
+    path: Cow<'r, str>,
+    /// Who serves it, set by [`Exchange::decide`] (and changed by a fallback).
+    decision: Option<Decision<'r>>,
+    /// A protocol switch (WebSocket) to tunnel.
+    upgrade: bool,
+    /// A failure of the service may be retried on the default.
+    fallback: bool,
+}
+
+impl<'r> Exchange<'r> {
+    /// Starts the clock and gives the request its id (the client's, or a new one).
+    fn begin(table: &'r RouteTable, metrics: &'r Metrics, parts: &mut Parts) -> Self {
+        Self {
+            table,
+            metrics,
+            start: Instant::now(),
+            method: parts.method.clone(),
+            request_id: ensure_request_id(&mut parts.headers),
+            path: Cow::Borrowed("/"),
+            decision: None,
+            upgrade: false,
+            fallback: false,
+        }
+    }
+
+    /// Size limits, then the normalized path: nothing unsafe is ever routed.
+    fn admit(&mut self, parts: &Parts, path: &'r str) -> Result<(), ProxyError> {
+        check_limits(parts, self.table)?;
+        self.path = route_path(self.table, path)?;
+        Ok(())
+    }
+
+    /// Routes the request (pure: [`RouteTable::resolve`]) and drops the override header, which
+    /// the backend never sees.
+    fn decide(&mut self, parts: &mut Parts, body_is_empty: bool) {
+        let decision = self
+            .table
+            .resolve(&parts.method, &self.path, &parts.headers);
+        if let Some(name) = &self.table.config.proxy.override_header {
+            parts.headers.remove(name);
+        }
+        self.upgrade = names::is_upgrade(&parts.headers);
+        // Only a request that can be sent again unchanged may fall back: no body either.
+        self.fallback = decision.fallback && body_is_empty;
+        self.decision = Some(decision);
+    }
+
+    fn decision(&self) -> &Decision<'r> {
+        self.decision
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("decide runs before every later phase"))
+    }
+
+    /// Rewrites the request for its backend.
+    fn rewrite(
+        &self,
+        req: &mut Request<UpstreamBody>,
+        client: SocketAddr,
+    ) -> Result<(), http::Error> {
         let downstream = Downstream {
             client,
-            normalized_path: matches!(path, Cow::Owned(_)).then_some(path.as_ref()),
-            upgrade,
-            request_id: &request_id,
+            normalized_path: matches!(self.path, Cow::Owned(_)).then_some(self.path.as_ref()),
+            upgrade: self.upgrade,
+            request_id: &self.request_id,
         };
-        if let Err(e) = forward::rewrite(&mut req, decision.upstream, &downstream) {
-            return ProxyError::Internal(e.to_string()).into_response(&request_id);
-        }
-        let template = (fallback.is_some() || shadow.is_some()).then(|| forward::template_of(&req));
+        forward::rewrite(req, self.decision().upstream, &downstream)
+    }
 
-        let mut outcome = forward::send(decision.upstream, req).await;
-        if let (Some(route), Some(template)) = (fallback, &template) {
-            let failed = match &outcome {
-                Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
-                Err(f) if f.kind != FailureKind::ClientAborted => Some(f.kind.as_str()),
-                _ => None,
-            };
-            if let Some(reason) = failed {
-                decision.metrics.upstream_error(self.live.metrics(), reason);
-                self.live
-                    .metrics()
-                    .fallbacks
-                    .with_label_values(&[&route.config.name])
-                    .inc();
-                tracing::warn!(
-                    request_id = request_id.to_str().unwrap_or(""),
-                    route = route.config.name,
-                    service = decision.upstream.name(),
-                    reason,
-                    "service failed; falling back to the default"
-                );
-                decision = table.fallback(route);
-                outcome = self.replay(template, decision.upstream).await;
-            }
-        }
-
-        let mut response = match outcome {
-            Ok(response) => response,
-            Err(Failure { kind, detail }) => {
-                decision
-                    .metrics
-                    .upstream_error(self.live.metrics(), kind.as_str());
-                tracing::warn!(
-                    request_id = request_id.to_str().unwrap_or(""),
-                    route = decision.route_name(),
-                    backend = decision.upstream.name(),
-                    kind = kind.as_str(),
-                    "upstream failed: {detail}"
-                );
-                let response = ProxyError::Upstream {
-                    service: decision.upstream.name().to_string(),
-                    kind,
-                }
-                .into_response(&request_id);
-                self.finish(
-                    &table,
-                    &decision,
-                    &method,
-                    &path,
-                    &request_id,
-                    response.status(),
-                    start,
-                );
-                return response;
-            }
+    /// Sends to the decided backend; a failure of the service on a request that may fall back
+    /// is counted and sent again, bodiless, to the default.
+    async fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+        template: Option<&Request<()>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let outcome = forward::send(self.decision().upstream, req).await;
+        let failed = match &outcome {
+            Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
+            Err(f) if f.kind != FailureKind::ClientAborted => Some(f.kind.as_str()),
+            _ => None,
         };
+        let route = self.decision().route;
+        let retry = template.filter(|_| self.fallback).zip(failed).zip(route);
+        let Some(((template, reason), route)) = retry else {
+            return outcome.map_err(|f| self.failure(f));
+        };
+        self.fell_back(reason);
+        self.decision = Some(self.table.fallback(route));
+        replay(template, self.decision().upstream)
+            .await
+            .map_err(|f| self.failure(f))
+    }
+
+    /// The event of a fallback: counted against the service, logged, counted for the route.
+    fn fell_back(&self, reason: &str) {
+        let decision = self.decision();
+        decision.metrics.upstream_error(self.metrics, reason);
+        self.metrics
+            .fallbacks
+            .with_label_values(&[decision.route_name()])
+            .inc();
+        tracing::warn!(
+            request_id = self.request_id.to_str().unwrap_or(""),
+            route = decision.route_name(),
+            service = decision.upstream.name(),
+            reason,
+            "service failed; falling back to the default"
+        );
+    }
+
+    /// A forwarding failure, on the side it belongs to.
+    fn failure(&self, failure: Failure) -> ProxyError {
+        match failure.kind {
+            FailureKind::ClientAborted => ProxyError::ClientAborted(failure.detail),
+            kind => ProxyError::Upstream {
+                service: self.decision().upstream.name().to_string(),
+                kind,
+                detail: failure.detail,
+            },
+        }
+    }
+
+    /// The upstream's answer made ready for the client: hop-by-hop headers cleaned, a protocol
+    /// switch tunnelled, the request id and (optionally) the backend named.
+    fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Incoming> {
         forward::clean_response(&mut response);
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -258,130 +441,100 @@ impl Proxy {
         }
         let headers = response.headers_mut();
         if !headers.contains_key(&X_REQUEST_ID) {
-            headers.insert(&X_REQUEST_ID, request_id.clone());
+            headers.insert(&X_REQUEST_ID, self.request_id.clone());
         }
-        if table.config.proxy.backend_header {
-            headers.insert(&X_STRANGLER_BACKEND, decision.upstream.header_value.clone());
+        if self.table.config.proxy.backend_header {
+            headers.insert(
+                &X_STRANGLER_BACKEND,
+                self.decision().upstream.header_value.clone(),
+            );
         }
-        self.finish(
-            &table,
-            &decision,
-            &method,
-            &path,
-            &request_id,
-            response.status(),
-            start,
-        );
-        let Some(((route, permit), template)) = shadow.zip(template) else {
-            return response.map(|b| Either::Left(Tee::passthrough(b)));
-        };
-        let default_head = (response.status().as_u16(), shadow::content_type(&response));
-        let (response, default_body) = {
-            let (parts, body) = response.into_parts();
-            let (tee, rx) = Tee::capture(body);
-            (Response::from_parts(parts, Either::Left(tee)), rx)
-        };
-        let ignore = Ignored::new(route.config.shadow_ignore.iter().cloned());
-        shadow::spawn(
-            shadow::Job {
-                route: route.config.name.clone(),
-                ignore,
-                // The noise check sends the request to the default a second time: only a
-                // request that may be sent twice qualifies.
-                noise_check: route.config.shadow_noise_check
-                    && is_replayable(&method)
-                    && request_capture.is_none(),
-                template,
-                request_body: request_capture,
-                default_head,
-                default_body,
-                service: route.service.clone(),
-                default: table.default.clone(),
-                request_id: request_id.to_str().unwrap_or("").to_string(),
-                permit,
-            },
-            self.live.shadows().clone(),
-            self.live.metrics().clone(),
-        );
         response
     }
 
-    /// Sends a bodiless copy of a request to `upstream` (a fallback).
-    async fn replay(
-        &self,
-        template: &Request<()>,
-        upstream: &Upstream,
-    ) -> Result<Response<Incoming>, Failure> {
-        let body = Empty::new().map_err(Into::into).boxed_unsync();
-        let req = forward::from_template(template, body, upstream).map_err(|e| Failure {
-            kind: FailureKind::Protocol,
-            detail: e.to_string(),
-        })?;
-        forward::send(upstream, req).await
-    }
-
-    fn refuse(
-        &self,
-        error: ProxyError,
-        method: &http::Method,
-        request_id: &HeaderValue,
-        start: Instant,
-    ) -> Response<ProxyBody> {
-        if let Some(reason) = error.rejection_reason() {
-            self.live
-                .metrics()
-                .rejected
-                .with_label_values(&[reason])
-                .inc();
+    /// The event of a failure after routing: counted on its side, logged, answered.
+    fn fail(&self, error: ProxyError) -> Response<ProxyBody> {
+        let decision = self.decision();
+        let request_id = self.request_id.to_str().unwrap_or("");
+        match &error {
+            ProxyError::Upstream { kind, detail, .. } => {
+                decision.metrics.upstream_error(self.metrics, kind.as_str());
+                tracing::warn!(
+                    request_id,
+                    route = decision.route_name(),
+                    backend = decision.upstream.name(),
+                    kind = kind.as_str(),
+                    "upstream failed: {detail}"
+                );
+            }
+            ProxyError::ClientAborted(detail) => {
+                self.metrics
+                    .client_aborts
+                    .with_label_values(&[decision.route_name()])
+                    .inc();
+                tracing::debug!(
+                    request_id,
+                    route = decision.route_name(),
+                    "client went away: {detail}"
+                );
+            }
+            _ => tracing::error!(request_id, "{error}"),
         }
-        tracing::info!(
-            target: "strangler::access",
-            request_id = request_id.to_str().unwrap_or(""),
-            method = %method,
-            status = error.status().as_u16(),
-            duration_us = start.elapsed().as_micros() as u64,
-            "refused: {error}"
-        );
-        error.into_response(request_id)
+        let response = error.into_response(&self.request_id);
+        self.finish(response.status());
+        response
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        table: &RouteTable,
-        decision: &crate::routes::Decision<'_>,
-        method: &http::Method,
-        path: &str,
-        request_id: &HeaderValue,
-        status: StatusCode,
-        start: Instant,
-    ) {
-        let elapsed = start.elapsed();
+    /// The one place an answered request is counted and written to the access log.
+    fn finish(&self, status: StatusCode) {
+        let decision = self.decision();
+        let elapsed = self.start.elapsed();
         decision
             .metrics
-            .observe(self.live.metrics(), status.as_u16(), elapsed.as_secs_f64());
-        if table.config.proxy.access_log {
+            .observe(self.metrics, status.as_u16(), elapsed.as_secs_f64());
+        if self.table.config.proxy.access_log {
             tracing::info!(
                 target: "strangler::access",
-                request_id = request_id.to_str().unwrap_or(""),
-                method = %method,
-                path,
+                request_id = self.request_id.to_str().unwrap_or(""),
+                method = %self.method,
+                path = %self.path,
                 route = decision.route_name(),
                 backend = decision.upstream.name(),
                 status = status.as_u16(),
                 duration_us = elapsed.as_micros() as u64,
-                revision = table.revision,
+                revision = self.table.revision,
             );
         }
     }
+
+    /// The event of a request refused before routing: counted by reason, logged, answered.
+    fn refuse(&self, error: ProxyError) -> Response<ProxyBody> {
+        if let Some(reason) = error.rejection_reason() {
+            self.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        tracing::info!(
+            target: "strangler::access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            method = %self.method,
+            status = error.status().as_u16(),
+            duration_us = self.start.elapsed().as_micros() as u64,
+            "refused: {error}"
+        );
+        error.into_response(&self.request_id)
+    }
 }
 
-/// Methods whose request can be sent twice without harm (RFC 9110 §9.2.1, safe methods).
-fn is_replayable(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
+/// Sends a bodiless copy of a request to `upstream` (a fallback).
+async fn replay(
+    template: &Request<()>,
+    upstream: &Upstream,
+) -> Result<Response<Incoming>, Failure> {
+    let body = Empty::new().map_err(Into::into).boxed_unsync();
+    let req = forward::from_template(template, body, upstream).map_err(|e| Failure {
+        kind: FailureKind::Protocol,
+        detail: e.to_string(),
+    })?;
+    forward::send(upstream, req).await
 }
 
 fn is_gateway_error(status: StatusCode) -> bool {

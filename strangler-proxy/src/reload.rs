@@ -1,7 +1,7 @@
-//! The live route table and how it changes: parse → validate → compile → atomic swap.
+//! How the live route table changes: parse → validate → compile → atomic swap.
 //!
-//! Requests load an `Arc<RouteTable>` once and keep it until they finish, so a swap never
-//! changes the table under a request in flight. A file that fails any step changes nothing:
+//! [`Reloader`] owns the file, the connection pools and the last rejection; it stores new
+//! tables into [`Live`], which requests read. A file that fails any step changes nothing:
 //! the previous table keeps serving, and the failure is logged, counted and shown in `/routes`.
 //!
 //! The watcher follows the *directory* holding the file: editors that save by rename (vim),
@@ -9,18 +9,16 @@
 //! watch on the file itself would go deaf after the first of those.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
 use crate::config::{self, ConfigError, ConfigErrors};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
-use crate::shadow::Shadows;
 use crate::upstream::Upstreams;
 
 /// Quiet time after a file event before the file is read, so an editor's truncate-then-write
@@ -58,43 +56,38 @@ pub enum Outcome {
     StillRejected,
 }
 
-/// The route table in service now, and what is needed to replace it.
-pub struct Live {
+/// What replaces the live table: the file, the connection pools reused across reloads, and
+/// the last rejection. Reloads from the watcher, SIGHUP and the poll are serialized so
+/// revisions stay ordered.
+pub struct Reloader {
     path: PathBuf,
-    table: ArcSwap<RouteTable>,
+    live: Arc<Live>,
     upstreams: Upstreams,
     metrics: Arc<Metrics>,
-    /// Shadow permits, mismatches and learned noise; `shadow_concurrency` is read at start.
-    shadows: Arc<Shadows>,
-    /// Reloads from the watcher, SIGHUP and the poll are serialized so revisions stay ordered.
     reloading: Mutex<()>,
     last_rejection: Mutex<Option<Rejection>>,
     /// Label sets of `strangler_route_weight` exported now.
     published: Mutex<Vec<[String; 3]>>,
-    draining: AtomicBool,
 }
 
-impl Live {
+impl Reloader {
     /// Loads `path` for the first time; an invalid file is an error (the proxy refuses to start).
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
         let loaded = config::load(path)?;
         let upstreams = Upstreams::default();
         let table = RouteTable::compile(loaded.config, loaded.sha256, 1, &upstreams)
             .map_err(|message| single_error(path, message))?;
-        let shadows = Arc::new(Shadows::new(table.config.proxy.shadow_concurrency));
-        let live = Arc::new(Self {
+        let reloader = Arc::new(Self {
             path: path.to_path_buf(),
-            shadows,
-            table: ArcSwap::from_pointee(table),
+            live: Live::new(table),
             upstreams,
             metrics,
             reloading: Mutex::new(()),
             last_rejection: Mutex::new(None),
             published: Mutex::new(Vec::new()),
-            draining: AtomicBool::new(false),
         });
-        live.publish(&live.table());
-        Ok(live)
+        reloader.publish(&reloader.live.table());
+        Ok(reloader)
     }
 
     /// The file being served.
@@ -102,19 +95,9 @@ impl Live {
         &self.path
     }
 
-    /// The table in service now; hold it for the whole request.
-    pub fn table(&self) -> Arc<RouteTable> {
-        self.table.load_full()
-    }
-
-    /// The shared metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Shadow state.
-    pub fn shadows(&self) -> &Arc<Shadows> {
-        &self.shadows
+    /// The table this reloader replaces.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The last refused reload, if the file has not been fixed since.
@@ -125,20 +108,10 @@ impl Live {
             .clone()
     }
 
-    /// Marks the proxy as draining: `/readyz` turns 503 so load balancers stop sending.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether SIGTERM has been received.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
     /// Reads the file again and swaps in a new table if it changed and is valid.
     pub fn reload(&self) -> Outcome {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.table();
+        let current = self.live.table();
         let bytes = match config::read(&self.path) {
             Ok(bytes) => bytes,
             Err(errors) => return self.reject(&current, errors, None),
@@ -174,7 +147,7 @@ impl Live {
         warn_on_restart_only_changes(current, &table);
         let revision = table.revision;
         let table = Arc::new(table);
-        self.table.store(table.clone());
+        self.live.store(table.clone());
         self.publish(&table);
         self.metrics.reloads.with_label_values(&["applied"]).inc();
         self.last_rejection
@@ -274,7 +247,7 @@ fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
 
 /// A directory watch, installed; [`Watch::run`] turns its events into reloads.
 pub struct Watch {
-    live: Arc<Live>,
+    reloader: Arc<Reloader>,
     wake: Arc<Notify>,
     // Dropping the watcher ends the watch, so it lives as long as the loop.
     _watcher: notify::RecommendedWatcher,
@@ -283,8 +256,8 @@ pub struct Watch {
 impl Watch {
     /// Starts watching the directory holding the file. Installed before the proxy reports
     /// itself started, so no change made after that can be missed.
-    pub fn install(live: Arc<Live>) -> notify::Result<Self> {
-        let dir = match live.path.parent() {
+    pub fn install(reloader: Arc<Reloader>) -> notify::Result<Self> {
+        let dir = match reloader.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
@@ -305,9 +278,9 @@ impl Watch {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         // A change between the first load and this watch would otherwise wait for the poll.
         wake.notify_one();
-        tracing::info!(dir = %dir.display(), "watching for changes to {}", live.path.display());
+        tracing::info!(dir = %dir.display(), "watching for changes to {}", reloader.path.display());
         Ok(Self {
-            live,
+            reloader,
             wake,
             _watcher: watcher,
         })
@@ -337,9 +310,9 @@ impl Watch {
                 () = self.wake.notified() => self.quiet().await,
                 () = tokio::time::sleep(POLL) => {}
             }
-            let live = self.live.clone();
+            let reloader = self.reloader.clone();
             // File I/O and compilation are blocking work; keep them off the request threads.
-            if let Err(e) = tokio::task::spawn_blocking(move || live.reload()).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
                 tracing::error!(error = %e, "reload task failed");
             }
         }

@@ -64,6 +64,13 @@ pub struct Decision<'t> {
     pub upstream: &'t Arc<Upstream>,
     /// Handles for counting it.
     pub metrics: &'t PairMetrics,
+    /// A failure of the service may be retried on the default: the route allows it, the
+    /// service serves the request, the method is safe (RFC 9110 §9.2.1: it may be sent twice)
+    /// and it is not a protocol switch. The caller adds the last condition, an empty body.
+    pub fallback: bool,
+    /// The default serves the request and the route mirrors it to the service for comparison
+    /// (`shadow` on, the method among `shadow_methods`, not a protocol switch).
+    pub shadow: bool,
 }
 
 impl Decision<'_> {
@@ -169,6 +176,8 @@ impl RouteTable {
                 route: None,
                 upstream: &self.default,
                 metrics: &self.unmatched,
+                fallback: false,
+                shadow: false,
             };
         };
         let to_service = match self.forced(headers, route) {
@@ -182,17 +191,24 @@ impl RouteTable {
                     && route.takes(headers)
             }
         };
+        let config = &route.config;
+        // A tunnel cannot be replayed or compared; checked only when a flag could be set.
+        let plain = || !crate::headers::is_upgrade(headers);
         if to_service {
             Decision {
                 route: Some(route),
                 upstream: &route.service,
                 metrics: &route.to_service,
+                fallback: config.fallback && method.is_safe() && plain(),
+                shadow: false,
             }
         } else {
             Decision {
                 route: Some(route),
                 upstream: &self.default,
                 metrics: &route.to_default,
+                fallback: false,
+                shadow: config.shadow && config.shadow_methods.contains(method) && plain(),
             }
         }
     }
@@ -232,6 +248,8 @@ impl RouteTable {
             route: Some(route),
             upstream: &self.default,
             metrics: &route.to_default,
+            fallback: false,
+            shadow: false,
         }
     }
 }
@@ -334,6 +352,118 @@ mod tests {
         [[routes]]\nprefix = \"/api/posts\"\nservice = \"posts\"\nweight = 100\n\
         [[routes]]\nname = \"posts-reads\"\nprefix = \"/api/posts/by-user\"\nservice = \"posts\"\nweight = 100\nmethods = [\"GET\", \"HEAD\"]\n\
         [[routes]]\nprefix = \"/admin\"\nservice = \"admin\"\nweight = 100\n";
+
+    /// Fallback and shadow eligibility, one line per case: route settings, method, whether the
+    /// request asks for a WebSocket upgrade, then `backend fallback shadow`.
+    #[test]
+    fn fallback_and_shadow_eligibility_table() {
+        let cases: &[(&str, Method, bool, &str)] = &[
+            (
+                "weight = 100\nfallback = true",
+                Method::GET,
+                false,
+                "users fallback -",
+            ),
+            (
+                "weight = 100\nfallback = true",
+                Method::HEAD,
+                false,
+                "users fallback -",
+            ),
+            (
+                "weight = 100\nfallback = true",
+                Method::OPTIONS,
+                false,
+                "users fallback -",
+            ),
+            (
+                "weight = 100\nfallback = true",
+                Method::POST,
+                false,
+                "users - -",
+            ),
+            (
+                "weight = 100\nfallback = true",
+                Method::DELETE,
+                false,
+                "users - -",
+            ),
+            (
+                "weight = 100\nfallback = true",
+                Method::GET,
+                true,
+                "users - -",
+            ),
+            ("weight = 100", Method::GET, false, "users - -"),
+            (
+                "weight = 0\nfallback = true",
+                Method::GET,
+                false,
+                "monolith - -",
+            ),
+            (
+                "weight = 0\nshadow = true",
+                Method::GET,
+                false,
+                "monolith - shadow",
+            ),
+            (
+                "weight = 0\nshadow = true",
+                Method::HEAD,
+                false,
+                "monolith - shadow",
+            ),
+            (
+                "weight = 0\nshadow = true",
+                Method::POST,
+                false,
+                "monolith - -",
+            ),
+            (
+                "weight = 0\nshadow = true",
+                Method::GET,
+                true,
+                "monolith - -",
+            ),
+            (
+                "weight = 0\nshadow = true\nshadow_methods = [\"GET\", \"POST\"]",
+                Method::POST,
+                false,
+                "monolith - shadow",
+            ),
+            (
+                "weight = 100\nshadow = true",
+                Method::GET,
+                false,
+                "users - -",
+            ),
+            (
+                "weight = 100\nshadow = true\nmethods = [\"GET\"]",
+                Method::POST,
+                false,
+                "monolith - -",
+            ),
+            ("weight = 0", Method::GET, false, "monolith - -"),
+        ];
+        for (settings, method, upgrade, expected) in cases {
+            let t = table(&format!(
+                "[[routes]]\nprefix = \"/api/users\"\nservice = \"users\"\n{settings}\n"
+            ));
+            let mut headers = HeaderMap::new();
+            if *upgrade {
+                headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+                headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+            }
+            let d = t.resolve(method, "/api/users/1", &headers);
+            let got = format!(
+                "{} {} {}",
+                d.upstream.name(),
+                if d.fallback { "fallback" } else { "-" },
+                if d.shadow { "shadow" } else { "-" }
+            );
+            assert_eq!(&got, expected, "{settings:?} {method} upgrade={upgrade}");
+        }
+    }
 
     /// One line per case: the request, then `route backend path-sent-upstream` or `400 why`.
     #[test]

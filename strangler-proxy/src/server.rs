@@ -18,10 +18,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin;
+use crate::admin::Admin;
+use crate::drain::Draining;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::{self, Live};
+use crate::reload::{self, Reloader};
+use crate::shadow::Shadows;
 
 /// A client that sends no complete header block within this is disconnected (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +37,12 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The live table.
     pub live: Arc<Live>,
+    /// The file and its reloads.
+    pub reloader: Arc<Reloader>,
+    /// Set when the shutdown begins.
+    pub draining: Arc<Draining>,
+    /// Every metric family.
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     public_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -43,7 +52,7 @@ impl Running {
     /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`) and returns
     /// when the public listener is done.
     pub async fn shutdown(self) {
-        self.live.start_draining();
+        self.draining.start();
         let _ = self.shutdown.send(true);
         if let Err(e) = self.public_task.await {
             tracing::error!(error = %e, "public listener task failed");
@@ -59,14 +68,19 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     // Before binding: a SIGHUP from an impatient operator must never kill a starting proxy.
     let hup = signal(SignalKind::hangup()).ok();
     let metrics = Arc::new(Metrics::new());
-    let live = Live::open(config, metrics).map_err(|errors| {
+    let reloader = Reloader::open(config, metrics.clone()).map_err(|errors| {
         anyhow::anyhow!(
             "refusing to start: {} has errors (`strangler-proxy check` shows the same):\n{errors}",
             config.display()
         )
     })?;
+    let live = reloader.live().clone();
     let table = live.table();
     let settings = &table.config.proxy;
+    // Per-process state lives here and is handed out explicitly: the shadow bound is read at
+    // start-up (a reload cannot resize it), the draining flag is set once.
+    let shadows = Arc::new(Shadows::new(settings.shadow_concurrency));
+    let draining = Arc::new(Draining::default());
     let public = TcpListener::bind(settings.listen).await.with_context(|| {
         format!(
             "cannot listen on {} ([proxy] listen): is another process using it?",
@@ -82,14 +96,20 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     let (public_addr, admin_addr) = (public.local_addr()?, admin_listener.local_addr()?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let watch = reload::Watch::install(live.clone());
+    let watch = reload::Watch::install(reloader.clone());
     let drain = settings.drain_timeout;
-    let proxy = Proxy::new(live.clone());
+    let proxy = Proxy::new(live.clone(), metrics.clone(), shadows.clone());
+    let admin = Arc::new(Admin {
+        reloader: reloader.clone(),
+        metrics: metrics.clone(),
+        shadows,
+        draining: draining.clone(),
+    });
     let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx, drain));
     let tasks = vec![
         // The admin side outlives the drain: probes must hear 503 from /readyz, and metrics
         // stay scrapable, until the process ends.
-        tokio::spawn(serve_admin(admin_listener, live.clone())),
+        tokio::spawn(serve_admin(admin_listener, admin)),
         tokio::spawn(async move {
             match watch {
                 Ok(watch) => watch.run().await,
@@ -99,7 +119,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
                 ),
             }
         }),
-        tokio::spawn(reload_on_sighup(live.clone(), hup)),
+        tokio::spawn(reload_on_sighup(reloader.clone(), hup)),
     ];
     tracing::info!(
         public = %public_addr,
@@ -112,6 +132,9 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         public: public_addr,
         admin: admin_addr,
         live,
+        reloader,
+        draining,
+        metrics,
         shutdown,
         public_task,
         tasks,
@@ -135,10 +158,12 @@ async fn serve_public(
         let _ = shutdown.changed().await;
     };
     accept_loop(&listener, stop, |stream, client| {
-        let proxy = proxy.clone();
+        let proxy = proxy.for_client(client);
+        // `handle` directly rather than through `tower::Service::call`: the same code, without
+        // boxing a future per request.
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -161,12 +186,12 @@ async fn serve_public(
     }
 }
 
-async fn serve_admin(listener: TcpListener, live: Arc<Live>) {
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
     accept_loop(&listener, std::future::pending(), |stream, _| {
-        let live = live.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = admin::respond(&live, &req);
+                let response = admin.respond(&req);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -200,15 +225,15 @@ where
     }
 }
 
-async fn reload_on_sighup(live: Arc<Live>, hup: Option<Signal>) {
+async fn reload_on_sighup(reloader: Arc<Reloader>, hup: Option<Signal>) {
     let Some(mut hup) = hup else {
         tracing::warn!("cannot install a SIGHUP handler; file watching still reloads");
         return;
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
-        let live = live.clone();
-        let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+        let reloader = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
     }
 }
 

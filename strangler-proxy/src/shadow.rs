@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::compare::{self, Answer, Difference, Ignored};
 use crate::forward;
+use crate::headers::X_STRANGLER_SHADOW;
 use crate::metrics::Metrics;
 use crate::upstream::{BoxError, Upstream, UpstreamBody};
 
@@ -39,10 +40,6 @@ pub const MAX_MISMATCHES: usize = 100;
 /// [`NOISE_SAMPLE_EVERY`].
 const NOISE_WARMUP: u64 = 20;
 const NOISE_SAMPLE_EVERY: u64 = 10;
-
-/// Marks requests the service receives as shadows, so it can tell them apart.
-pub static X_STRANGLER_SHADOW: http::HeaderName =
-    http::HeaderName::from_static("x-strangler-shadow");
 
 /// One recorded mismatch.
 #[derive(Debug, Clone)]

@@ -656,7 +656,7 @@ async fn admin_endpoints_describe_the_table() {
     assert_eq!(get(&admin(&s, "/readyz")).await.status, StatusCode::OK);
     let routes = get(&admin(&s, "/routes")).await.json();
     assert_eq!(routes["revision"], 1);
-    let file = std::fs::read(s.proxy.live.path()).unwrap();
+    let file = std::fs::read(s.proxy.reloader.path()).unwrap();
     assert_eq!(routes["sha256"], strangler_proxy::config::sha256_hex(&file));
     assert!(routes["last_reload_error"].is_null());
     assert_eq!(routes["routes"][0]["name"], "users");

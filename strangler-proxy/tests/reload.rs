@@ -301,13 +301,13 @@ async fn reverting_a_rejected_edit_clears_the_reload_error() {
     .unwrap();
     // The watcher may have refused it first; either way it is refused.
     assert!(matches!(
-        running.live.reload(),
+        running.reloader.reload(),
         Outcome::Rejected(_) | Outcome::StillRejected
     ));
     assert!(!routes_doc(&running).await["last_reload_error"].is_null());
 
     std::fs::write(&path, backends.table(0)).unwrap();
-    assert!(matches!(running.live.reload(), Outcome::Unchanged));
+    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
     let doc = routes_doc(&running).await;
     assert!(
         doc["last_reload_error"].is_null(),
@@ -330,11 +330,11 @@ async fn an_explicit_reload_applies_a_change_and_ignores_an_unchanged_file() {
 
     // Same bytes, new mtime: nothing to do.
     std::fs::write(&path, backends.table(0)).unwrap();
-    assert!(matches!(running.live.reload(), Outcome::Unchanged));
+    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
     assert_eq!(running.live.table().revision, 1);
 
     std::fs::write(&path, backends.table(100)).unwrap();
-    match running.live.reload() {
+    match running.reloader.reload() {
         Outcome::Applied(2) => {}
         other => panic!("expected Applied(2), got {other:?}"),
     }
@@ -342,8 +342,8 @@ async fn an_explicit_reload_applies_a_change_and_ignores_an_unchanged_file() {
     assert_eq!(backend(&running, "/api/users/1").await, "users");
     assert_eq!(revision(&running).await, 2);
 
-    assert!(matches!(running.live.reload(), Outcome::Unchanged));
-    assert!(matches!(running.live.reload(), Outcome::Unchanged));
+    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
+    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
     assert_eq!(running.live.table().revision, 2);
     let doc = routes_doc(&running).await;
     assert_eq!(doc["revision"], 2);
@@ -662,11 +662,11 @@ async fn the_same_invalid_file_is_refused_once() {
     .unwrap();
     for _ in 0..3 {
         assert!(matches!(
-            running.live.reload(),
+            running.reloader.reload(),
             Outcome::Rejected(_) | Outcome::StillRejected
         ));
     }
-    assert!(matches!(running.live.reload(), Outcome::StillRejected));
+    assert!(matches!(running.reloader.reload(), Outcome::StillRejected));
     let rejected = "strangler_config_reloads_total{result=\"rejected\"}";
     assert_eq!(metric(&running, rejected).await, Some(1.0));
     // A different invalid file is news again.

@@ -102,7 +102,7 @@ async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
         let before = p.live.table().revision;
         std::fs::write(dir.join("routes.toml"), at(weight)).unwrap();
         // The watcher may get there first; either way a new revision must serve.
-        p.live.reload();
+        p.reloader.reload();
         assert!(
             p.live.table().revision > before,
             "weight {weight} was not applied"

@@ -43,7 +43,7 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
     let (monolith, gate) = gated_upstream("monolith").await;
     let dir = temp_dir("shutdown-drain");
     let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
-    let (public, admin, live) = (running.public, running.admin, running.live.clone());
+    let (public, admin, draining) = (running.public, running.admin, running.draining.clone());
 
     // A keep-alive admin connection opened before shutdown, the way a load balancer's health
     // checker holds one.
@@ -65,7 +65,7 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
         stops_accepting(public).await,
         "the public listener still accepts after shutdown began"
     );
-    assert!(live.is_draining());
+    assert!(draining.is_set());
     // The held request is what the drain waits for.
     assert!(
         !shutdown.is_finished(),
