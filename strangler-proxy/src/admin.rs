@@ -14,7 +14,7 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::StickyKey;
+use crate::config::{RouteConfig, StickyKey};
 use crate::drain::Draining;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -82,6 +82,29 @@ pub struct RouteDoc {
     pub sticky: Option<String>,
 }
 
+impl RouteDoc {
+    /// How `/routes` describes a validated route.
+    pub fn of(c: &RouteConfig) -> Self {
+        RouteDoc {
+            name: c.name.clone(),
+            prefix: c.prefix.clone(),
+            service: c.service.clone(),
+            weight: c.weight,
+            stage: c.stage().as_str().to_string(),
+            shadow: c.shadow,
+            fallback: c.fallback,
+            methods: c
+                .methods
+                .as_ref()
+                .map(|m| m.iter().map(|m| m.as_str().to_string()).collect()),
+            sticky: c.sticky.as_ref().map(|s| match s {
+                StickyKey::Header(h) => format!("header:{h}"),
+                StickyKey::Cookie(c) => format!("cookie:{c}"),
+            }),
+        }
+    }
+}
+
 /// What the admin listener reads: handed over by the server at start-up.
 pub struct Admin {
     /// The file, the live table and the last rejection.
@@ -137,26 +160,7 @@ impl Admin {
         let routes = table
             .routes()
             .iter()
-            .map(|r| {
-                let c = &r.config;
-                RouteDoc {
-                    name: c.name.clone(),
-                    prefix: c.prefix.clone(),
-                    service: c.service.clone(),
-                    weight: c.weight,
-                    stage: c.stage().as_str().to_string(),
-                    shadow: c.shadow,
-                    fallback: c.fallback,
-                    methods: c
-                        .methods
-                        .as_ref()
-                        .map(|m| m.iter().map(|m| m.as_str().to_string()).collect()),
-                    sticky: c.sticky.as_ref().map(|s| match s {
-                        StickyKey::Header(h) => format!("header:{h}"),
-                        StickyKey::Cookie(c) => format!("cookie:{c}"),
-                    }),
-                }
-            })
+            .map(|r| RouteDoc::of(&r.config))
             .collect();
         RoutesDoc {
             file: self.reloader.path().display().to_string(),

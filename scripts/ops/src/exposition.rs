@@ -147,4 +147,28 @@ mod tests {
         assert!(Scrape::parse("x{a=\"b\" 1").is_err());
         assert!(Scrape::parse("x{a=\"b\"} one").is_err());
     }
+
+    #[test]
+    fn the_proxys_own_encoder_output_parses() {
+        use strangler_proxy::metrics::{Metrics, PairMetrics, names};
+        let metrics = Metrics::new();
+        let pair = PairMetrics::new("users", "users");
+        pair.observe(&metrics, 200, 0.003);
+        pair.observe(&metrics, 503, 0.2);
+        metrics
+            .route_weight
+            .with_label_values(&["users", "users", "canary"])
+            .set(25);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        let s = Scrape::parse(&text).unwrap();
+        let requests: f64 = s.named(names::REQUESTS).map(|x| x.value).sum();
+        assert_eq!(requests, 2.0, "{text}");
+        let inf = s
+            .named(names::REQUEST_DURATION_BUCKET)
+            .find(|x| x.label("le") == "+Inf")
+            .expect("an +Inf bucket");
+        assert_eq!((inf.label("route"), inf.value), ("users", 2.0));
+        let weight = s.named(names::ROUTE_WEIGHT).next().expect("weight gauge");
+        assert_eq!((weight.label("stage"), weight.value), ("canary", 25.0));
+    }
 }

@@ -6,19 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::exposition::{Sample, Scrape};
 
-/// Counter names the figures read.
-pub mod names {
-    /// `{route, backend, code}`
-    pub const REQUESTS: &str = "strangler_requests_total";
-    /// `{route, backend, le}`
-    pub const DURATION_BUCKET: &str = "strangler_request_duration_seconds_bucket";
-    /// `{route}`
-    pub const FALLBACKS: &str = "strangler_fallbacks_total";
-    /// `{route, result}`
-    pub const SHADOW: &str = "strangler_shadow_comparisons_total";
-    /// `{route, service, stage}`
-    pub const WEIGHT: &str = "strangler_route_weight";
-}
+/// The metric names the figures read: the proxy's own constants, so a rename breaks this build.
+pub use strangler_proxy::metrics::names;
 
 /// How much a counter series grew over the window, with the labels that matter.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,9 +36,9 @@ pub fn increases(start: &Scrape, end: &Scrape, route: &str) -> Vec<Increase> {
         .filter(|s| {
             [
                 names::REQUESTS,
-                names::DURATION_BUCKET,
+                names::REQUEST_DURATION_BUCKET,
                 names::FALLBACKS,
-                names::SHADOW,
+                names::SHADOW_COMPARISONS,
             ]
             .contains(&s.name.as_str())
         })
@@ -165,7 +154,7 @@ impl RouteWindow {
                         s.errors += inc.value;
                     }
                 }
-                names::DURATION_BUCKET => {
+                names::REQUEST_DURATION_BUCKET => {
                     let Some(i) = side else { continue };
                     let Some(le) = crate::exposition::parse_value(label("le")) else {
                         continue;
@@ -174,7 +163,7 @@ impl RouteWindow {
                     entry.1 += inc.value;
                 }
                 names::FALLBACKS => w.fallbacks += inc.value,
-                names::SHADOW => match label("result") {
+                names::SHADOW_COMPARISONS => match label("result") {
                     "match" => w.shadow.matched += inc.value,
                     "mismatch" => w.shadow.mismatched += inc.value,
                     "error" => w.shadow.errors += inc.value,
@@ -281,17 +270,17 @@ mod tests {
                 3.0,
             ),
             inc(names::FALLBACKS, &[], 6.0),
-            inc(names::SHADOW, &[("result", "match")], 98.0),
-            inc(names::SHADOW, &[("result", "mismatch")], 1.0),
-            inc(names::SHADOW, &[("result", "error")], 1.0),
-            inc(names::SHADOW, &[("result", "dropped")], 50.0),
+            inc(names::SHADOW_COMPARISONS, &[("result", "match")], 98.0),
+            inc(names::SHADOW_COMPARISONS, &[("result", "mismatch")], 1.0),
+            inc(names::SHADOW_COMPARISONS, &[("result", "error")], 1.0),
+            inc(names::SHADOW_COMPARISONS, &[("result", "dropped")], 50.0),
             inc(
-                names::DURATION_BUCKET,
+                names::REQUEST_DURATION_BUCKET,
                 &[("backend", "users"), ("le", "+Inf")],
                 94.0,
             ),
             inc(
-                names::DURATION_BUCKET,
+                names::REQUEST_DURATION_BUCKET,
                 &[("backend", "users"), ("le", "0.01")],
                 94.0,
             ),

@@ -109,12 +109,12 @@ impl Source {
     pub fn weights(&self, route: &str) -> anyhow::Result<Vec<f64>> {
         match self {
             Source::Proxy(url) => Ok(scrape(url)?
-                .named(names::WEIGHT)
+                .named(names::ROUTE_WEIGHT)
                 .filter(|s| s.label("route") == route)
                 .map(|s| s.value)
                 .collect()),
             Source::Prometheus(base) => {
-                let query = format!("{}{{route={}}}", names::WEIGHT, quote(route));
+                let query = format!("{}{{route={}}}", names::ROUTE_WEIGHT, quote(route));
                 Ok(prometheus_query(base, &query)?
                     .into_iter()
                     .map(|(_, v)| v)
@@ -149,10 +149,10 @@ fn prometheus_increases(base: &str, route: &str, seconds: f64) -> anyhow::Result
             ),
         ),
         (
-            names::DURATION_BUCKET,
+            names::REQUEST_DURATION_BUCKET,
             format!(
                 "sum by (backend, le) (increase({}{{route={r}}}[{range}]))",
-                names::DURATION_BUCKET
+                names::REQUEST_DURATION_BUCKET
             ),
         ),
         (
@@ -160,10 +160,10 @@ fn prometheus_increases(base: &str, route: &str, seconds: f64) -> anyhow::Result
             format!("sum(increase({}{{route={r}}}[{range}]))", names::FALLBACKS),
         ),
         (
-            names::SHADOW,
+            names::SHADOW_COMPARISONS,
             format!(
                 "sum by (result) (increase({}{{route={r}}}[{range}]))",
-                names::SHADOW
+                names::SHADOW_COMPARISONS
             ),
         ),
     ];

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::Value;
+use strangler_proxy::admin::{RouteDoc, RoutesDoc};
 
 use crate::exposition::Scrape;
 use crate::fetch;
@@ -22,19 +22,6 @@ pub struct StatusOptions {
     pub admin: String,
     /// Time between the two scrapes.
     pub window: Duration,
-}
-
-/// One route as `/routes` describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteInfo {
-    /// Name (metric label).
-    pub name: String,
-    /// Service.
-    pub service: String,
-    /// Weight.
-    pub weight: u64,
-    /// Derived stage.
-    pub stage: String,
 }
 
 /// The admin address of `[proxy] admin` as a URL; a wildcard listen address is reached on
@@ -63,11 +50,11 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let base = options.admin.trim_end_matches('/');
     let routes_url = format!("{base}/routes");
-    let doc: Value = serde_json::from_str(
+    let doc: RoutesDoc = serde_json::from_str(
         &fetch::get(&routes_url, Duration::from_secs(5))
             .with_context(|| format!("is the proxy running with its admin listener at {base}?"))?,
     )
-    .with_context(|| format!("{routes_url}: the answer is not JSON"))?;
+    .with_context(|| format!("{routes_url}: the answer is not the /routes document"))?;
     let metrics_url = format!("{base}/metrics");
     let first = scrape(&metrics_url)?;
     let started = std::time::Instant::now();
@@ -75,53 +62,33 @@ pub fn run(
     let second = scrape(&metrics_url)?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let default = doc["default"].as_str().unwrap_or("default").to_string();
     writeln!(
         out,
-        "proxy {base}: revision {}, loaded {}, default {default}{}",
-        doc["revision"],
-        doc["loaded_at"].as_str().unwrap_or("?"),
+        "proxy {base}: revision {}, loaded {}, default {}{}",
+        doc.revision,
+        doc.loaded_at,
+        doc.default,
         file_note(&doc, config),
     )?;
-    if let Some(errors) = doc["last_reload_error"]["errors"].as_array() {
+    if let Some(rejected) = &doc.last_reload_error {
         writeln!(
             out,
             "WARNING: the last reload was rejected at {} (the proxy keeps serving revision {}):",
-            doc["last_reload_error"]["at"].as_str().unwrap_or("?"),
-            doc["revision"]
+            rejected.at, doc.revision
         )?;
-        for e in errors {
-            writeln!(out, "  {}", e.as_str().unwrap_or_default())?;
+        for e in &rejected.errors {
+            writeln!(out, "  {e}")?;
         }
     }
-    let routes = route_infos(&doc);
     write!(
         out,
         "{}",
-        render(&routes, &default, &first, &second, seconds)
+        render(&doc.routes, &doc.default, &first, &second, seconds)
     )?;
     Ok(())
 }
 
-/// Routes listed by `/routes`.
-pub fn route_infos(doc: &Value) -> Vec<RouteInfo> {
-    doc["routes"]
-        .as_array()
-        .map(|routes| {
-            routes
-                .iter()
-                .map(|r| RouteInfo {
-                    name: r["name"].as_str().unwrap_or_default().to_string(),
-                    service: r["service"].as_str().unwrap_or_default().to_string(),
-                    weight: r["weight"].as_u64().unwrap_or(0),
-                    stage: r["stage"].as_str().unwrap_or("?").to_string(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn file_note(doc: &Value, config: Option<&Path>) -> String {
+fn file_note(doc: &RoutesDoc, config: Option<&Path>) -> String {
     let Some(path) = config else {
         return String::new();
     };
@@ -129,20 +96,20 @@ fn file_note(doc: &Value, config: Option<&Path>) -> String {
         return String::new();
     };
     let local = strangler_proxy::config::sha256_hex(&bytes);
-    match doc["sha256"].as_str() {
-        Some(served) if served == local => format!(" (serving {} as saved)", path.display()),
-        Some(_) => format!(
+    if doc.sha256 == local {
+        format!(" (serving {} as saved)", path.display())
+    } else {
+        format!(
             "\nNOTE: {} differs from what the proxy serves (not reloaded yet, invalid, or another file)",
             path.display()
-        ),
-        None => String::new(),
+        )
     }
 }
 
 /// The table: figures over the window between the two scrapes; where a side saw no traffic in
 /// the window, its ratios since the proxy started, marked `*`.
 pub fn render(
-    routes: &[RouteInfo],
+    routes: &[RouteDoc],
     default: &str,
     first: &Scrape,
     second: &Scrape,

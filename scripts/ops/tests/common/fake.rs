@@ -4,7 +4,6 @@
 //! with the failures, latencies and shadow mismatches the test asks for.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -12,9 +11,11 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use serde_json::{Value, json};
+use strangler_proxy::admin::{RouteDoc, RoutesDoc, ServiceDoc};
 use strangler_proxy::config::{self, Config};
+use strangler_proxy::metrics::Metrics;
 
-/// Bucket bounds of the fake's histogram.
+/// Bucket bounds of the simulated Prometheus server's histograms.
 const BUCKETS: [f64; 7] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
 /// How the simulated traffic behaves.
@@ -54,10 +55,9 @@ struct Sim {
     config: Option<Config>,
     sha: String,
     revision: u64,
-    requests: BTreeMap<(String, String, u16), u64>,
-    latency: BTreeMap<(String, String), [u64; BUCKETS.len() + 1]>,
-    fallbacks: BTreeMap<String, u64>,
-    shadow: BTreeMap<(String, &'static str), u64>,
+    /// The proxy's own metric families: `/metrics` is rendered by the real encoder, so a
+    /// renamed metric or label fails these tests as it would fail the scripts in production.
+    metrics: Metrics,
     scrapes: u64,
     queries: Vec<String>,
 }
@@ -117,21 +117,19 @@ impl Sim {
             let t = self.traffic(r.weight, r.shadow);
             let svc = r.service.clone();
             let name = r.name.clone();
-            let mut count = |backend: &str, code: u16, n: u64, latency: f64| {
+            let metrics = &self.metrics;
+            let count = |backend: &str, code: u16, n: u64, latency: f64| {
                 if n == 0 {
                     return;
                 }
-                *self
+                metrics
                     .requests
-                    .entry((name.clone(), backend.to_string(), code))
-                    .or_default() += n;
-                let bucket = BUCKETS
-                    .iter()
-                    .position(|b| latency <= *b)
-                    .unwrap_or(BUCKETS.len());
-                self.latency
-                    .entry((name.clone(), backend.to_string()))
-                    .or_default()[bucket] += n;
+                    .with_label_values(&[&name, backend, &code.to_string()])
+                    .inc_by(n);
+                let histogram = metrics.duration.with_label_values(&[&name, backend]);
+                for _ in 0..n {
+                    histogram.observe(latency);
+                }
             };
             count(&svc, 200, t.service_ok, self.behaviour.service_latency);
             count(&default, 200, t.default, self.behaviour.default_latency);
@@ -142,85 +140,57 @@ impl Sim {
                     t.service_failed,
                     self.behaviour.default_latency,
                 );
-                *self.fallbacks.entry(name.clone()).or_default() += t.service_failed;
+                metrics
+                    .fallbacks
+                    .with_label_values(&[&name])
+                    .inc_by(t.service_failed);
             } else {
                 count(&svc, 500, t.service_failed, self.behaviour.service_latency);
             }
-            *self.shadow.entry((name.clone(), "match")).or_default() += t.compared - t.mismatched;
-            *self.shadow.entry((name.clone(), "mismatch")).or_default() += t.mismatched;
+            let shadow = |result: &str, n: u64| {
+                metrics
+                    .shadow_comparisons
+                    .with_label_values(&[&name, result])
+                    .inc_by(n);
+            };
+            shadow("match", t.compared - t.mismatched);
+            shadow("mismatch", t.mismatched);
         }
     }
 
-    fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "# TYPE strangler_requests_total counter");
-        for ((route, backend, code), n) in &self.requests {
-            let _ = writeln!(
-                out,
-                "strangler_requests_total{{backend=\"{backend}\",code=\"{code}\",route=\"{route}\"}} {n}"
-            );
-        }
-        let _ = writeln!(out, "# TYPE strangler_request_duration_seconds histogram");
-        for ((route, backend), counts) in &self.latency {
-            let mut cumulative = 0;
-            for (i, n) in counts.iter().enumerate() {
-                cumulative += n;
-                let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "strangler_request_duration_seconds_bucket{{backend=\"{backend}\",route=\"{route}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "strangler_request_duration_seconds_count{{backend=\"{backend}\",route=\"{route}\"}} {cumulative}"
-            );
-        }
-        for (route, n) in &self.fallbacks {
-            let _ = writeln!(out, "strangler_fallbacks_total{{route=\"{route}\"}} {n}");
-        }
-        for ((route, result), n) in &self.shadow {
-            let _ = writeln!(
-                out,
-                "strangler_shadow_comparisons_total{{result=\"{result}\",route=\"{route}\"}} {n}"
-            );
-        }
+    fn render(&self) -> Vec<u8> {
+        // Only the routes (and stages) in the file now, as the proxy publishes them.
+        self.metrics.route_weight.reset();
         if let Some(config) = &self.config {
             for r in &config.routes {
-                let _ = writeln!(
-                    out,
-                    "strangler_route_weight{{route=\"{}\",service=\"{}\",stage=\"{}\"}} {}",
-                    r.name,
-                    r.service,
-                    r.stage().as_str(),
-                    r.weight
-                );
+                self.metrics
+                    .route_weight
+                    .with_label_values(&[&r.name, &r.service, r.stage().as_str()])
+                    .set(i64::from(r.weight));
             }
         }
-        let _ = writeln!(out, "strangler_config_revision {}", self.revision);
-        out
+        self.metrics.revision.set(self.revision as i64);
+        self.metrics.render()
     }
 
-    fn routes(&self) -> Value {
-        let Some(config) = &self.config else {
-            return json!({"routes": []});
-        };
-        json!({
-            "file": self.file.display().to_string(),
-            "revision": self.revision,
-            "sha256": self.sha,
-            "loaded_at": "2026-11-23T10:04:05Z",
-            "last_reload_error": null,
-            "default": config.proxy.default,
-            "routes": config.routes.iter().map(|r| json!({
-                "name": r.name,
-                "prefix": r.prefix,
-                "service": r.service,
-                "weight": r.weight,
-                "stage": r.stage().as_str(),
-                "shadow": r.shadow,
-                "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
-            })).collect::<Vec<_>>(),
+    fn routes(&self) -> Option<RoutesDoc> {
+        let config = self.config.as_ref()?;
+        Some(RoutesDoc {
+            file: self.file.display().to_string(),
+            revision: self.revision,
+            sha256: self.sha.clone(),
+            loaded_at: "2026-11-23T10:04:05Z".into(),
+            last_reload_error: None,
+            default: config.proxy.default.clone(),
+            services: config
+                .services
+                .iter()
+                .map(|s| ServiceDoc {
+                    name: s.name.clone(),
+                    url: format!("http://{}", s.authority),
+                })
+                .collect(),
+            routes: config.routes.iter().map(RouteDoc::of).collect(),
         })
     }
 
@@ -338,7 +308,7 @@ impl FakeProxy {
                 get(|State(sim): State<Arc<Mutex<Sim>>>| async move {
                     let mut sim = sim.lock().unwrap();
                     sim.reload();
-                    axum::Json(sim.routes())
+                    axum::Json(sim.routes().expect("the test's routes file is valid"))
                 }),
             )
             .route(
