@@ -130,4 +130,91 @@ impl RouteConfig {
             _ => Stage::Canary,
         }
     }
+
+    /// Whether the route claims any non-safe method (RFC 9110 §9.2.1: all but GET, HEAD,
+    /// OPTIONS and TRACE), whatever its weight: no `methods` list claims them all.
+    pub fn claims_writes(&self) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| !m.is_safe()))
+    }
+
+    /// Whether the route sends writes (any non-safe method, RFC 9110 §9.2.1) to its service:
+    /// it claims one and its weight is above 0. Such a service's database takes changes the
+    /// monolith's does not have.
+    pub fn sends_writes(&self) -> bool {
+        self.weight > 0 && self.claims_writes()
+    }
+
+    /// Whether shadowing mirrors writes to the service: they land in its database although the
+    /// default serves them.
+    pub fn mirrors_writes(&self) -> bool {
+        self.shadow && self.shadow_methods.iter().any(|m| !m.is_safe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(weight: u8, methods: Option<&[Method]>) -> RouteConfig {
+        RouteConfig {
+            name: "users".into(),
+            prefix: "/api/users".into(),
+            service: "users".into(),
+            weight,
+            methods: methods.map(<[Method]>::to_vec),
+            sticky: None,
+            shadow: false,
+            fallback: false,
+            shadow_methods: vec![Method::GET, Method::HEAD, Method::OPTIONS],
+            shadow_ignore: Vec::new(),
+            shadow_noise_check: false,
+        }
+    }
+
+    #[test]
+    fn stage_is_derived_from_weight_and_shadow() {
+        let mut r = route(0, None);
+        assert_eq!(r.stage(), Stage::Dark);
+        r.shadow = true;
+        assert_eq!(r.stage(), Stage::Shadow);
+        r.weight = 100;
+        assert_eq!(r.stage(), Stage::Live);
+    }
+
+    /// One line per case: weight, methods, whether the route sends writes to its service.
+    #[test]
+    fn a_route_sends_writes_when_it_claims_a_non_safe_method_at_a_weight() {
+        let reads: &[Method] = &[Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+        let cases: &[(u8, Option<&[Method]>, bool)] = &[
+            (0, None, false),
+            (1, None, true),
+            (100, None, true),
+            (100, Some(reads), false),
+            (50, Some(&[Method::GET, Method::POST]), true),
+            (50, Some(&[Method::DELETE]), true),
+            (0, Some(&[Method::DELETE]), false),
+        ];
+        for (weight, methods, expected) in cases {
+            let r = route(*weight, *methods);
+            assert_eq!(
+                r.sends_writes(),
+                *expected,
+                "weight {weight}, methods {methods:?}"
+            );
+            assert_eq!(r.claims_writes(), methods.is_none_or(|m| m != reads));
+        }
+    }
+
+    #[test]
+    fn shadowing_mirrors_writes_only_when_shadow_methods_name_one() {
+        let mut r = route(0, None);
+        r.shadow = true;
+        assert!(!r.mirrors_writes());
+        r.shadow_methods.push(Method::POST);
+        assert!(r.mirrors_writes());
+        r.shadow = false;
+        assert!(!r.mirrors_writes());
+    }
 }

@@ -930,19 +930,4 @@ request_timeout = "30s"
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("").is_err());
     }
-
-    #[test]
-    fn stage_is_derived_from_weight_and_shadow() {
-        let mut r = parse(&with_route(
-            "prefix = \"/api/users\"\nservice = \"users\"\nweight = 0",
-        ))
-        .unwrap()
-        .routes
-        .remove(0);
-        assert_eq!(r.stage(), Stage::Dark);
-        r.shadow = true;
-        assert_eq!(r.stage(), Stage::Shadow);
-        r.weight = 100;
-        assert_eq!(r.stage(), Stage::Live);
-    }
 }
