@@ -634,24 +634,10 @@ fn parse_service_url(url: &str) -> Result<Authority, String> {
 fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
-        .map(|c| (edit_distance(name, c), *c))
+        .map(|c| (strsim::levenshtein(name, c), *c))
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -920,6 +906,16 @@ request_timeout = "30s"
         let errors = errors(&insensitive);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("already routed"), "{errors:?}");
+    }
+
+    #[test]
+    fn did_you_mean_suggests_the_closest_name_within_two_edits() {
+        let names = ["monolith", "users", "posts"];
+        assert_eq!(super::did_you_mean("user", &names), Some("users"));
+        assert_eq!(super::did_you_mean("monolit", &names), Some("monolith"));
+        assert_eq!(super::did_you_mean("psts", &names), Some("posts"));
+        assert_eq!(super::did_you_mean("threads", &names), None);
+        assert_eq!(super::did_you_mean("usr", &[]), None);
     }
 
     #[test]
