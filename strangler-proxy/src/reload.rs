@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
-use crate::config::{self, ConfigError, ConfigErrors};
+use crate::config::{self, ConfigErrors};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
@@ -75,8 +75,7 @@ impl Reloader {
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
         let loaded = config::load(path)?;
         let upstreams = Upstreams::default();
-        let table = RouteTable::compile(loaded.config, loaded.sha256, 1, &upstreams)
-            .map_err(|message| single_error(path, message))?;
+        let table = RouteTable::compile(loaded.config, loaded.sha256, 1, &upstreams);
         let reloader = Arc::new(Self {
             path: path.to_path_buf(),
             live: Live::new(table),
@@ -132,12 +131,9 @@ impl Reloader {
         match config::from_bytes(&self.path, bytes) {
             Ok(loaded) => {
                 let revision = current.revision + 1;
-                match RouteTable::compile(loaded.config, loaded.sha256, revision, &self.upstreams) {
-                    Ok(table) => self.apply(&current, table),
-                    Err(message) => {
-                        self.reject(&current, single_error(&self.path, message), Some(sha256))
-                    }
-                }
+                let table =
+                    RouteTable::compile(loaded.config, loaded.sha256, revision, &self.upstreams);
+                self.apply(&current, table)
             }
             Err(errors) => self.reject(&current, errors, Some(sha256)),
         }
@@ -213,17 +209,6 @@ impl Reloader {
                 .remove_label_values(&[&stale[0], &stale[1], &stale[2]]);
         }
         *published = now;
-    }
-}
-
-fn single_error(path: &Path, message: String) -> ConfigErrors {
-    ConfigErrors {
-        file: path.display().to_string(),
-        errors: vec![ConfigError {
-            line: 1,
-            column: 1,
-            message,
-        }],
     }
 }
 

@@ -82,26 +82,25 @@ impl Decision<'_> {
 
 impl RouteTable {
     /// Compiles a validated config; `upstreams` keeps connection pools across reloads.
-    pub fn compile(
-        config: Config,
-        sha256: String,
-        revision: u64,
-        upstreams: &Upstreams,
-    ) -> Result<Self, String> {
+    ///
+    /// # Panics
+    ///
+    /// If `config` names a service it does not define, which [`crate::config::parse`] refuses:
+    /// compile only what it returned.
+    pub fn compile(config: Config, sha256: String, revision: u64, upstreams: &Upstreams) -> Self {
         let by_name = upstreams.resolve(&config.services);
         let lookup = |name: &str| {
-            by_name
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("service {name:?} is not defined"))
+            Arc::clone(by_name.get(name).unwrap_or_else(|| {
+                panic!("service {name:?} is not defined; validation refuses such a config")
+            }))
         };
-        let default = lookup(&config.proxy.default)?;
+        let default = lookup(&config.proxy.default);
         let ignore_case = config.proxy.ignore_case;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut by_prefix = HashMap::with_capacity(config.routes.len());
         let mut max_depth = 0;
         for (i, route) in config.routes.iter().enumerate() {
-            let service = lookup(&route.service)?;
+            let service = lookup(&route.service);
             by_prefix
                 .entry(prefix_hash(&route.prefix))
                 .or_insert_with(Vec::new)
@@ -115,7 +114,7 @@ impl RouteTable {
                 service,
             });
         }
-        Ok(Self {
+        Self {
             revision,
             sha256,
             loaded_at: SystemTime::now(),
@@ -126,7 +125,7 @@ impl RouteTable {
             by_prefix,
             ignore_case,
             max_depth,
-        })
+        }
     }
 
     /// Routes in file order.
@@ -334,7 +333,7 @@ mod tests {
              [services.admin]\nurl = \"http://127.0.0.1:4\"\n{routes}"
         );
         let config = config::parse(&text).expect("valid config");
-        RouteTable::compile(config, String::new(), 1, &Upstreams::default()).expect("compiles")
+        RouteTable::compile(config, String::new(), 1, &Upstreams::default())
     }
 
     fn routed(t: &RouteTable, method: &Method, raw: &str) -> String {

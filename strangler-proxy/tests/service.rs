@@ -35,8 +35,7 @@ fn fixture(routes: &str) -> Fixture {
          [services.users]\nurl = \"http://127.0.0.1:{users}\"\n{routes}"
     );
     let config = config::parse(&text).expect("valid config");
-    let table =
-        RouteTable::compile(config, String::new(), 1, &Upstreams::default()).expect("compiles");
+    let table = RouteTable::compile(config, String::new(), 1, &Upstreams::default());
     let metrics = Arc::new(Metrics::new());
     let proxy = Proxy::new(Live::new(table), metrics.clone(), Arc::new(Shadows::new(4)));
     Fixture { proxy, metrics }

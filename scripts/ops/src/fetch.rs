@@ -1,10 +1,17 @@
-//! A minimal HTTP/1.1 GET over a plain TCP connection, for the admin endpoint and the
-//! Prometheus API: loopback or in-cluster `http://` only, so a full client (and a TLS stack
-//! to build) would buy nothing.
+//! HTTP GET for the admin endpoint and the Prometheus API, over `ureq` without TLS: loopback or
+//! in-cluster `http://` only.
+//!
+//! Every error names the URL and what failed, since the scripts print it as the reason a step
+//! could not be judged.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs as _};
+use std::io;
 use std::time::Duration;
+
+/// The largest body read: a `/metrics` page of many routes, or a large Prometheus answer.
+const BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// How much of an unexpected answer's body an error quotes.
+const QUOTED_BODY_CHARS: usize = 300;
 
 /// Why a GET failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,15 +24,15 @@ pub enum FetchError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// Connecting, sending or reading failed.
+    /// Connecting, sending or reading failed, or took longer than the timeout.
     #[error("GET {url}: {source}")]
     Io {
         /// As given.
         url: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (`TimedOut` for a timeout, `ConnectionRefused` when nothing listens).
+        source: io::Error,
     },
-    /// The answer is not HTTP.
+    /// The answer is not HTTP, or its body not text.
     #[error("GET {url}: malformed response: {reason}")]
     Malformed {
         /// As given.
@@ -45,150 +52,91 @@ pub enum FetchError {
     },
 }
 
-/// An `http://` URL split into what a request needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Url {
-    /// `host:port`.
-    pub authority: String,
-    /// Path and query, starting with `/`.
-    pub target: String,
-}
-
-impl Url {
-    /// Reads `http://host:port/path?query`; a bare `host:port` means `http://host:port/`.
-    pub fn parse(url: &str) -> Result<Url, FetchError> {
-        let err = |reason| FetchError::Url {
-            url: url.to_string(),
-            reason,
-        };
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.contains("://") {
-            return Err(err("only http:// URLs are supported"));
-        } else {
-            url
-        };
-        let (authority, target) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err(err("no host"));
-        }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(Url {
-            authority,
-            target: target.to_string(),
-        })
-    }
-}
-
-/// GETs `url` and returns the body of a 200 answer.
+/// GETs `url` (`http://host:port/path?query`, or a bare `host:port`) and returns the body of a
+/// 200 answer; connecting, and each of sending and receiving, may take up to `timeout`.
 pub fn get(url: &str, timeout: Duration) -> Result<String, FetchError> {
-    let parsed = Url::parse(url)?;
-    let io = |source| FetchError::Io {
-        url: url.to_string(),
-        source,
-    };
-    let malformed = |reason: String| FetchError::Malformed {
-        url: url.to_string(),
-        reason,
-    };
-    let addrs: Vec<_> = parsed.authority.to_socket_addrs().map_err(io)?.collect();
-    let mut last = None;
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| {
-        io(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
-    })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: strangler-ops\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        parsed.target, parsed.authority
-    );
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io)?;
-    let head_end = find(&raw, b"\r\n\r\n").ok_or_else(|| malformed("no end of headers".into()))?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| malformed(format!("bad status line {status_line:?}")))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let body = &raw[head_end + 4..];
-    let body = if chunked {
-        dechunk(body).map_err(malformed)?
-    } else if let Some(n) = length {
-        body.get(..n)
-            .ok_or_else(|| malformed(format!("body shorter than content-length {n}")))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    let body = String::from_utf8(body).map_err(|_| malformed("body is not UTF-8".into()))?;
+    let target = http_url(url)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        // A proxy from the environment would stand between the scripts and a loopback admin
+        // listener; redirects are not part of either API.
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .user_agent("strangler-ops")
+        .timeout_connect(Some(timeout))
+        .timeout_send_request(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .timeout_recv_body(Some(timeout))
+        .build()
+        .into();
+    let failed = |e| failure(url, timeout, e);
+    let mut response = agent.get(&target).call().map_err(failed)?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(BODY_LIMIT)
+        .read_to_vec()
+        .map_err(failed)?;
     if status != 200 {
         return Err(FetchError::Status {
             url: url.to_string(),
             status,
-            body: body.chars().take(300).collect(),
+            body: String::from_utf8_lossy(&body)
+                .chars()
+                .take(QUOTED_BODY_CHARS)
+                .collect(),
         });
     }
-    Ok(body)
+    String::from_utf8(body).map_err(|_| FetchError::Malformed {
+        url: url.to_string(),
+        reason: "body is not UTF-8".into(),
+    })
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// `url` as an `http://` URL: a bare `host:port` gets the scheme, any other scheme is refused.
+fn http_url(url: &str) -> Result<String, FetchError> {
+    let err = |reason| FetchError::Url {
+        url: url.to_string(),
+        reason,
+    };
+    let full = if url.starts_with("http://") {
+        url.to_string()
+    } else if url.contains("://") {
+        return Err(err("only http:// URLs are supported"));
+    } else {
+        format!("http://{url}")
+    };
+    match full.parse::<http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(full),
+        Ok(_) => Err(err("no host")),
+        Err(_) => Err(err("not a URL")),
+    }
 }
 
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(body, b"\r\n").ok_or("chunk size line without CRLF")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body.get(..size).ok_or("chunk longer than the body")?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).ok_or("chunk without trailing CRLF")?;
+/// What went wrong on the way, in the terms of [`FetchError`].
+fn failure(url: &str, timeout: Duration, e: ureq::Error) -> FetchError {
+    let io = |source| FetchError::Io {
+        url: url.to_string(),
+        source,
+    };
+    match e {
+        ureq::Error::Timeout(phase) => io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?} (timed out in {phase})"),
+        )),
+        ureq::Error::Io(source) => io(source),
+        ureq::Error::HostNotFound => io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the host has no address",
+        )),
+        e @ (ureq::Error::Protocol(_)
+        | ureq::Error::LargeResponseHeader(..)
+        | ureq::Error::BodyExceedsLimit(_)) => FetchError::Malformed {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
+        e => io(e.into_io()),
     }
 }
 
@@ -207,32 +155,90 @@ pub fn encode_component(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
     use super::*;
 
-    #[test]
-    fn urls_split_into_authority_and_target() {
-        assert_eq!(
-            Url::parse("http://127.0.0.1:9901/metrics").unwrap(),
-            Url {
-                authority: "127.0.0.1:9901".into(),
-                target: "/metrics".into()
+    /// Answers one connection with `response` once the request's headers are in; returns the
+    /// server's `host:port`.
+    fn serve_once(response: &'static [u8]) -> (String, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
             }
-        );
-        assert_eq!(Url::parse("127.0.0.1:9901").unwrap().target, "/");
+            let _ = reader.get_mut().write_all(response);
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn urls_are_http_and_a_bare_address_means_http() {
         assert_eq!(
-            Url::parse("http://prometheus/api").unwrap().authority,
-            "prometheus:80"
+            http_url("http://127.0.0.1:9901/metrics").unwrap(),
+            "http://127.0.0.1:9901/metrics"
         );
-        assert!(Url::parse("https://x:1/").is_err());
+        assert_eq!(http_url("127.0.0.1:9901").unwrap(), "http://127.0.0.1:9901");
+        assert!(http_url("https://x:1/").is_err());
+        assert!(http_url("http:///metrics").is_err());
     }
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap(),
-            b"Wikipedia"
+        let (addr, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n",
         );
-        assert!(dechunk(b"zz\r\n").is_err());
+        let body = get(&format!("http://{addr}/metrics"), Duration::from_secs(5));
+        assert_eq!(body.unwrap(), "Wikipedia");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_status_other_than_200_is_an_error_naming_url_status_and_body() {
+        let (addr, server) =
+            serve_once(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\ndraining");
+        let url = format!("http://{addr}/routes");
+        let e = get(&url, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.to_string(), format!("GET {url}: HTTP 503: draining"));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_url() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let url = format!("http://{addr}/metrics");
+        let e = get(&url, Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(&e, FetchError::Io { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with(&format!("GET {url}: ")), "{e}");
+    }
+
+    #[test]
+    fn a_silent_server_times_out_with_the_url_and_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        let e = get(&url, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            matches!(&e, FetchError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("GET {url}: no answer within 200ms")),
+            "{e}"
+        );
+        drop(listener);
     }
 
     #[test]

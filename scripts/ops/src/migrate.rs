@@ -115,17 +115,12 @@ pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connec
 /// Refuses a copy that would overwrite writes the service already takes: a route sending
 /// non-safe methods of this resource to its service at a weight above 0 (or shadowing them).
 pub fn guard(config: &Config, resource: Resource) -> Result<(), String> {
-    let safe = |m: &http::Method| m.is_safe();
     for route in config
         .routes
         .iter()
         .filter(|r| r.service == resource.name())
     {
-        let writes = route
-            .methods
-            .as_ref()
-            .is_none_or(|methods| methods.iter().any(|m| !safe(m)));
-        if route.weight > 0 && writes {
+        if route.sends_writes() {
             return Err(format!(
                 "route {:?} sends writes to service {:?} (weight {}): the service's database \
                  already takes changes the monolith does not have, and a copy would overwrite \
@@ -134,7 +129,7 @@ pub fn guard(config: &Config, resource: Resource) -> Result<(), String> {
                 route.name, route.service, route.weight, route.name, route.name, route.weight
             ));
         }
-        if route.shadow && route.shadow_methods.iter().any(|m| !safe(m)) {
+        if route.mirrors_writes() {
             return Err(format!(
                 "route {:?} mirrors writes to service {:?} (shadow_methods): they land in the \
                  service's database while it is being copied. Turn shadow off \

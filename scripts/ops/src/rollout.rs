@@ -276,15 +276,7 @@ pub fn run(options: &RolloutOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         service: route.service.clone(),
         default: config.proxy.default.clone(),
     };
-    let state = RouteState {
-        weight: i64::from(route.weight),
-        shadow: route.shadow,
-        methods: route
-            .methods
-            .as_ref()
-            .map(|m| m.iter().map(|m| m.to_string()).collect()),
-        stage: route.stage().as_str(),
-    };
+    let state = RouteState::from(route);
     let splits: Vec<u8> = options
         .steps
         .iter()

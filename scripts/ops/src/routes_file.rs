@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use strangler_proxy::config::{self, Config, ConfigErrors};
+use strangler_proxy::config::{self, Config, ConfigErrors, RouteConfig};
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 /// What to change on one route; `None` leaves a setting alone.
@@ -31,12 +31,29 @@ pub struct RouteState {
     pub methods: Option<Vec<String>>,
     /// The derived stage (`dark`, `shadow`, `canary`, `live`).
     pub stage: &'static str,
+    /// [`RouteConfig::claims_writes`], kept so the state never disagrees with the proxy.
+    claims_writes: bool,
 }
 
 impl RouteState {
     fn of(config: &Config, route: &str) -> Option<RouteState> {
-        let r = config.routes.iter().find(|r| r.name == route)?;
-        Some(RouteState {
+        config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .map(RouteState::from)
+    }
+
+    /// Whether the route claims non-safe methods (POST, DELETE, …): at any weight above 0 it
+    /// sends them to the service ([`RouteConfig::sends_writes`]).
+    pub fn includes_writes(&self) -> bool {
+        self.claims_writes
+    }
+}
+
+impl From<&RouteConfig> for RouteState {
+    fn from(r: &RouteConfig) -> RouteState {
+        RouteState {
             weight: i64::from(r.weight),
             shadow: r.shadow,
             methods: r
@@ -44,16 +61,8 @@ impl RouteState {
                 .as_ref()
                 .map(|m| m.iter().map(|m| m.to_string()).collect()),
             stage: r.stage().as_str(),
-        })
-    }
-
-    /// Whether the route sends non-safe methods (POST, DELETE, …) to the service.
-    pub fn includes_writes(&self) -> bool {
-        self.methods.as_ref().is_none_or(|methods| {
-            methods
-                .iter()
-                .any(|m| !matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE"))
-        })
+            claims_writes: r.claims_writes(),
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
 /// Set once a stop was asked for.
 #[derive(Clone, Debug, Default)]
 pub struct Stop(Arc<AtomicBool>);
@@ -18,9 +21,16 @@ impl Stop {
     pub fn on_signals() -> Stop {
         let stop = Stop::new();
         let flag = stop.clone();
-        let watcher = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || watch(&flag));
+        // The messages are printed from a thread, not the handler, where printing is not safe.
+        let watcher = Signals::new([SIGINT, SIGTERM]).and_then(|mut signals| {
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    for _ in signals.forever() {
+                        flag.on_signal();
+                    }
+                })
+        });
         if let Err(e) = watcher {
             eprintln!("warning: cannot watch for Ctrl-C ({e}); it will stop the process at once");
         }
@@ -36,45 +46,37 @@ impl Stop {
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    fn on_signal(&self) {
+        if self.is_set() {
+            eprintln!("second stop signal: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("stop requested: finishing the current step (signal again to exit at once)");
+        self.set();
+    }
 }
 
-fn watch(stop: &Stop) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warning: cannot watch for Ctrl-C ({e}); it will stop the process at once");
-            return;
-        }
-    };
-    runtime.block_on(async {
-        #[cfg(unix)]
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        loop {
-            #[cfg(unix)]
-            let terminate = async {
-                match term.as_mut() {
-                    Some(signal) => {
-                        signal.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let terminate = std::future::pending::<()>();
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                () = terminate => {}
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn sigterm_and_sigint_set_the_flag() {
+        let stop = Stop::on_signals();
+        for signal in [SIGTERM, SIGINT] {
+            stop.0.store(false, Ordering::SeqCst);
+            signal_hook::low_level::raise(signal).expect("raise");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !stop.is_set() {
+                assert!(
+                    Instant::now() < deadline,
+                    "signal {signal} did not set the flag"
+                );
+                std::thread::sleep(Duration::from_millis(10));
             }
-            if stop.is_set() {
-                eprintln!("second stop signal: exiting now");
-                std::process::exit(130);
-            }
-            eprintln!("stop requested: finishing the current step (signal again to exit at once)");
-            stop.set();
         }
-    });
+    }
 }

@@ -1,0 +1,116 @@
+//! `routes.toml`: parse → validate → the validated [`Config`] that `routes` compiles into a live
+//! table.
+//!
+//! `file` holds what the file may contain, `validate` turns it into the `model`, and `error`
+//! says what is wrong and where. Parse errors (TOML syntax, unknown keys, wrong types) stop at
+//! the first one because the file cannot be read further; every semantic error after that is
+//! collected, so an operator fixes a file in one pass. Every error carries the line and column
+//! of the value it is about.
+
+mod error;
+mod file;
+mod model;
+mod validate;
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use error::Lines;
+pub use error::{ConfigError, ConfigErrors};
+pub use file::{ProxySection, RouteEntry, RoutesFile, ServiceEntry, WeightValue};
+pub use model::{Config, ProxySettings, RouteConfig, ServiceConfig, Stage, StickyKey};
+pub use validate::parse_duration;
+
+/// Defaults an operator may leave out of `[proxy]` and `[services.*]`.
+pub mod defaults {
+    /// The public side.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// The admin side: loopback, never public unless the operator says so.
+    pub const ADMIN: &str = "127.0.0.1:9901";
+    /// Time to establish a TCP connection to a service.
+    pub const CONNECT_TIMEOUT: &str = "1s";
+    /// Time from sending a request until the service's response headers arrive.
+    pub const REQUEST_TIMEOUT: &str = "30s";
+    /// Idle pooled connections are closed after this; shorter than common upstream keep-alive
+    /// timeouts (Node's is 5 s) so the proxy never reuses a connection the upstream is closing.
+    pub const IDLE_TIMEOUT: &str = "4s";
+    /// How long SIGTERM waits for in-flight requests.
+    pub const DRAIN_TIMEOUT: &str = "30s";
+    /// Longest request target accepted before 414.
+    pub const MAX_URI_BYTES: i64 = 16 * 1024;
+    /// Largest total of request header names and values accepted before 431.
+    pub const MAX_HEADER_BYTES: i64 = 64 * 1024;
+    /// Shadow requests in flight at once; more are dropped and counted.
+    pub const SHADOW_CONCURRENCY: i64 = 64;
+}
+
+/// A file read from disk and validated, with the digest `/routes` shows.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads, parses and validates `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let bytes = read(path)?;
+    from_bytes(path, bytes)
+}
+
+/// Reads the file's bytes, or says why it cannot.
+pub fn read(path: &Path) -> Result<Vec<u8>, ConfigErrors> {
+    std::fs::read(path).map_err(|e| ConfigErrors {
+        file: path.display().to_string(),
+        errors: vec![ConfigError {
+            line: 1,
+            column: 1,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })
+}
+
+/// Parses and validates the bytes of the file at `path`.
+pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, ConfigErrors> {
+    let file = path.display().to_string();
+    let sha256 = sha256_hex(&bytes);
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let text = String::from_utf8_lossy(e.as_bytes());
+        let (line, column) = Lines::new(&text).position(e.utf8_error().valid_up_to());
+        ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                line,
+                column,
+                message: "the file is not valid UTF-8".into(),
+            }],
+        }
+    })?;
+    let config = parse(&text).map_err(|errors| ConfigErrors { file, errors })?;
+    Ok(Loaded { config, sha256 })
+}
+
+/// Parses and validates `text`, returning every error found.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let file: RoutesFile = toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map_or((1, 1), |s| Lines::new(text).position(s.start));
+        vec![ConfigError {
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+    validate::validate(text, file)
+}

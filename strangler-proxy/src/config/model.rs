@@ -1,0 +1,220 @@
+//! The validated model: everything checked, nothing left as a string that could still be wrong.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, Method};
+
+/// A file that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Global settings from `[proxy]`.
+    pub proxy: ProxySettings,
+    /// Services in name order.
+    pub services: Vec<ServiceConfig>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[proxy]`, validated.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Service that serves whatever no route claims.
+    pub default: String,
+    /// Add `x-strangler-backend` to responses.
+    pub backend_header: bool,
+    /// Match prefixes whatever the letter case (for monoliths whose router ignores case).
+    pub ignore_case: bool,
+    /// One log line per request.
+    pub access_log: bool,
+    /// Header that lets a client force a backend (off unless set).
+    pub override_header: Option<HeaderName>,
+    /// Shadow requests in flight at once.
+    pub shadow_concurrency: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Longest request target before 414.
+    pub max_uri_bytes: usize,
+    /// Largest request header block before 431.
+    pub max_header_bytes: usize,
+}
+
+/// `[services.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceConfig {
+    /// The name routes refer to; also the `backend` metric label.
+    pub name: String,
+    /// `host:port` of the service.
+    pub authority: Authority,
+    /// TCP connect budget.
+    pub connect_timeout: Duration,
+    /// Budget until response headers.
+    pub request_timeout: Duration,
+    /// Idle pooled connections close after this.
+    pub idle_timeout: Duration,
+}
+
+/// How a sticky route finds a request's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// `header:NAME`
+    Header(HeaderName),
+    /// `cookie:NAME`
+    Cookie(String),
+}
+
+/// One `[[routes]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Metric label and `/routes` key.
+    pub name: String,
+    /// Normalized, segment-aware prefix.
+    pub prefix: String,
+    /// Service that takes the peeled-off share.
+    pub service: String,
+    /// Percent of matching requests the service serves.
+    pub weight: u8,
+    /// Only these methods are peeled off; `None` means all.
+    pub methods: Option<Vec<Method>>,
+    /// Where a request's stickiness key comes from.
+    pub sticky: Option<StickyKey>,
+    /// Mirror what the default serves to the service and compare.
+    pub shadow: bool,
+    /// Retry an idempotent request the service fails on the default.
+    pub fallback: bool,
+    /// Methods mirrored when shadowing (safe methods unless set).
+    pub shadow_methods: Vec<Method>,
+    /// JSON pointers ignored when comparing shadow answers.
+    pub shadow_ignore: Vec<String>,
+    /// Learn noisy fields by asking the default twice.
+    pub shadow_noise_check: bool,
+}
+
+/// The stage of a route, derived from weight and shadow, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Weight 0, no shadow: extracted but not used.
+    Dark,
+    /// Weight 0, shadow on: the default serves, the service is compared.
+    Shadow,
+    /// 0 < weight < 100.
+    Canary,
+    /// Weight 100.
+    Live,
+}
+
+impl Stage {
+    /// The stage name used in `/routes` and scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Dark => "dark",
+            Stage::Shadow => "shadow",
+            Stage::Canary => "canary",
+            Stage::Live => "live",
+        }
+    }
+}
+
+impl RouteConfig {
+    /// The derived stage.
+    pub fn stage(&self) -> Stage {
+        match (self.weight, self.shadow) {
+            (0, false) => Stage::Dark,
+            (0, true) => Stage::Shadow,
+            (100, _) => Stage::Live,
+            _ => Stage::Canary,
+        }
+    }
+
+    /// Whether the route claims any non-safe method (RFC 9110 §9.2.1: all but GET, HEAD,
+    /// OPTIONS and TRACE), whatever its weight: no `methods` list claims them all.
+    pub fn claims_writes(&self) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| !m.is_safe()))
+    }
+
+    /// Whether the route sends writes (any non-safe method, RFC 9110 §9.2.1) to its service:
+    /// it claims one and its weight is above 0. Such a service's database takes changes the
+    /// monolith's does not have.
+    pub fn sends_writes(&self) -> bool {
+        self.weight > 0 && self.claims_writes()
+    }
+
+    /// Whether shadowing mirrors writes to the service: they land in its database although the
+    /// default serves them.
+    pub fn mirrors_writes(&self) -> bool {
+        self.shadow && self.shadow_methods.iter().any(|m| !m.is_safe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(weight: u8, methods: Option<&[Method]>) -> RouteConfig {
+        RouteConfig {
+            name: "users".into(),
+            prefix: "/api/users".into(),
+            service: "users".into(),
+            weight,
+            methods: methods.map(<[Method]>::to_vec),
+            sticky: None,
+            shadow: false,
+            fallback: false,
+            shadow_methods: vec![Method::GET, Method::HEAD, Method::OPTIONS],
+            shadow_ignore: Vec::new(),
+            shadow_noise_check: false,
+        }
+    }
+
+    #[test]
+    fn stage_is_derived_from_weight_and_shadow() {
+        let mut r = route(0, None);
+        assert_eq!(r.stage(), Stage::Dark);
+        r.shadow = true;
+        assert_eq!(r.stage(), Stage::Shadow);
+        r.weight = 100;
+        assert_eq!(r.stage(), Stage::Live);
+    }
+
+    /// One line per case: weight, methods, whether the route sends writes to its service.
+    #[test]
+    fn a_route_sends_writes_when_it_claims_a_non_safe_method_at_a_weight() {
+        let reads: &[Method] = &[Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+        let cases: &[(u8, Option<&[Method]>, bool)] = &[
+            (0, None, false),
+            (1, None, true),
+            (100, None, true),
+            (100, Some(reads), false),
+            (50, Some(&[Method::GET, Method::POST]), true),
+            (50, Some(&[Method::DELETE]), true),
+            (0, Some(&[Method::DELETE]), false),
+        ];
+        for (weight, methods, expected) in cases {
+            let r = route(*weight, *methods);
+            assert_eq!(
+                r.sends_writes(),
+                *expected,
+                "weight {weight}, methods {methods:?}"
+            );
+            assert_eq!(r.claims_writes(), methods.is_none_or(|m| m != reads));
+        }
+    }
+
+    #[test]
+    fn shadowing_mirrors_writes_only_when_shadow_methods_name_one() {
+        let mut r = route(0, None);
+        r.shadow = true;
+        assert!(!r.mirrors_writes());
+        r.shadow_methods.push(Method::POST);
+        assert!(r.mirrors_writes());
+        r.shadow = false;
+        assert!(!r.mirrors_writes());
+    }
+}
