@@ -5,6 +5,7 @@
 //! who can reach it where every service lives. The `/routes` document is typed
 //! ([`RoutesDoc`]) and the operator scripts read it back with the same type.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -80,6 +81,18 @@ pub struct RouteDoc {
     pub methods: Option<Vec<String>>,
     /// `header:NAME` or `cookie:NAME`.
     pub sticky: Option<String>,
+    /// Whether the service takes non-safe methods (writes) at a weight above 0.
+    #[serde(default)]
+    pub sends_writes: bool,
+    /// The write fence (`hold_writes`): non-safe requests are held, not forwarded.
+    #[serde(default)]
+    pub hold_writes: bool,
+    /// Requests held behind the fence now (`strangler_held_requests`).
+    #[serde(default)]
+    pub held: i64,
+    /// Requests forwarded and not answered yet, by backend (`strangler_in_flight_requests`).
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, i64>,
 }
 
 impl RouteDoc {
@@ -101,6 +114,10 @@ impl RouteDoc {
                 StickyKey::Header(h) => format!("header:{h}"),
                 StickyKey::Cookie(c) => format!("cookie:{c}"),
             }),
+            sends_writes: c.sends_writes(),
+            hold_writes: c.hold_writes,
+            held: 0,
+            in_flight: BTreeMap::new(),
         }
     }
 }
@@ -157,10 +174,24 @@ impl Admin {
     /// The `/routes` document.
     pub fn routes(&self) -> RoutesDoc {
         let table = self.reloader.live().table();
+        let default = &table.config.proxy.default;
         let routes = table
             .routes()
             .iter()
-            .map(|r| RouteDoc::of(&r.config))
+            .map(|r| {
+                let mut doc = RouteDoc::of(&r.config);
+                let name = r.config.name.as_str();
+                doc.held = self.metrics.held.with_label_values(&[name]).get();
+                for backend in [r.service.name(), default.as_str()] {
+                    let n = self
+                        .metrics
+                        .in_flight
+                        .with_label_values(&[name, backend])
+                        .get();
+                    doc.in_flight.insert(backend.to_string(), n);
+                }
+                doc
+            })
             .collect();
         RoutesDoc {
             file: self.reloader.path().display().to_string(),

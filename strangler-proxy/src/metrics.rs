@@ -37,6 +37,15 @@ pub mod names {
     pub const CONFIG_REVISION: &str = "strangler_config_revision";
     /// Counter `{reason}`: requests refused before routing.
     pub const DOWNSTREAM_REJECTED: &str = "strangler_downstream_rejected_total";
+    /// Gauge `{route}`: requests held behind the route's write fence now.
+    pub const HELD_REQUESTS: &str = "strangler_held_requests";
+    /// Histogram `{route}`, seconds: how long requests were held behind a write fence.
+    pub const HOLD_DURATION: &str = "strangler_hold_duration_seconds";
+    /// Gauge `{route, backend}`: requests forwarded and not yet answered (headers).
+    pub const IN_FLIGHT: &str = "strangler_in_flight_requests";
+    /// Gauge `{sha256}`, always 1: the digest of the file the table in service came from, so
+    /// a fleet's replicas can be compared.
+    pub const CONFIG_INFO: &str = "strangler_config_info";
 }
 
 /// The proxy's metric families.
@@ -62,6 +71,14 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `strangler_client_aborts_total{route}`
     pub client_aborts: IntCounterVec,
+    /// `strangler_held_requests{route}`
+    pub held: IntGaugeVec,
+    /// `strangler_hold_duration_seconds{route}`
+    pub hold_duration: HistogramVec,
+    /// `strangler_in_flight_requests{route, backend}`
+    pub in_flight: IntGaugeVec,
+    /// `strangler_config_info{sha256}`
+    pub config_info: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -149,6 +166,40 @@ impl Metrics {
         registry
             .register(Box::new(revision.clone()))
             .expect("registered once");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let held = gauge(
+            names::HELD_REQUESTS,
+            "Requests held behind the route's write fence (hold_writes) now.",
+            &["route"],
+        );
+        let in_flight = gauge(
+            names::IN_FLIGHT,
+            "Requests forwarded to a backend whose response headers have not arrived yet.",
+            &["route", "backend"],
+        );
+        let config_info = gauge(
+            names::CONFIG_INFO,
+            "Always 1; sha256 is the digest of the routes file the table in service came from.",
+            &["sha256"],
+        );
+        let hold_duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::HOLD_DURATION,
+                "How long requests waited behind a write fence, whatever the outcome.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hold_duration.clone()))
+            .expect("registered once");
         for result in ["applied", "rejected"] {
             reloads.with_label_values(&[result]);
         }
@@ -164,6 +215,10 @@ impl Metrics {
             revision,
             rejected,
             client_aborts,
+            held,
+            hold_duration,
+            in_flight,
+            config_info,
         }
     }
 
@@ -199,6 +254,7 @@ pub struct PairMetrics {
 
 struct Resolved {
     duration: Histogram,
+    in_flight: IntGauge,
     /// Resolved on a code's first occurrence, so unused codes export no zero series.
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
 }
@@ -223,6 +279,9 @@ impl PairMetrics {
             duration: metrics
                 .duration
                 .with_label_values(&[&*self.route, &*self.backend]),
+            in_flight: metrics
+                .in_flight
+                .with_label_values(&[&*self.route, &*self.backend]),
             codes: Default::default(),
         })
     }
@@ -242,12 +301,28 @@ impl PairMetrics {
         }
     }
 
+    /// Counts a request as in flight to the backend until the guard is dropped.
+    pub fn in_flight(&self, metrics: &Metrics) -> InFlight {
+        let gauge = self.resolved(metrics).in_flight.clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
     /// Counts a failure to get an answer from the backend.
     pub fn upstream_error(&self, metrics: &Metrics, kind: &str) {
         metrics
             .upstream_errors
             .with_label_values(&[&*self.route, &*self.backend, kind])
             .inc();
+    }
+}
+
+/// One request in flight to a backend; dropping it (answered, failed or cancelled) counts it out.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -70,6 +71,15 @@ pub enum ProxyError {
         /// The underlying error, for the log only.
         detail: String,
     },
+    /// Downstream: a write the route's fence (`hold_writes`) held past `hold_timeout`, or
+    /// refused because `hold_max` requests were held already; it was never forwarded.
+    #[error("writes to route {route:?} are paused for a cutover and {why}; retry shortly")]
+    Held {
+        /// The fenced route.
+        route: String,
+        /// `the pause outlasted hold_timeout (5s)` or `hold_max (N) requests already wait`.
+        why: String,
+    },
     /// Internal: a request we could not rebuild (a bug, never the client's fault).
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,6 +117,7 @@ impl ProxyError {
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Held { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -126,6 +137,10 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(&X_REQUEST_ID, request_id.clone());
+        if matches!(self, ProxyError::Held { .. }) {
+            // A fence lifts within seconds; the request is safe to send again.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 
@@ -144,6 +159,8 @@ struct Shared {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     shadows: Arc<Shadows>,
+    /// Requests held behind write fences now, all routes (bounded by `hold_max`).
+    held: AtomicUsize,
 }
 
 /// The proxy, for one client address: cheap to clone (one `Arc`), a `tower::Service`.
@@ -162,6 +179,7 @@ impl Proxy {
                 live,
                 metrics,
                 shadows,
+                held: AtomicUsize::new(0),
             }),
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
         }
@@ -181,16 +199,24 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // One table for the whole request, whatever reloads happen meanwhile.
-        let table = self.shared.live.table();
+        let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        // One table for the whole request, whatever reloads happen meanwhile: the first, or
+        // for a write held behind a fence, the one that lifted it.
+        let (table, held) = match self.through_fence(&parts).await {
+            Ok(table) => (table, None),
+            Err((table, error)) => (table, Some(error)),
+        };
         // A Uri clone shares its bytes; borrowing the path from it leaves `parts` free to change.
         let uri = parts.uri.clone();
-        let mut ex = Exchange::begin(&table, &self.shared.metrics, &mut parts);
+        let mut ex = Exchange::begin(&table, &self.shared.metrics, &mut parts, start);
         if let Err(e) = ex.admit(&parts, uri.path()) {
             return ex.refuse(e);
         }
         ex.decide(&mut parts, body.is_end_stream());
+        if let Some(error) = held {
+            return ex.fail(error);
+        }
         let shadow = self.shadow_permit(&ex);
         let (body, request_capture) = match &shadow {
             Some(_) if !body.is_end_stream() => {
@@ -215,6 +241,55 @@ impl Proxy {
                 self.mirror(&ex, permit, template, request_capture, response)
             }
             _ => response.map(|b| Either::Left(Tee::passthrough(b))),
+        }
+    }
+
+    /// Waits while a route's write fence holds this request (SPEC §7), until a table without
+    /// the fence is in service; returns that table. Past `hold_timeout`, or when `hold_max`
+    /// requests already wait, returns the error instead: the request was never forwarded.
+    /// Safe methods, and every request while no route has a fence, pass at once.
+    async fn through_fence(
+        &self,
+        parts: &Parts,
+    ) -> Result<Arc<RouteTable>, (Arc<RouteTable>, ProxyError)> {
+        let live = &self.shared.live;
+        let table = live.table();
+        if !table.has_fences() || parts.method.is_safe() {
+            return Ok(table);
+        }
+        // A path that cannot be normalized is refused by `admit` right after.
+        let Ok(path) = path::normalize(parts.uri.path()) else {
+            return Ok(table);
+        };
+        let Some(route) = table.fence(&parts.method, &path) else {
+            return Ok(table);
+        };
+        let route = route.config.name.clone();
+        let settings = &table.config.proxy;
+        let (timeout, max) = (settings.hold_timeout, settings.hold_max);
+        let held = match Held::enter(&self.shared, route, max) {
+            Ok(held) => held,
+            Err(route) => {
+                let why = format!("hold_max ({max}) requests already wait");
+                return Err((table, ProxyError::Held { route, why }));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stored = live.subscribe();
+        loop {
+            let table = live.table();
+            if table.fence(&parts.method, &path).is_none() {
+                return Ok(table);
+            }
+            match tokio::time::timeout_at(deadline, stored.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the table can no longer change (shutting down).
+                _ => {
+                    let why = format!("the pause outlasted hold_timeout ({timeout:?})");
+                    let route = held.route.clone();
+                    return Err((table, ProxyError::Held { route, why }));
+                }
+            }
         }
     }
 
@@ -294,6 +369,44 @@ where
     }
 }
 
+/// One request held behind a write fence: counted in `strangler_held_requests` while it waits
+/// and in `strangler_hold_duration_seconds` when the wait ends, however it ends (lifted, timed
+/// out, or the client went away and the request was dropped).
+struct Held<'s> {
+    shared: &'s Shared,
+    route: String,
+    since: Instant,
+}
+
+impl<'s> Held<'s> {
+    /// Starts a hold, or gives `route` back when `max` requests are held already.
+    fn enter(shared: &'s Shared, route: String, max: usize) -> Result<Self, String> {
+        let held = shared.held.fetch_add(1, Ordering::SeqCst);
+        if held >= max {
+            shared.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(route);
+        }
+        shared.metrics.held.with_label_values(&[&route]).inc();
+        Ok(Self {
+            shared,
+            route,
+            since: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.shared.held.fetch_sub(1, Ordering::SeqCst);
+        let metrics = &self.shared.metrics;
+        metrics.held.with_label_values(&[&self.route]).dec();
+        metrics
+            .hold_duration
+            .with_label_values(&[&self.route])
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
 /// One request's context, threaded through the phases of [`Proxy::handle`].
 /// [`Exchange::finish`] (and [`Exchange::refuse`] before routing) is the one place a request is
 /// counted and logged.
@@ -315,11 +428,16 @@ struct Exchange<'r> {
 
 impl<'r> Exchange<'r> {
     /// Starts the clock and gives the request its id (the client's, or a new one).
-    fn begin(table: &'r RouteTable, metrics: &'r Metrics, parts: &mut Parts) -> Self {
+    fn begin(
+        table: &'r RouteTable,
+        metrics: &'r Metrics,
+        parts: &mut Parts,
+        start: Instant,
+    ) -> Self {
         Self {
             table,
             metrics,
-            start: Instant::now(),
+            start,
             method: parts.method.clone(),
             request_id: ensure_request_id(&mut parts.headers),
             path: Cow::Borrowed("/"),
@@ -379,7 +497,10 @@ impl<'r> Exchange<'r> {
         req: Request<UpstreamBody>,
         template: Option<&Request<()>>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let outcome = forward::send(self.decision().upstream, req).await;
+        let outcome = {
+            let _in_flight = self.decision().metrics.in_flight(self.metrics);
+            forward::send(self.decision().upstream, req).await
+        };
         let failed = match &outcome {
             Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
             Err(f) if f.kind != FailureKind::ClientAborted => Some(f.kind.as_str()),
@@ -392,6 +513,7 @@ impl<'r> Exchange<'r> {
         };
         self.fell_back(reason);
         self.decision = Some(self.table.fallback(route));
+        let _in_flight = self.decision().metrics.in_flight(self.metrics);
         replay(template, self.decision().upstream)
             .await
             .map_err(|f| self.failure(f))
@@ -478,6 +600,11 @@ impl<'r> Exchange<'r> {
                     "client went away: {detail}"
                 );
             }
+            ProxyError::Held { .. } => tracing::warn!(
+                request_id,
+                route = decision.route_name(),
+                "write not forwarded: {error}"
+            ),
             _ => tracing::error!(request_id, "{error}"),
         }
         let response = error.into_response(&self.request_id);

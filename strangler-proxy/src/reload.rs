@@ -66,8 +66,9 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
     last_rejection: Mutex<Option<Rejection>>,
-    /// Label sets of `strangler_route_weight` exported now.
-    published: Mutex<Vec<[String; 3]>>,
+    /// Label sets of `strangler_route_weight` exported now, and the `sha256` of
+    /// `strangler_config_info`.
+    published: Mutex<(Vec<[String; 3]>, String)>,
 }
 
 impl Reloader {
@@ -83,7 +84,7 @@ impl Reloader {
             metrics,
             reloading: Mutex::new(()),
             last_rejection: Mutex::new(None),
-            published: Mutex::new(Vec::new()),
+            published: Mutex::new((Vec::new(), String::new())),
         });
         reloader.publish(&reloader.live.table());
         Ok(reloader)
@@ -201,14 +202,22 @@ impl Reloader {
                 .with_label_values(&[&l[0], &l[1], &l[2]])
                 .set(i64::from(route.config.weight));
         }
+        self.metrics
+            .config_info
+            .with_label_values(&[&table.sha256])
+            .set(1);
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
-        for stale in published.iter().filter(|l| !now.contains(l)) {
+        let (weights, sha256) = &mut *published;
+        for stale in weights.iter().filter(|l| !now.contains(l)) {
             let _ = self
                 .metrics
                 .route_weight
                 .remove_label_values(&[&stale[0], &stale[1], &stale[2]]);
         }
-        *published = now;
+        if !sha256.is_empty() && *sha256 != table.sha256 {
+            let _ = self.metrics.config_info.remove_label_values(&[sha256]);
+        }
+        *published = (now, table.sha256.clone());
     }
 }
 

@@ -54,6 +54,8 @@ pub struct RouteTable {
     ignore_case: bool,
     /// Segments in the deepest prefix: probing deeper is pointless.
     max_depth: usize,
+    /// Some route has `hold_writes`: only then does a write pay for the fence check.
+    fences: bool,
 }
 
 /// Where one request goes.
@@ -71,6 +73,9 @@ pub struct Decision<'t> {
     /// The default serves the request and the route mirrors it to the service for comparison
     /// (`shadow` on, the method among `shadow_methods`, not a protocol switch).
     pub shadow: bool,
+    /// The route's write fence is up and the method is not safe (RFC 9110 §9.2.1): the
+    /// request waits for a table without the fence instead of being forwarded (SPEC §7).
+    pub hold: bool,
 }
 
 impl Decision<'_> {
@@ -96,6 +101,7 @@ impl RouteTable {
         };
         let default = lookup(&config.proxy.default);
         let ignore_case = config.proxy.ignore_case;
+        let fences = config.routes.iter().any(|r| r.hold_writes);
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut by_prefix = HashMap::with_capacity(config.routes.len());
         let mut max_depth = 0;
@@ -125,6 +131,7 @@ impl RouteTable {
             by_prefix,
             ignore_case,
             max_depth,
+            fences,
         }
     }
 
@@ -177,6 +184,7 @@ impl RouteTable {
                 metrics: &self.unmatched,
                 fallback: false,
                 shadow: false,
+                hold: false,
             };
         };
         let to_service = match self.forced(headers, route) {
@@ -193,6 +201,7 @@ impl RouteTable {
         let config = &route.config;
         // A tunnel cannot be replayed or compared; checked only when a flag could be set.
         let plain = || !crate::headers::is_upgrade(headers);
+        let hold = config.hold_writes && !method.is_safe();
         if to_service {
             Decision {
                 route: Some(route),
@@ -200,6 +209,7 @@ impl RouteTable {
                 metrics: &route.to_service,
                 fallback: config.fallback && method.is_safe() && plain(),
                 shadow: false,
+                hold,
             }
         } else {
             Decision {
@@ -208,6 +218,7 @@ impl RouteTable {
                 metrics: &route.to_default,
                 fallback: false,
                 shadow: config.shadow && config.shadow_methods.contains(method) && plain(),
+                hold,
             }
         }
     }
@@ -249,7 +260,22 @@ impl RouteTable {
             metrics: &route.to_default,
             fallback: false,
             shadow: false,
+            hold: false,
         }
+    }
+
+    /// Whether any route has its write fence up.
+    pub fn has_fences(&self) -> bool {
+        self.fences
+    }
+
+    /// The route whose write fence holds a request with `method` to `path` (normalized), if
+    /// any. Costs nothing for safe methods or a table without fences.
+    pub fn fence(&self, method: &Method, path: &str) -> Option<&Route> {
+        if !self.fences || method.is_safe() {
+            return None;
+        }
+        self.lookup(path).filter(|r| r.config.hold_writes)
     }
 }
 

@@ -39,6 +39,8 @@ pub struct ProxySection {
     pub(super) override_header: Option<Spanned<String>>,
     pub(super) shadow_concurrency: Option<Spanned<i64>>,
     pub(super) drain_timeout: Option<Spanned<String>>,
+    pub(super) hold_timeout: Option<Spanned<String>>,
+    pub(super) hold_max: Option<Spanned<i64>>,
     pub(super) max_uri_bytes: Option<Spanned<i64>>,
     pub(super) max_header_bytes: Option<Spanned<i64>>,
 }
@@ -71,6 +73,8 @@ pub struct RouteEntry {
     pub(super) shadow_ignore: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) shadow_noise_check: bool,
+    #[serde(default)]
+    pub(super) hold_writes: bool,
 }
 
 /// A `weight` value: any integer parses (range is checked with the other errors), anything else

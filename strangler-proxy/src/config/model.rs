@@ -38,6 +38,10 @@ pub struct ProxySettings {
     pub shadow_concurrency: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Longest a request waits behind a `hold_writes` fence before 503.
+    pub hold_timeout: Duration,
+    /// Most requests held behind fences at once.
+    pub hold_max: usize,
     /// Longest request target before 414.
     pub max_uri_bytes: usize,
     /// Largest request header block before 431.
@@ -93,6 +97,9 @@ pub struct RouteConfig {
     pub shadow_ignore: Vec<String>,
     /// Learn noisy fields by asking the default twice.
     pub shadow_noise_check: bool,
+    /// The write fence (SPEC §7): requests with non-safe methods are held, not forwarded,
+    /// until a table without the fence is in service.
+    pub hold_writes: bool,
 }
 
 /// The stage of a route, derived from weight and shadow, never stored.
@@ -167,6 +174,7 @@ mod tests {
             sticky: None,
             shadow: false,
             fallback: false,
+            hold_writes: false,
             shadow_methods: vec![Method::GET, Method::HEAD, Method::OPTIONS],
             shadow_ignore: Vec::new(),
             shadow_noise_check: false,

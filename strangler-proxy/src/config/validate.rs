@@ -126,6 +126,17 @@ impl Validator<'_> {
             p.drain_timeout.as_ref(),
             defaults::DRAIN_TIMEOUT,
         );
+        let hold_timeout = self.duration(
+            "hold_timeout",
+            p.hold_timeout.as_ref(),
+            defaults::HOLD_TIMEOUT,
+        );
+        let hold_max = self.bounded_int(
+            "hold_max",
+            p.hold_max.as_ref(),
+            defaults::HOLD_MAX,
+            0..=1_000_000,
+        );
         Some(ProxySettings {
             listen: listen?,
             admin: admin?,
@@ -136,6 +147,8 @@ impl Validator<'_> {
             override_header,
             shadow_concurrency: shadow_concurrency?,
             drain_timeout: drain_timeout?,
+            hold_timeout: hold_timeout?,
+            hold_max: hold_max?,
             max_uri_bytes: max_uri_bytes?,
             max_header_bytes: max_header_bytes?,
         })
@@ -368,6 +381,7 @@ impl Validator<'_> {
             shadow_methods,
             shadow_ignore,
             shadow_noise_check: r.shadow_noise_check,
+            hold_writes: r.hold_writes,
         })
     }
 

@@ -1,0 +1,246 @@
+//! The write fence (`hold_writes`, SPEC §7): writes wait in the proxy, bounded in time and
+//! number, and go wherever the table in service sends them once the fence lifts.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+const HELD: &str = "strangler_held_requests{route=\"users\"}";
+
+async fn metrics(p: &strangler_proxy::server::Running) -> String {
+    get(&format!("http://{}/metrics", p.admin)).await.text()
+}
+
+async fn held_now(p: &strangler_proxy::server::Running) -> Option<f64> {
+    metrics(p)
+        .await
+        .lines()
+        .find(|l| l.starts_with(HELD))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `users` on /api/users: reads on the service, writes on the monolith behind a fence.
+fn fenced(services: &[(&str, std::net::SocketAddr)], proxy_extra: &str, prefix: &str) -> String {
+    config_text(
+        services,
+        proxy_extra,
+        &format!(
+            "[[routes]]\nname = \"users\"\nprefix = \"{prefix}\"\nservice = \"users\"\nweight = 100\n\
+             methods = [\"GET\", \"HEAD\"]\nhold_writes = true\n"
+        ),
+    )
+}
+
+/// The same route after the flip: every method on the service, fence lifted.
+fn flipped(services: &[(&str, std::net::SocketAddr)], proxy_extra: &str, prefix: &str) -> String {
+    config_text(
+        services,
+        proxy_extra,
+        &format!(
+            "[[routes]]\nname = \"users\"\nprefix = \"{prefix}\"\nservice = \"users\"\nweight = 100\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_held_write_goes_where_the_table_that_lifts_the_fence_sends_it() {
+    let (monolith, users) = (
+        echo_upstream("monolith").await,
+        echo_upstream("users").await,
+    );
+    let services = [("monolith", monolith), ("users", users)];
+    let dir = temp_dir("fence-lift");
+    let proxy = start_proxy(&dir, &fenced(&services, "", "/api/users")).await;
+    let url = format!("http://{}/api/users", proxy.public);
+
+    let write = tokio::spawn({
+        let url = url.clone();
+        async move { send(&client(), Method::POST, &url, &[]).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            held_now(&proxy).await == Some(1.0)
+        })
+        .await,
+        "the write was not held: {}",
+        metrics(&proxy).await
+    );
+    // Safe methods pass the fence.
+    assert_eq!(get(&format!("{url}/1")).await.json()["backend"], "users");
+    let routes = get(&format!("http://{}/routes", proxy.admin)).await.json();
+    assert_eq!(routes["routes"][0]["hold_writes"], true);
+    assert_eq!(routes["routes"][0]["held"], 1);
+    assert!(!write.is_finished(), "a held write must wait, not fail");
+
+    std::fs::write(
+        dir.join("routes.toml"),
+        flipped(&services, "", "/api/users"),
+    )
+    .unwrap();
+    proxy.reloader.reload();
+    let answer = write.await.unwrap().expect("the held write is answered");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["backend"], "users", "sent by the new table");
+    assert_eq!(answer.json()["method"], "POST");
+    let text = metrics(&proxy).await;
+    assert!(text.contains(&format!("{HELD} 0")), "{text}");
+    assert!(
+        text.contains("strangler_hold_duration_seconds_count{route=\"users\"} 1"),
+        "{text}"
+    );
+    let sha = get(&format!("http://{}/routes", proxy.admin)).await.json()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("strangler_config_info{{sha256=\"{sha}\"}} 1")),
+        "{text}"
+    );
+    assert_eq!(text.matches("strangler_config_info{").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_write_held_past_hold_timeout_gets_503_and_never_reaches_a_backend() {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let users = echo_upstream("users").await;
+    let services = [("monolith", monolith), ("users", users)];
+    let dir = temp_dir("fence-timeout");
+    let proxy = start_proxy(
+        &dir,
+        &fenced(&services, "hold_timeout = \"200ms\"", "/held"),
+    )
+    .await;
+    let answer = send(
+        &client(),
+        Method::POST,
+        &format!("http://{}/held/1", proxy.public),
+        &[("x-request-id", "held-1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.headers["retry-after"], "1");
+    let body = answer.json();
+    assert_eq!(body["request_id"], "held-1");
+    assert!(
+        body["error"].as_str().unwrap().contains("hold_timeout"),
+        "{body}"
+    );
+    assert_eq!(gate.arrived(), 0, "a refused write was forwarded");
+    let text = metrics(&proxy).await;
+    assert!(text.contains(&format!("{HELD} 0")), "{text}");
+    assert!(
+        text.contains(
+            "strangler_requests_total{backend=\"monolith\",code=\"503\",route=\"users\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn past_hold_max_a_write_is_refused_at_once() {
+    let (monolith, users) = (
+        echo_upstream("monolith").await,
+        echo_upstream("users").await,
+    );
+    let services = [("monolith", monolith), ("users", users)];
+    let dir = temp_dir("fence-max");
+    let proxy = start_proxy(&dir, &fenced(&services, "hold_max = 1", "/api/users")).await;
+    let url = format!("http://{}/api/users", proxy.public);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { send(&client(), Method::POST, &url, &[]).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            held_now(&proxy).await == Some(1.0)
+        })
+        .await
+    );
+    let second = send(&client(), Method::DELETE, &format!("{url}/3"), &[])
+        .await
+        .unwrap();
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.text().contains("hold_max (1)"), "{}", second.text());
+    std::fs::write(
+        dir.join("routes.toml"),
+        flipped(&services, "hold_max = 1", "/api/users"),
+    )
+    .unwrap();
+    proxy.reloader.reload();
+    assert_eq!(first.await.unwrap().unwrap().json()["backend"], "users");
+}
+
+#[tokio::test]
+async fn a_held_write_whose_client_goes_away_is_dropped_not_forwarded() {
+    let (monolith, monolith_gate) = gated_upstream("monolith").await;
+    let (users, users_gate) = gated_upstream("users").await;
+    let services = [("monolith", monolith), ("users", users)];
+    let dir = temp_dir("fence-gone");
+    let proxy = start_proxy(&dir, &fenced(&services, "", "/held")).await;
+
+    let mut raw = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
+    raw.write_all(b"POST /held/1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            held_now(&proxy).await == Some(1.0)
+        })
+        .await
+    );
+    drop(raw);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            held_now(&proxy).await == Some(0.0)
+        })
+        .await,
+        "the held request outlived its client"
+    );
+    std::fs::write(dir.join("routes.toml"), flipped(&services, "", "/held")).unwrap();
+    proxy.reloader.reload();
+    users_gate.open();
+    let after = send(
+        &client(),
+        Method::POST,
+        &format!("http://{}/held/2", proxy.public),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(after.json()["backend"], "users");
+    // Only the write sent after the flip arrived anywhere.
+    assert_eq!(users_gate.arrived() + monolith_gate.arrived(), 1);
+}
+
+#[tokio::test]
+async fn writes_in_flight_are_counted_per_route_and_backend() {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let users = echo_upstream("users").await;
+    let services = [("monolith", monolith), ("users", users)];
+    let dir = temp_dir("fence-inflight");
+    let text = config_text(
+        &services,
+        "",
+        "[[routes]]\nname = \"users\"\nprefix = \"/held\"\nservice = \"users\"\nweight = 100\nmethods = [\"GET\"]\n",
+    );
+    let proxy = start_proxy(&dir, &text).await;
+    let url = format!("http://{}/held/1", proxy.public);
+    let write = tokio::spawn(async move { send(&client(), Method::POST, &url, &[]).await });
+    let series = "strangler_in_flight_requests{backend=\"monolith\",route=\"users\"}";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metrics(&proxy).await.contains(&format!("{series} 1"))
+        })
+        .await
+    );
+    let routes = get(&format!("http://{}/routes", proxy.admin)).await.json();
+    assert_eq!(routes["routes"][0]["in_flight"]["monolith"], 1);
+    gate.open();
+    assert_eq!(write.await.unwrap().unwrap().status, StatusCode::OK);
+    assert!(metrics(&proxy).await.contains(&format!("{series} 0")));
+}
