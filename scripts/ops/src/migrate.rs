@@ -148,15 +148,7 @@ pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
     let mut conn = open(&source, &target, table)?;
     let labels = (source.display().to_string(), target.display().to_string());
     if options.verify_only {
-        let tx = conn.transaction()?;
-        let v = Verification::run(&tx, table, labels.0, labels.1)?;
-        tx.commit()?;
-        write!(out, "{}", v.render())?;
-        return Ok(if v.matches() {
-            Outcome::Verified
-        } else {
-            Outcome::Mismatch
-        });
+        return verify(&mut conn, table, &labels, out);
     }
     if options.follow {
         // Before the copy, so that nothing written while it runs is missed.
@@ -248,19 +240,10 @@ fn copy_then_verify(
         return Ok(Outcome::Stopped { after });
     }
     if !options.follow {
-        let tx = conn.transaction()?;
-        let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
-        tx.commit()?;
-        write!(out, "{}", v.render())?;
-        return Ok(if v.matches() {
-            Outcome::Verified
-        } else {
-            Outcome::Mismatch
-        });
+        return verify(conn, table, labels, out);
     }
     let (v, mut cursor) = catch_up_and_verify(conn, table, 0, labels)?;
-    write!(out, "{}", v.render())?;
-    if !v.matches() {
+    if report(&v, out)? == Outcome::Mismatch {
         capture::uninstall(conn, table)?;
         return Ok(Outcome::Mismatch);
     }
@@ -280,6 +263,24 @@ fn copy_then_verify(
         out,
         "stopped following; change capture removed; final verification:"
     )?;
+    report(&v, out)
+}
+
+/// Digests both sides in one transaction and reports what it found.
+fn verify(
+    conn: &mut Connection,
+    table: Table,
+    labels: &(String, String),
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let tx = conn.transaction()?;
+    let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
+    tx.commit()?;
+    report(&v, out)
+}
+
+/// Prints a verification's table; both sides equal is [`Outcome::Verified`].
+fn report(v: &Verification, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     write!(out, "{}", v.render())?;
     Ok(if v.matches() {
         Outcome::Verified

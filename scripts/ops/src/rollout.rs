@@ -1,8 +1,10 @@
 //! `rollout ROUTE`: steps a route's weight up, judging the service against the default over
 //! each interval, and writes the last safe weight back the moment a gate fails.
 //!
-//! The judgement ([`judge`]) is a pure function of one window's figures, so every gate, hold
-//! and breach is tested with tables; [`run`] only edits the file, waits and reads metrics.
+//! The plan ([`Plan::new`]: which steps, refused or not) is a pure function of the validated
+//! file and the options, and the judgement ([`judge`]) of one window's figures, so both are
+//! tested with tables; [`run`] is a loop over the plan's steps, each of which edits the file,
+//! waits, reads metrics and decides.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -10,9 +12,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use http::Method;
+use strangler_proxy::config::Config;
 
 use crate::figures::{RouteWindow, Side};
-use crate::routes_file::{self, Change, RouteState};
+use crate::routes_file::{self, Change, Edited};
 use crate::signals::Stop;
 use crate::source::{RouteNames, Source};
 use crate::status::latency_cell;
@@ -252,75 +256,106 @@ pub fn parse_steps(text: &str) -> Result<Vec<u8>, String> {
     Ok(steps)
 }
 
+/// What a rollout will do, decided from the validated file before anything changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The route's labels in the metrics.
+    pub names: RouteNames,
+    /// The route's weight now: the last safe weight until a step passes.
+    pub start_weight: u8,
+    /// The steps still ahead, ascending: those at or above the start weight.
+    pub steps: Vec<u8>,
+    /// The steps below the start weight, which are left out.
+    pub skipped: Vec<u8>,
+}
+
+/// Why a rollout cannot start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No route has the name asked for (an error: the command was wrong).
+    UnknownRoute {
+        /// The names the file has.
+        known: Vec<String>,
+    },
+    /// The steps would split writes between two databases (exit 2, nothing changed).
+    SplitsWrites(String),
+}
+
+impl Plan {
+    /// Plans the rollout of `options.route` in `config`, or says why it must not start.
+    pub fn new(config: &Config, options: &RolloutOptions) -> Result<Plan, Refusal> {
+        let Some(route) = config.routes.iter().find(|r| r.name == options.route) else {
+            return Err(Refusal::UnknownRoute {
+                known: config.routes.iter().map(|r| r.name.clone()).collect(),
+            });
+        };
+        let names = RouteNames {
+            route: route.name.clone(),
+            service: route.service.clone(),
+            default: config.proxy.default.clone(),
+        };
+        let splits: Vec<u8> = options
+            .steps
+            .iter()
+            .copied()
+            .filter(|w| (1..=99).contains(w))
+            .collect();
+        if route.claims_writes() && !splits.is_empty() && !options.allow_split_writes {
+            return Err(Refusal::SplitsWrites(format!(
+                "refusing to roll out {:?}: it sends {} to {:?}, and steps {:?} would split them \
+                 between two databases (the service's and the monolith's), which is how data gets \
+                 lost. Restrict the route to reads first (scripts/shift {} {} --methods GET,HEAD), \
+                 step straight to 100 (--steps 100), or pass --allow-split-writes if the service \
+                 writes through to the monolith. Nothing was changed.",
+                names.route,
+                route.methods.as_ref().map_or(
+                    "every method (writes included)".to_string(),
+                    |m| format!(
+                        "writes ({})",
+                        m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+                    )
+                ),
+                names.service,
+                splits,
+                names.route,
+                route.weight
+            )));
+        }
+        let start_weight = route.weight;
+        let (skipped, steps) = options.steps.iter().partition(|w| **w < start_weight);
+        Ok(Plan {
+            names,
+            start_weight,
+            steps,
+            skipped,
+        })
+    }
+}
+
 /// Runs a rollout, printing every step, window and verdict to `out`.
 pub fn run(options: &RolloutOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Ending> {
     let loaded = strangler_proxy::config::load(&options.config)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the routes file must be valid before a rollout")?;
-    let config = loaded.config;
-    let Some(route) = config.routes.iter().find(|r| r.name == options.route) else {
-        bail!(
+    let plan = match Plan::new(&loaded.config, options) {
+        Ok(plan) => plan,
+        Err(Refusal::UnknownRoute { known }) => bail!(
             "{}: no route named {:?} (routes: {})",
             options.config.display(),
             options.route,
-            config
-                .routes
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+            known.join(", ")
+        ),
+        Err(Refusal::SplitsWrites(why)) => {
+            writeln!(out, "{why}")?;
+            return Ok(Ending::Refused);
+        }
     };
-    let names = RouteNames {
-        route: route.name.clone(),
-        service: route.service.clone(),
-        default: config.proxy.default.clone(),
-    };
-    let state = RouteState::from(route);
-    let splits: Vec<u8> = options
-        .steps
-        .iter()
-        .copied()
-        .filter(|w| (1..=99).contains(w))
-        .collect();
-    if state.includes_writes() && !splits.is_empty() && !options.allow_split_writes {
+    let names = &plan.names;
+    if !plan.skipped.is_empty() {
         writeln!(
             out,
-            "refusing to roll out {:?}: it sends {} to {:?}, and steps {:?} would split them \
-             between two databases (the service's and the monolith's), which is how data gets \
-             lost. Restrict the route to reads first (scripts/shift {} {} --methods GET,HEAD), \
-             step straight to 100 (--steps 100), or pass --allow-split-writes if the service \
-             writes through to the monolith. Nothing was changed.",
-            names.route,
-            state.methods.as_ref().map_or(
-                "every method (writes included)".to_string(),
-                |m| format!("writes ({})", m.join(","))
-            ),
-            names.service,
-            splits,
-            names.route,
-            state.weight
-        )?;
-        return Ok(Ending::Refused);
-    }
-    let start_weight = route.weight;
-    let steps: Vec<u8> = options
-        .steps
-        .iter()
-        .copied()
-        .filter(|w| *w >= start_weight)
-        .collect();
-    let skipped: Vec<u8> = options
-        .steps
-        .iter()
-        .copied()
-        .filter(|w| *w < start_weight)
-        .collect();
-    if !skipped.is_empty() {
-        writeln!(
-            out,
-            "route {} is at weight {start_weight}: skipping steps {skipped:?}",
-            names.route
+            "route {} is at weight {}: skipping steps {:?}",
+            names.route, plan.start_weight, plan.skipped
         )?;
     }
     writeln!(
@@ -329,17 +364,97 @@ pub fn run(options: &RolloutOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         names.route,
         names.service,
         names.default,
-        steps,
+        plan.steps,
         options.interval,
         options.source.describe()
     )?;
-    let mut last_safe = start_weight;
-    let mut baseline_p99 = None;
-    for (i, &weight) in steps.iter().enumerate() {
-        let label = format!("step {}/{} ({weight}%)", i + 1, steps.len());
+    let mut rollout = Rollout {
+        options,
+        names,
+        stop,
+        last_safe: plan.start_weight,
+        baseline_p99: None,
+    };
+    for (i, &weight) in plan.steps.iter().enumerate() {
+        let label = format!("step {}/{} ({weight}%)", i + 1, plan.steps.len());
+        if let Some(ending) = rollout.step(&label, weight, out)? {
+            return Ok(ending);
+        }
+        out.flush()?;
+    }
+    writeln!(
+        out,
+        "rollout of {} complete: weight {}",
+        names.route, rollout.last_safe
+    )?;
+    Ok(Ending::Completed)
+}
+
+/// A rollout under way: what the steps so far have established.
+struct Rollout<'a> {
+    options: &'a RolloutOptions,
+    names: &'a RouteNames,
+    stop: &'a Stop,
+    /// The highest weight that passed its gates (the start weight before any did).
+    last_safe: u8,
+    /// The default's p99 from the last window where it answered enough to have one.
+    baseline_p99: Option<f64>,
+}
+
+/// What a judged window leads to.
+enum Next {
+    /// The step passed: on to the next.
+    Passed,
+    /// Too little traffic: judge another interval at the same weight.
+    Again,
+    /// The rollout ends here.
+    End(Ending),
+}
+
+impl Rollout<'_> {
+    /// Applies `weight` and judges it, one interval at a time, until it passes (`None`) or the
+    /// rollout ends (the last safe weight written back).
+    fn step(
+        &mut self,
+        label: &str,
+        weight: u8,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<Option<Ending>> {
+        let Some(edited) = self.apply(label, weight, out)? else {
+            return self.end(Ending::RolledBack, out);
+        };
+        let mut holds = 0;
+        loop {
+            let window = match self.wait(label, out)? {
+                Ok(window) => window,
+                Err(ending) => return self.end(ending, out),
+            };
+            let verdict = judge(
+                &window,
+                weight,
+                edited.after.shadow,
+                &self.options.gates,
+                self.baseline_p99,
+            );
+            match self.decide(label, weight, &window, verdict, &mut holds, out)? {
+                Next::Passed => return Ok(None),
+                Next::Again => out.flush()?,
+                Next::End(ending) => return self.end(ending, out),
+            }
+        }
+    }
+
+    /// Writes `weight` to the file and waits for the proxy to serve it; `None` when it did not.
+    fn apply(
+        &self,
+        label: &str,
+        weight: u8,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<Option<Edited>> {
+        let options = self.options;
         let edited = routes_file::edit_file(
             &options.config,
-            &names.route,
+            &self.names.route,
             &Change {
                 weight: Some(i64::from(weight)),
                 ..Change::default()
@@ -348,87 +463,102 @@ pub fn run(options: &RolloutOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         writeln!(
             out,
             "{label}: {}",
-            routes_file::describe(&names.route, &edited)
+            routes_file::describe(&self.names.route, &edited)
         )?;
         out.flush()?;
-        if let Err(e) = wait_applied(
+        match wait_applied(
             &options.source,
-            &names.route,
+            &self.names.route,
             weight,
             options.apply_timeout,
-            stop,
+            self.stop,
         ) {
-            writeln!(out, "{label}: {e:#}")?;
-            return back_to(options, last_safe, Ending::RolledBack, out);
+            Ok(()) => Ok(Some(edited)),
+            Err(e) => {
+                writeln!(out, "{label}: {e:#}")?;
+                Ok(None)
+            }
         }
-        let mut holds = 0;
-        loop {
-            let window = match measure(options, &names, stop) {
-                Ok(Some(w)) => w,
-                Ok(None) => {
-                    writeln!(out, "{label}: stopped")?;
-                    return back_to(options, last_safe, Ending::Stopped, out);
+    }
+
+    /// Waits one interval and reads its window, or says how the rollout ends instead.
+    fn wait(
+        &self,
+        label: &str,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<Result<RouteWindow, Ending>> {
+        let window = match measure(self.options, self.names, self.stop) {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                writeln!(out, "{label}: stopped")?;
+                return Ok(Err(Ending::Stopped));
+            }
+            Err(e) => {
+                writeln!(
+                    out,
+                    "{label}: cannot read metrics, so cannot judge the step: {e:#}"
+                )?;
+                return Ok(Err(Ending::RolledBack));
+            }
+        };
+        writeln!(out, "{label}: {}", describe_window(&window))?;
+        Ok(Ok(window))
+    }
+
+    /// Reports `verdict` on `window` at `weight` and decides what comes next.
+    fn decide(
+        &mut self,
+        label: &str,
+        weight: u8,
+        window: &RouteWindow,
+        verdict: Verdict,
+        holds: &mut u32,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<Next> {
+        let gates = &self.options.gates;
+        match verdict {
+            Verdict::Pass(notes) => {
+                for n in notes {
+                    writeln!(out, "{label}: note: {n}")?;
                 }
-                Err(e) => {
+                writeln!(out, "{label}: gates passed")?;
+                if window.default.requests >= gates.min_requests as f64 {
+                    self.baseline_p99 = window.default.p99().or(self.baseline_p99);
+                }
+                self.last_safe = weight;
+                Ok(Next::Passed)
+            }
+            Verdict::Hold(reasons) => {
+                *holds += 1;
+                for r in reasons {
                     writeln!(
                         out,
-                        "{label}: cannot read metrics, so cannot judge the step: {e:#}"
+                        "{label}: holding at {weight}%: {r}; waiting another interval"
                     )?;
-                    return back_to(options, last_safe, Ending::RolledBack, out);
                 }
-            };
-            writeln!(out, "{label}: {}", describe_window(&window))?;
-            match judge(
-                &window,
-                weight,
-                edited.after.shadow,
-                &options.gates,
-                baseline_p99,
-            ) {
-                Verdict::Pass(notes) => {
-                    for n in notes {
-                        writeln!(out, "{label}: note: {n}")?;
-                    }
-                    writeln!(out, "{label}: gates passed")?;
-                    if window.default.requests >= options.gates.min_requests as f64 {
-                        baseline_p99 = window.default.p99().or(baseline_p99);
-                    }
-                    last_safe = weight;
-                    break;
+                let max_holds = self.options.max_holds;
+                if max_holds > 0 && *holds >= max_holds {
+                    writeln!(
+                        out,
+                        "{label}: still too little traffic after {holds} intervals (--max-holds); giving up"
+                    )?;
+                    return Ok(Next::End(Ending::GaveUp));
                 }
-                Verdict::Hold(reasons) => {
-                    holds += 1;
-                    for r in reasons {
-                        writeln!(
-                            out,
-                            "{label}: holding at {weight}%: {r}; waiting another interval"
-                        )?;
-                    }
-                    if options.max_holds > 0 && holds >= options.max_holds {
-                        writeln!(
-                            out,
-                            "{label}: still too little traffic after {holds} intervals (--max-holds); giving up"
-                        )?;
-                        return back_to(options, last_safe, Ending::GaveUp, out);
-                    }
-                }
-                Verdict::Breach(failures) => {
-                    for f in &failures {
-                        writeln!(out, "{label}: GATE FAILED: {f}")?;
-                    }
-                    return back_to(options, last_safe, Ending::RolledBack, out);
-                }
+                Ok(Next::Again)
             }
-            out.flush()?;
+            Verdict::Breach(failures) => {
+                for f in &failures {
+                    writeln!(out, "{label}: GATE FAILED: {f}")?;
+                }
+                Ok(Next::End(Ending::RolledBack))
+            }
         }
-        out.flush()?;
     }
-    writeln!(
-        out,
-        "rollout of {} complete: weight {last_safe}",
-        names.route
-    )?;
-    Ok(Ending::Completed)
+
+    /// Ends the rollout with the last safe weight written back.
+    fn end(&self, ending: Ending, out: &mut dyn Write) -> anyhow::Result<Option<Ending>> {
+        back_to(self.options, self.last_safe, ending, out).map(Some)
+    }
 }
 
 /// Writes `weight` back and reports it; the rollout ends with `ending`.
@@ -697,6 +827,82 @@ mod tests {
             assert!(
                 text.is_empty() || messages.iter().any(|m| m.contains(text)),
                 "case {i}: {verdict:?} lacks {text:?}"
+            );
+        }
+    }
+
+    fn options(route: &str, steps: &[u8], allow_split_writes: bool) -> RolloutOptions {
+        RolloutOptions {
+            config: PathBuf::from("routes.toml"),
+            route: route.into(),
+            steps: steps.to_vec(),
+            interval: Duration::from_secs(1),
+            gates: GATES,
+            source: Source::Proxy("http://127.0.0.1:9901/metrics".into()),
+            allow_split_writes,
+            max_holds: 0,
+            apply_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn config(weight: u8, methods: &str) -> Config {
+        strangler_proxy::config::parse(&format!(
+            "[proxy]\ndefault = \"monolith\"\n\
+             [services.monolith]\nurl = \"http://127.0.0.1:1\"\n\
+             [services.users]\nurl = \"http://127.0.0.1:2\"\n\
+             [[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n\
+             weight = {weight}\n{methods}"
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_plan_skips_steps_below_the_current_weight() {
+        let plan = Plan::new(
+            &config(25, "methods = [\"GET\"]"),
+            &options("users", &[0, 5, 25, 50, 100], false),
+        );
+        assert_eq!(
+            plan,
+            Ok(Plan {
+                names: RouteNames {
+                    route: "users".into(),
+                    service: "users".into(),
+                    default: "monolith".into(),
+                },
+                start_weight: 25,
+                steps: vec![25, 50, 100],
+                skipped: vec![0, 5],
+            })
+        );
+    }
+
+    #[test]
+    fn an_unknown_route_is_refused_with_the_known_names() {
+        assert_eq!(
+            Plan::new(&config(0, ""), &options("user", &[100], false)),
+            Err(Refusal::UnknownRoute {
+                known: vec!["users".into()]
+            })
+        );
+    }
+
+    /// One line per case: methods, steps, --allow-split-writes, whether the plan is refused.
+    #[test]
+    fn splitting_writes_is_refused_unless_reads_only_straight_to_100_or_allowed() {
+        let cases: &[(&str, &[u8], bool, bool)] = &[
+            ("", &[1, 50, 100], false, true),
+            ("methods = [\"GET\", \"POST\"]", &[50], false, true),
+            ("methods = [\"GET\", \"HEAD\"]", &[1, 50, 100], false, false),
+            ("", &[0, 100], false, false),
+            ("", &[1, 50, 100], true, false),
+        ];
+        for (methods, steps, allow, refused) in cases {
+            let plan = Plan::new(&config(0, methods), &options("users", steps, *allow));
+            assert_eq!(
+                matches!(&plan, Err(Refusal::SplitsWrites(why)) if why.contains("Nothing was changed")),
+                *refused,
+                "{methods:?} {steps:?} {allow}: {plan:?}"
             );
         }
     }
