@@ -230,12 +230,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// Whether a follower heartbeat is fresher than [`LIVE`].
+    /// Whether a follower heartbeat is fresher than [`LIVE`] and, where `/proc` tells, its
+    /// process still exists (so a follower restarted right after a kill -9 is not refused).
     pub fn follower_alive(&self) -> bool {
-        self.follower_pid.is_some()
-            && self
-                .heartbeat_ms
-                .is_some_and(|hb| now_ms().saturating_sub(hb) < LIVE.as_millis() as i64)
+        let Some(pid) = self.follower_pid else {
+            return false;
+        };
+        let fresh = self
+            .heartbeat_ms
+            .is_some_and(|hb| now_ms().saturating_sub(hb) < LIVE.as_millis() as i64);
+        let proc = Path::new("/proc");
+        let gone = proc.join("self").exists() && !proc.join(pid.to_string()).exists();
+        fresh && !gone
     }
 
     /// "pid 123, heartbeat 0.2s ago" or "no follower ever ran".
