@@ -358,7 +358,7 @@ fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyhow::R
     };
     let yes_no = |b: bool| if b { "removed" } else { "none found" };
     println!(
-        "change capture of {}: monolith triggers {}, service triggers {}; discarded {} captured          change(s) in the monolith's database and {} in the service's{}",
+        "change capture of {}: monolith triggers {}, service triggers {}; discarded {} captured change(s) in the monolith's database and {} in the service's{}",
         resource.name(),
         yes_no(removed.triggers_removed.0),
         yes_no(removed.triggers_removed.1),

@@ -92,6 +92,9 @@ pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connec
     let mut conn =
         Connection::open(target).with_context(|| format!("opening {}", target.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The applier keeps a copy, not the source of truth: rows of one resource may refer to
+    // rows of another that only its own service has (and the id fence refers to nothing).
+    conn.pragma_update(None, "foreign_keys", false)?;
     // The services open their databases in WAL mode too; it lets them read while we write.
     let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -441,6 +441,8 @@ pub fn connect(data_dir: &Path, resource: Resource) -> anyhow::Result<Connection
     let conn = Connection::open_with_flags(&service, flags)
         .with_context(|| format!("opening {}", service.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // As in `migrate::open`: the applier keeps copies, it does not enforce references.
+    conn.pragma_update(None, "foreign_keys", false)?;
     let uri = format!("file:{}?mode=rw", uri_path(&monolith)?);
     conn.execute("ATTACH DATABASE ?1 AS src", [uri])
         .with_context(|| format!("attaching {}", monolith.display()))?;
