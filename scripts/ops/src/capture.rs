@@ -117,19 +117,31 @@ pub fn installed(conn: &Connection, table: Table, side: Side) -> rusqlite::Resul
 /// inserts the marker, which takes `dest`'s write lock (and only that one: reads of the other
 /// database take a snapshot). Finish it with [`commit`].
 pub fn begin(conn: &mut Connection, dest: Side) -> rusqlite::Result<Transaction<'_>> {
+    // Looked up before the transaction: a read as its first statement would take a snapshot
+    // that a concurrent commit makes stale, and the write after it would fail with
+    // SQLITE_BUSY_SNAPSHOT instead of waiting for the lock.
+    let marked = exists(conn, dest, "table", APPLYING)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    mark(&tx, dest)?;
+    if marked {
+        insert_marker(&tx, dest)?;
+    }
     Ok(tx)
 }
 
+fn insert_marker(tx: &Transaction<'_>, dest: Side) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("INSERT INTO {}.{APPLYING} (pid) VALUES (?1)", dest.schema()),
+        [std::process::id()],
+    )?;
+    Ok(())
+}
+
 /// Inserts the marker into `dest`'s marker table when capture was ever installed there; the
-/// writes that follow in this transaction are not captured on `dest`.
+/// writes that follow in this transaction are not captured on `dest`. Call it once the
+/// transaction holds `dest`'s write lock (after a write), see [`begin`].
 pub fn mark(tx: &Transaction<'_>, dest: Side) -> rusqlite::Result<()> {
     if exists(tx, dest, "table", APPLYING)? {
-        tx.execute(
-            &format!("INSERT INTO {}.{APPLYING} (pid) VALUES (?1)", dest.schema()),
-            [std::process::id()],
-        )?;
+        insert_marker(tx, dest)?;
     }
     Ok(())
 }

@@ -514,8 +514,9 @@ pub fn read_state(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<
 /// Waits, polling every 10 ms until `timeout`, for `direction`'s source side to have no
 /// captured change left; the running follower applies them.
 ///
-/// Errors: the deadline passed (with the backlog left and the follower's liveness), a new
-/// conflict appeared meanwhile (listing it), or the migration never started.
+/// Errors: an unresolved conflict stands or appears meanwhile (listing them: switching writes
+/// over diverged rows would make the divergence permanent); the deadline passed (with the
+/// backlog left and the follower's liveness); the migration never started.
 pub fn drain(
     data_dir: &Path,
     resource: Resource,
@@ -525,23 +526,19 @@ pub fn drain(
     let conn = connect(data_dir, resource)?;
     let table = Table::of(resource);
     started(&conn, resource)?;
-    let conflicts_before = conflicts::count(&conn, table)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let now = conflicts::count(&conn, table)?;
-        if now > conflicts_before {
-            let list = conflicts::unresolved(&conn, table)?;
-            let lines: Vec<String> = list
-                .iter()
-                .skip(conflicts_before as usize)
-                .map(|c| c.describe())
-                .collect();
+        let standing = conflicts::unresolved(&conn, table)?;
+        if !standing.is_empty() {
+            let lines: Vec<String> = standing.iter().map(|c| c.describe()).collect();
             bail!(
-                "draining {} {}: {} new conflict(s):\n{}",
+                "draining {} {}: {} unresolved conflict(s):\n{}\nrepair the rows on the side \
+                 that takes writes, then `scripts/migrate-data {} --resolve-conflicts`",
                 resource.name(),
                 direction.arrow(),
-                now - conflicts_before,
-                lines.join("\n")
+                standing.len(),
+                lines.join("\n"),
+                resource.name()
             );
         }
         let backlog = backlog_of(&conn, table, direction.source())?;
