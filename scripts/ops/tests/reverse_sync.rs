@@ -636,3 +636,46 @@ fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_thread_by_a_user_just_created_on_the_service_is_accepted_by_the_monolith() {
+    let dir = Scratch::new("e2e422");
+    generate(&dir.path, 10, 5, 5);
+    let (m, s) = (dir.join("monolith.db"), dir.join("users.db"));
+    let (mut child, mut out) = follower(&dir, &["users", "--follow"]);
+    out.wait_for("following changes to users in the monolith");
+    sync::drain(&dir.path, Resource::Users, Direction::Forward, LONG).unwrap();
+    sync::switch(&dir.path, Resource::Users, Direction::Reverse).unwrap();
+    sync::wait_follower(&dir.path, Resource::Users, Direction::Reverse, LONG).unwrap();
+
+    let service_db = Db::open(&s, &[Resource::Users], Seed::Empty).unwrap();
+    let refs = Arc::new(RemoteReferences::new("http://127.0.0.1:9").unwrap());
+    let users_service = Board::new(service_db, &[Resource::Users], refs).router();
+    let monolith_db = Db::open(&m, &Resource::ALL, Seed::Empty).unwrap();
+    let local = monolith::references::LocalReferences::with_wait(
+        monolith_db.clone(),
+        Duration::from_secs(2),
+    );
+    let monolith = Board::new(monolith_db, &Resource::ALL, Arc::new(local)).router();
+
+    for n in 0..5 {
+        let user = post_user(&users_service, &format!("fresh{n}")).await;
+        // At once, on the monolith, which checks its own (reverse-synced) users table.
+        let request = Request::post("/api/threads")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(
+                r#"{{"title":"by a new user","createdBy":{user}}}"#
+            )))
+            .unwrap();
+        let response = monolith.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            status,
+            201,
+            "user {user}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    kill9(&mut child);
+}
