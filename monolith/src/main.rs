@@ -3,13 +3,13 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use monolith::generate::{self, GenerateArgs};
-use monolith::serve::{self, MONOLITH, ServeArgs};
+use monolith::serve::{self, MONOLITH, MonolithArgs};
 
 #[derive(Parser)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: MonolithArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }

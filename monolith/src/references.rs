@@ -48,25 +48,50 @@ pub enum ReferenceError {
 }
 
 /// Checks references in the same database (the monolith).
+///
+/// With a wait, a missing row is looked for again every [`LocalReferences::RECHECK`] until it
+/// appears or the wait is over: once a resource's writes are switched to its service, a row
+/// created there reaches the monolith's copy a few milliseconds later (reverse sync), and a
+/// client that creates a user and at once a thread by that user must not get 422 meanwhile.
 #[derive(Clone, Debug)]
 pub struct LocalReferences {
     db: Db,
+    wait: Duration,
 }
 
 impl LocalReferences {
-    /// Checks references in `db`.
+    /// How often a missing row is looked for again during the wait.
+    pub const RECHECK: Duration = Duration::from_millis(5);
+
+    /// Checks references in `db`; a missing row is missing at once.
     pub fn new(db: Db) -> LocalReferences {
-        LocalReferences { db }
+        LocalReferences::with_wait(db, Duration::ZERO)
+    }
+
+    /// Checks references in `db`, waiting up to `wait` for a missing row to appear.
+    pub fn with_wait(db: Db, wait: Duration) -> LocalReferences {
+        LocalReferences { db, wait }
     }
 }
 
 impl References for LocalReferences {
     fn exists(&self, resource: Resource, id: i64) -> Check<'_> {
         Box::pin(async move {
-            Ok(self
-                .db
-                .call(move |conn| db::exists(conn, resource, id))
-                .await?)
+            let deadline = tokio::time::Instant::now() + self.wait;
+            loop {
+                if self
+                    .db
+                    .call(move |conn| db::exists(conn, resource, id))
+                    .await?
+                {
+                    return Ok(true);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Self::RECHECK.min(deadline - now)).await;
+            }
         })
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use clap::Parser;
@@ -23,6 +24,40 @@ pub struct ServeArgs {
     /// SQLite database file; created, with its directory, if missing.
     #[arg(long)]
     pub db: PathBuf,
+}
+
+/// Flags of the monolith.
+#[derive(Parser, Clone, Debug)]
+pub struct MonolithArgs {
+    /// Where to listen and store.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// How long a write waits for a user or thread it refers to that is missing, re-checking
+    /// every 5 ms, before answering 422 (e.g. `2s`; `0` answers at once). Once a resource's
+    /// writes are switched to its service, its new rows reach this database a few milliseconds
+    /// later through reverse sync.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
+    pub reference_wait: Duration,
+}
+
+/// Reads `0`, `250ms`, `2s`.
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 500ms or 2s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "" if n == 0 => Ok(Duration::ZERO),
+        _ => Err(format!(
+            "{text:?}: expected a duration such as 500ms or 2s (units ms, s)"
+        )),
+    }
 }
 
 /// Flags of an extracted service.
@@ -138,13 +173,19 @@ impl Process {
 }
 
 /// Runs the monolith until SIGTERM or Ctrl-C: a new database gets the legacy data set and
-/// references are checked in the same database.
-pub async fn serve_monolith(args: &ServeArgs) -> Result<(), ServeError> {
-    let db = MONOLITH.open(args, Seed::Legacy)?;
-    let references = Arc::new(LocalReferences::new(db.clone()));
-    tracing::info!(db = %args.db.display(), "{} starting", MONOLITH.name);
+/// references are checked in the same database, waiting up to `--reference-wait` for a
+/// missing one.
+pub async fn serve_monolith(args: &MonolithArgs) -> Result<(), ServeError> {
+    let db = MONOLITH.open(&args.serve, Seed::Legacy)?;
+    let references = Arc::new(LocalReferences::with_wait(db.clone(), args.reference_wait));
+    tracing::info!(
+        db = %args.serve.db.display(),
+        reference_wait = ?args.reference_wait,
+        "{} starting",
+        MONOLITH.name
+    );
     serve(
-        args.listen,
+        args.serve.listen,
         Board::new(db, MONOLITH.owned, references).router(),
     )
     .await
@@ -216,4 +257,26 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown requested; finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_waits_parse_with_units() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("0", Some(Duration::ZERO)),
+            ("2s", Some(Duration::from_secs(2))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("0ms", Some(Duration::ZERO)),
+            ("2", None),
+            ("2m", None),
+            ("fast", None),
+            ("-1s", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_wait(text).ok(), *expected, "{text}");
+        }
+    }
 }

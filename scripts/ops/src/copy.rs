@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior, params};
 
+use crate::capture;
 use crate::resource::Table;
 use crate::signals::Stop;
+use crate::sync::Side;
 
 /// The checkpoint table in the service's database: one row per resource.
 pub const CHECKPOINT: &str = "_strangler_migration";
@@ -75,14 +77,22 @@ pub fn interrupted_at(conn: &Connection, table: Table) -> rusqlite::Result<Optio
 ///
 /// `BEGIN IMMEDIATE` would take write locks on every attached database, the monolith's
 /// included, and stall its writers; a deferred transaction whose first statement writes the
-/// checkpoint takes only the target's, and later reads of `src` take a read snapshot.
+/// checkpoint takes only the target's, and later reads of `src` take a read snapshot. When the
+/// service captures changes, the copy's writes are marked as the applier's (not captured);
+/// finish with [`commit_on_target`].
 pub fn begin_on_target(conn: &mut Connection, table: Table) -> rusqlite::Result<Transaction<'_>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     tx.execute(
         &format!("UPDATE main.{CHECKPOINT} SET updated_at = datetime('now') WHERE resource = ?1"),
         [table.name()],
     )?;
+    capture::mark(&tx, Side::Service)?;
     Ok(tx)
+}
+
+/// Commits a transaction from [`begin_on_target`].
+pub fn commit_on_target(tx: Transaction<'_>) -> rusqlite::Result<()> {
+    capture::commit(tx, Side::Service)
 }
 
 /// Copies every row of `table` from `src` to `main`, continuing an interrupted run.
@@ -151,7 +161,7 @@ pub fn run(
                 &format!("UPDATE main.{CHECKPOINT} SET copied_up_to = NULL WHERE resource = ?1"),
                 [name],
             )?;
-            tx.commit()?;
+            commit_on_target(tx)?;
             copied.batches += 1;
             break;
         };
@@ -160,7 +170,7 @@ pub fn run(
             .prepare_cached(&remove_gone)?
             .execute(params![first, last])? as u64;
         tx.prepare_cached(&save)?.execute(params![name, last])?;
-        tx.commit()?;
+        commit_on_target(tx)?;
         copied.batches += 1;
         copied.scanned += rows;
         progress(rows, total);

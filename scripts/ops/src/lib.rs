@@ -5,6 +5,7 @@
 //! The binary only parses arguments; every step worth testing is a function here.
 
 pub mod capture;
+pub mod conflicts;
 pub mod copy;
 pub mod exposition;
 pub mod fetch;
@@ -17,5 +18,6 @@ pub mod routes_file;
 pub mod signals;
 pub mod source;
 pub mod status;
+pub mod sync;
 pub mod text_table;
 pub mod verify;

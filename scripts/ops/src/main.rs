@@ -18,6 +18,7 @@ use strangler_ops::routes_file::{self, Change, EditError};
 use strangler_ops::signals::Stop;
 use strangler_ops::source::Source;
 use strangler_ops::status::{self, StatusOptions};
+use strangler_ops::sync;
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +48,25 @@ enum Command {
     /// (rows already right are left alone). Ends by comparing row counts and an order-independent
     /// checksum of both tables; exits 1 if they differ.
     ///
-    /// --follow installs triggers in the monolith's database (recording changed ids in a side
-    /// table, invisible to clients) before copying, then keeps applying inserts, updates and
-    /// deletes until Ctrl-C or SIGTERM, reporting the lag; on stop it removes the triggers.
+    /// --follow installs triggers on the resource's table in both databases (recording changed
+    /// ids in a side table, invisible to clients) before copying, then keeps applying inserts,
+    /// updates and deletes in the direction recorded in DATA/RESOURCE.db (_strangler_sync),
+    /// re-read every poll: monolith → service until `scripts/cutover` switches writes to the
+    /// service, service → monolith after (one line says when it turns), until Ctrl-C or SIGTERM,
+    /// or until `scripts/complete` finishes the migration (exit 0). A change whose row the
+    /// destination changed too is not applied but recorded as a conflict; verification fails
+    /// while conflicts stand. Stopped before any cutover, it removes the triggers and verifies;
+    /// after one it leaves capture in place so no write is missed, and a restarted follower
+    /// resumes (also after kill -9) without copying again.
+    ///
+    /// --reverse: writes are switched to the service; bring the monolith's copy up to date and
+    /// verify (with --follow, keep following). Refused unless the recorded direction is reverse,
+    /// and any copy monolith → service is refused while it is.
+    ///
+    /// --remove-capture removes triggers and change tables left by a follower killed with -9.
+    ///
+    /// Exit status: 0 verified (or stopped cleanly), 1 mismatch, conflicts or refused (reason on
+    /// the last line), 2 refused by routes.toml, 130 interrupted mid-copy.
     MigrateData(MigrateArgs),
     /// Set a route's weight (and optionally shadow and methods) in routes.toml.
     ///
@@ -91,22 +108,37 @@ struct MigrateArgs {
     /// Directory holding monolith.db and the services' databases.
     #[arg(long, value_name = "DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// After the copy, keep applying the monolith's changes until Ctrl-C or SIGTERM.
+    /// After the copy, keep applying changes in the recorded direction until Ctrl-C, SIGTERM
+    /// or `complete`.
     #[arg(long)]
     follow: bool,
-    /// Only compare both sides; copy nothing.
-    #[arg(long, conflicts_with = "follow")]
+    /// Writes are switched to the service: carry its changes to the monolith and verify,
+    /// instead of copying monolith → service.
+    #[arg(long)]
+    reverse: bool,
+    /// Only compare both sides (and list unresolved conflicts); copy nothing.
+    #[arg(long, conflicts_with_all = ["follow", "reverse"])]
     verify_only: bool,
+    /// Remove the change capture a follower killed with -9 left behind (triggers, change
+    /// tables); refused while a follower runs or writes are switched, unless --force.
+    #[arg(long, conflicts_with_all = ["follow", "reverse", "verify_only", "resolve_conflicts"])]
+    remove_capture: bool,
+    /// Mark the resource's conflicts resolved, once the rows are repaired on the side that
+    /// takes writes.
+    #[arg(long, conflicts_with_all = ["follow", "reverse", "verify_only"])]
+    resolve_conflicts: bool,
     /// Rows per transaction.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
-    /// How often --follow looks for changes.
-    #[arg(long, default_value = "200ms", value_parser = duration)]
+    /// How often --follow looks for changes (a cheap check; reverse sync must be quick
+    /// because the monolith may wait for a row the service just created).
+    #[arg(long, default_value = "5ms", value_parser = duration)]
     poll: Duration,
     /// How often --follow prints its lag.
     #[arg(long, default_value = "10s", value_parser = duration)]
     report_every: Duration,
-    /// Copy even though routes.toml sends this resource's writes to its service.
+    /// Copy even though routes.toml sends this resource's writes to its service; with
+    /// --remove-capture, remove even while a follower runs or writes are switched.
     #[arg(long)]
     force: bool,
     /// Pause after each batch (lets tests interrupt a copy midway).
@@ -249,7 +281,19 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         ResourceArg::Posts => Resource::Posts,
     };
     debug_assert_eq!(resource::parse(resource.name()), Ok(resource));
-    if !args.verify_only && !args.force {
+    if args.remove_capture {
+        return remove_capture(&args.data_dir, resource, args.force);
+    }
+    if args.resolve_conflicts {
+        let n = sync::resolve_conflicts(&args.data_dir, resource)?;
+        println!("{n} conflict(s) of {} marked resolved", resource.name());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Once writes are switched nothing is copied towards the service, so routes.toml sending
+    // writes there is expected.
+    let switched = sync::read_state(&args.data_dir, resource)?
+        .is_some_and(|s| s.direction == sync::Direction::Reverse);
+    if !args.verify_only && !args.force && !args.reverse && !switched {
         match strangler_proxy::config::load(&args.config.config) {
             Ok(loaded) => {
                 if let Err(refusal) = migrate::guard(&loaded.config, resource) {
@@ -283,6 +327,7 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             pause: args.batch_pause,
         },
         follow: args.follow,
+        reverse: args.reverse,
         poll: args.poll,
         report_every: args.report_every,
         verify_only: args.verify_only,
@@ -293,10 +338,39 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let outcome = migrate::run(&options, &stop, &mut out)?;
     out.flush()?;
     Ok(match outcome {
-        Outcome::Verified => ExitCode::SUCCESS,
+        Outcome::Verified | Outcome::Detached | Outcome::Completed => ExitCode::SUCCESS,
         Outcome::Mismatch => ExitCode::FAILURE,
+        Outcome::Refused(reason) => {
+            eprintln!("refusing: {reason}");
+            ExitCode::FAILURE
+        }
         Outcome::Stopped { .. } => ExitCode::from(130),
     })
+}
+
+fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyhow::Result<ExitCode> {
+    let removed = match sync::remove_capture(data_dir, resource, force) {
+        Ok(removed) => removed,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let yes_no = |b: bool| if b { "removed" } else { "none found" };
+    println!(
+        "change capture of {}: monolith triggers {}, service triggers {}; discarded {} captured change(s) in the monolith's database and {} in the service's{}",
+        resource.name(),
+        yes_no(removed.triggers_removed.0),
+        yes_no(removed.triggers_removed.1),
+        removed.changes_discarded.0,
+        removed.changes_discarded.1,
+        if removed.state_forgotten {
+            "; the migration is back to not started (the next --follow copies again)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_edit(

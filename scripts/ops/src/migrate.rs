@@ -1,4 +1,6 @@
-//! `migrate-data RESOURCE`: copy, verify and (with `--follow`) keep following one resource.
+//! `migrate-data RESOURCE`: copy, verify and (with `--follow`) keep following one resource, in
+//! whichever direction [`crate::sync`] records: monolith → service until writes are switched,
+//! service → monolith after.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,10 +13,12 @@ use rusqlite::Connection;
 use strangler_proxy::config::Config;
 
 use crate::capture;
+use crate::conflicts;
 use crate::copy::{self, CopyOptions};
 use crate::progress::{Display, Progress};
 use crate::resource::Table;
 use crate::signals::Stop;
+use crate::sync::{self, Direction, Record, Side, SyncStage};
 use crate::verify::Verification;
 
 /// How long a statement waits for the monolith or the service holding a write lock.
@@ -29,9 +33,13 @@ pub struct MigrateOptions {
     pub data_dir: PathBuf,
     /// Batch size and pacing.
     pub copy: CopyOptions,
-    /// Keep applying the monolith's changes after the copy until stopped.
+    /// Keep applying changes (in the recorded direction) after the copy until stopped.
     pub follow: bool,
-    /// How often `--follow` looks for new changes.
+    /// `--reverse`: writes are switched to the service; catch the monolith up instead of
+    /// copying (refused when the recorded direction is not reverse).
+    pub reverse: bool,
+    /// How often `--follow` looks for new changes (a cheap check of the source database's
+    /// `PRAGMA data_version`, so a few milliseconds cost little).
     pub poll: Duration,
     /// How often `--follow` prints its lag.
     pub report_every: Duration,
@@ -53,6 +61,12 @@ pub enum Outcome {
         /// Last id copied.
         after: Option<i64>,
     },
+    /// Nothing done, for the reason given (exit 1).
+    Refused(String),
+    /// The follower stopped after a cutover and left capture in place (exit 0).
+    Detached,
+    /// The follower exited because `complete` finished the migration (exit 0).
+    Completed,
 }
 
 /// `DATA/monolith.db` and `DATA/RESOURCE.db`.
@@ -78,6 +92,9 @@ pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connec
     let mut conn =
         Connection::open(target).with_context(|| format!("opening {}", target.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The applier keeps a copy, not the source of truth: rows of one resource may refer to
+    // rows of another that only its own service has (and the id fence refers to nothing).
+    conn.pragma_update(None, "foreign_keys", false)?;
     // The services open their databases in WAL mode too; it lets them read while we write.
     let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -144,37 +161,292 @@ pub fn guard(config: &Config, resource: Resource) -> Result<(), String> {
 /// Runs a migration; reports go to `out`, progress to stderr.
 pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let table = Table::of(options.resource);
+    let name = table.name();
     let (source, target) = paths(&options.data_dir, options.resource);
     let mut conn = open(&source, &target, table)?;
     let labels = (source.display().to_string(), target.display().to_string());
     if options.verify_only {
-        return verify(&mut conn, table, &labels, out);
+        let v = verify_now(&mut conn, table, &labels)?;
+        write!(out, "{}", v.render())?;
+        return Ok(verdict(&v));
     }
-    if options.follow {
-        // Before the copy, so that nothing written while it runs is missed.
-        capture::install(&mut conn, table).with_context(|| {
-            format!("installing change capture triggers in {}", source.display())
+    let rec = sync::load(&conn, table)?;
+    if let Some(rec) = &rec {
+        if rec.stage == SyncStage::Complete {
+            return Ok(Outcome::Refused(format!(
+                "the migration of {name} is complete: the service owns its data and nothing is \
+                 copied or followed any more"
+            )));
+        }
+        if (options.follow || options.reverse) && rec.follower_alive() {
+            return Ok(Outcome::Refused(format!(
+                "a follower of {name} is already running ({}); stop it first (Ctrl-C or kill \
+                 -TERM), or wait {:?} after a kill -9",
+                rec.describe_follower(),
+                sync::LIVE
+            )));
+        }
+    }
+    let recorded = rec.as_ref().map(|r| r.direction);
+    if options.reverse && recorded != Some(Direction::Reverse) {
+        return Ok(Outcome::Refused(format!(
+            "--reverse: the writes of {name} are not switched to the service (recorded direction: \
+             {}), so there is nothing to carry back. Run `scripts/migrate-data {name} --follow` \
+             to follow monolith → service, or switch writes first with `scripts/cutover {name}`",
+            recorded.map_or("none, the migration has not started", Direction::as_str)
+        )));
+    }
+    if recorded == Some(Direction::Reverse) {
+        if !options.follow && !options.reverse {
+            return Ok(Outcome::Refused(format!(
+                "the writes of {name} are switched to the service (direction reverse): a copy \
+                 from the monolith would overwrite the service's newer writes. Run \
+                 `scripts/migrate-data {name} --reverse` to bring the monolith up to date \
+                 instead (add --follow to keep it so)"
+            )));
+        }
+        if !options.reverse {
+            writeln!(
+                out,
+                "the writes of {name} are switched to the service (direction reverse): following \
+                 {} instead, without copying",
+                Direction::Reverse.arrow()
+            )?;
+        }
+        return reverse(options, &mut conn, table, &labels, stop, out);
+    }
+    if !options.follow {
+        return copy_then_verify(options, &mut conn, table, &labels, stop, out);
+    }
+    forward(options, &mut conn, table, rec.as_ref(), &labels, stop, out)
+}
+
+fn verdict(v: &Verification) -> Outcome {
+    if v.matches() {
+        Outcome::Verified
+    } else {
+        Outcome::Mismatch
+    }
+}
+
+fn verify_now(
+    conn: &mut Connection,
+    table: Table,
+    labels: &(String, String),
+) -> anyhow::Result<Verification> {
+    let tx = conn.transaction()?;
+    let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
+    tx.commit()?;
+    sync::record_verified(conn, table, v.matches())?;
+    Ok(v)
+}
+
+fn install_both(conn: &mut Connection, table: Table) -> anyhow::Result<()> {
+    for side in [Side::Monolith, Side::Service] {
+        capture::install(conn, table, side).with_context(|| {
+            format!(
+                "installing change capture triggers on table {} in the {}'s database",
+                table.name(),
+                side.label()
+            )
         })?;
+    }
+    Ok(())
+}
+
+/// Removes capture on both sides, keeping changes already captured for a last catch-up.
+fn uninstall_both(conn: &mut Connection, table: Table) -> rusqlite::Result<()> {
+    capture::uninstall(conn, table, Side::Monolith)?;
+    capture::uninstall(conn, table, Side::Service)
+}
+
+/// Leaves both databases as they were before `--follow`: no triggers, no change tables, no
+/// sync row.
+fn abandon(conn: &mut Connection, table: Table) -> rusqlite::Result<()> {
+    uninstall_both(conn, table)?;
+    for side in [Side::Monolith, Side::Service] {
+        capture::discard(conn, table, side)?;
+        capture::tidy(conn, side)?;
+    }
+    sync::forget_state(conn, table)
+}
+
+/// `--follow` while the monolith takes the writes: capture on both sides, copy (unless a
+/// follower that died left capture in place), catch up, verify, follow.
+fn forward(
+    options: &MigrateOptions,
+    conn: &mut Connection,
+    table: Table,
+    rec: Option<&Record>,
+    labels: &(String, String),
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let name = table.name();
+    let resume = rec.is_some_and(|r| matches!(r.stage, SyncStage::Following | SyncStage::Reversed))
+        && capture::installed(conn, table, Side::Monolith)?
+        && capture::installed(conn, table, Side::Service)?;
+    if resume {
+        let rec = rec.expect("resume implies a record");
         writeln!(
             out,
-            "change capture on: triggers on table {} in {} record changed ids in {}",
-            table.name(),
-            source.display(),
+            "resuming: change capture on both sides was left in place by a follower that did not \
+             stop cleanly ({}); applying what was captured since, without copying again",
+            rec.describe_follower()
+        )?;
+    } else {
+        // Before the copy, so that nothing written while it runs is missed.
+        install_both(conn, table)?;
+        sync::start(conn, table, Direction::Forward, SyncStage::Copying)?;
+        writeln!(
+            out,
+            "change capture on: triggers on table {name} in {} and in {} record changed ids in {}",
+            labels.0,
+            labels.1,
             capture::CHANGES
         )?;
-    }
-    let result = copy_then_verify(options, &mut conn, table, &labels, stop, out);
-    let outcome = match result {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            if options.follow {
-                // Leave the monolith as we found it; the next run copies everything again.
-                let _ = capture::uninstall(&mut conn, table);
+        match copy_then_verify(options, conn, table, labels, stop, out) {
+            Ok(Outcome::Verified) => {}
+            Ok(other) => {
+                // Stopped mid-copy: leave the databases as we found them; the checkpoint stays.
+                abandon(conn, table)?;
+                return Ok(other);
             }
-            return Err(e);
+            Err(e) => {
+                let _ = abandon(conn, table);
+                return Err(e);
+            }
         }
-    };
-    Ok(outcome)
+    }
+    let v = catch_up_and_verify(conn, table, Direction::Forward, labels, out)?;
+    write!(out, "{}", v.render())?;
+    if !v.matches() {
+        if !resume {
+            abandon(conn, table)?;
+            return Ok(Outcome::Mismatch);
+        }
+        writeln!(
+            out,
+            "warning: following although verification failed (the differences above stay until \
+             repaired)"
+        )?;
+    }
+    if !resume {
+        sync::set_stage(conn, table, SyncStage::Following)?;
+    }
+    writeln!(
+        out,
+        "following changes to {name} in the monolith; Ctrl-C or SIGTERM stops"
+    )?;
+    out.flush()?;
+    let end = follow(conn, table, options, stop, out)?;
+    finish(conn, table, end, labels, out)
+}
+
+/// `--reverse` (or `--follow` once writes are switched): catch the monolith up with the
+/// service, verify, and with `--follow` keep following.
+fn reverse(
+    options: &MigrateOptions,
+    conn: &mut Connection,
+    table: Table,
+    labels: &(String, String),
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let name = table.name();
+    if !capture::installed(conn, table, Side::Service)? {
+        writeln!(
+            out,
+            "warning: change capture on the service's {name} was not installed (removed by \
+             --remove-capture --force?): changes made meanwhile were not captured; the \
+             verification below shows any difference"
+        )?;
+    }
+    install_both(conn, table)?;
+    if let Some(id) = sync::fence_of(conn, table)? {
+        sync::place_fence(conn, table, id)?;
+    }
+    let v = catch_up_and_verify(conn, table, Direction::Reverse, labels, out)?;
+    writeln!(out, "caught up {} {}:", name, Direction::Reverse.arrow())?;
+    write!(out, "{}", v.render())?;
+    if !options.follow {
+        return Ok(verdict(&v));
+    }
+    if !v.matches() {
+        writeln!(
+            out,
+            "warning: following although verification failed (the differences above stay until \
+             repaired)"
+        )?;
+    }
+    writeln!(
+        out,
+        "following changes to {name} in the service; Ctrl-C or SIGTERM stops"
+    )?;
+    out.flush()?;
+    let end = follow(conn, table, options, stop, out)?;
+    finish(conn, table, end, labels, out)
+}
+
+/// How a follow loop ended.
+enum End {
+    /// Ctrl-C or SIGTERM.
+    Stopped,
+    /// `complete` recorded stage complete.
+    Completed,
+}
+
+fn finish(
+    conn: &mut Connection,
+    table: Table,
+    end: End,
+    labels: &(String, String),
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let name = table.name();
+    if let End::Completed = end {
+        writeln!(
+            out,
+            "the migration of {name} is complete: change capture was removed on both sides; \
+             the follower exits"
+        )?;
+        return Ok(Outcome::Completed);
+    }
+    let rec = sync::load(conn, table)?;
+    let untouched = rec
+        .as_ref()
+        .is_some_and(|r| r.direction == Direction::Forward && r.stage == SyncStage::Following);
+    if !untouched {
+        sync::detach(conn, table)?;
+        writeln!(
+            out,
+            "stopped following {name}; change capture left in place on both sides because writes \
+             were switched (stage {}): writes keep being captured, and a restarted follower \
+             (`scripts/migrate-data {name} --follow`) resumes where this one stopped",
+            rec.map_or("unknown", |r| r.stage.as_str())
+        )?;
+        return Ok(Outcome::Detached);
+    }
+    // Stop capturing first, then apply what was captured before, so nothing falls in between.
+    uninstall_both(conn, table)?;
+    let v = catch_up_and_verify(conn, table, Direction::Forward, labels, out)?;
+    let direct = capture::discard(conn, table, Side::Service)?;
+    capture::tidy(conn, Side::Monolith)?;
+    capture::tidy(conn, Side::Service)?;
+    sync::forget_state(conn, table)?;
+    writeln!(
+        out,
+        "stopped following; change capture removed; final verification:"
+    )?;
+    if direct > 0 {
+        writeln!(
+            out,
+            "note: {direct} change(s) made directly in the service's database were never carried \
+             to the monolith"
+        )?;
+    }
+    write!(out, "{}", v.render())?;
+    Ok(verdict(&v))
 }
 
 fn copy_then_verify(
@@ -227,9 +499,6 @@ fn copy_then_verify(
     )?;
     if copied.stopped {
         let after = copy::interrupted_at(conn, table)?;
-        if options.follow {
-            capture::uninstall(conn, table)?;
-        }
         match after {
             Some(id) => writeln!(
                 out,
@@ -239,110 +508,149 @@ fn copy_then_verify(
         }
         return Ok(Outcome::Stopped { after });
     }
-    if !options.follow {
-        return verify(conn, table, labels, out);
+    if options.follow {
+        return Ok(Outcome::Verified);
     }
-    let (v, mut cursor) = catch_up_and_verify(conn, table, 0, labels)?;
-    if report(&v, out)? == Outcome::Mismatch {
-        capture::uninstall(conn, table)?;
-        return Ok(Outcome::Mismatch);
-    }
-    writeln!(
-        out,
-        "following changes to {} in the monolith; Ctrl-C or SIGTERM stops",
-        table.name()
-    )?;
-    out.flush()?;
-    cursor = follow(conn, table, cursor, options, stop, out)?;
-    // Stop capturing first, then apply what was captured before, so nothing falls in between.
-    capture::uninstall(conn, table)?;
-    let (v, cursor) = catch_up_and_verify(conn, table, cursor, labels)?;
-    capture::forget(conn, table, cursor)?;
-    capture::tidy(conn)?;
-    writeln!(
-        out,
-        "stopped following; change capture removed; final verification:"
-    )?;
-    report(&v, out)
-}
-
-/// Digests both sides in one transaction and reports what it found.
-fn verify(
-    conn: &mut Connection,
-    table: Table,
-    labels: &(String, String),
-    out: &mut dyn Write,
-) -> anyhow::Result<Outcome> {
-    let tx = conn.transaction()?;
-    let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
-    tx.commit()?;
-    report(&v, out)
-}
-
-/// Prints a verification's table; both sides equal is [`Outcome::Verified`].
-fn report(v: &Verification, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let v = verify_now(conn, table, labels)?;
     write!(out, "{}", v.render())?;
-    Ok(if v.matches() {
-        Outcome::Verified
-    } else {
-        Outcome::Mismatch
-    })
+    Ok(verdict(&v))
 }
 
-/// Applies every captured change and digests both sides in one transaction, so the monolith's
-/// side is a single snapshot and the service's holds exactly the changes made before it.
+/// Applies every captured change of `direction` and digests both sides in the transaction that
+/// found none left, so the source is a single snapshot and the destination holds exactly the
+/// changes made before it. Conflicts found on the way are recorded and printed.
 fn catch_up_and_verify(
     conn: &mut Connection,
     table: Table,
-    mut cursor: i64,
+    direction: Direction,
     labels: &(String, String),
-) -> anyhow::Result<(Verification, i64)> {
-    let tx = copy::begin_on_target(conn, table)?;
+    out: &mut dyn Write,
+) -> anyhow::Result<Verification> {
+    let mut cursor = 0;
     loop {
-        let applied = capture::apply(&tx, table, cursor, 10_000)?;
-        cursor = applied.last_seq;
+        let tx = capture::begin(conn, direction.dest())?;
+        let applied = capture::apply(&tx, table, direction, cursor, 10_000)?;
         if applied.changes == 0 {
-            break;
+            let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
+            capture::commit(tx, direction.dest())?;
+            sync::record_verified(conn, table, v.matches())?;
+            return Ok(v);
         }
+        capture::commit(tx, direction.dest())?;
+        settle(conn, table, direction, &applied, out)?;
+        cursor = applied.last_seq;
     }
-    let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
-    tx.commit()?;
-    capture::forget(conn, table, cursor)?;
-    Ok((v, cursor))
 }
 
-/// Applies changes as they arrive until `stop`; returns the last applied sequence number.
+/// After a committed [`capture::apply`]: records its conflicts, then forgets its changes (in
+/// that order, so a crash in between records a conflict twice at worst, never loses one).
+fn settle(
+    conn: &Connection,
+    table: Table,
+    direction: Direction,
+    applied: &capture::Applied,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    conflicts::record(conn, &applied.conflicts)?;
+    capture::forget(conn, table, direction.source(), applied.last_seq)?;
+    for c in &applied.conflicts {
+        writeln!(out, "CONFLICT: {}", c.describe())?;
+    }
+    Ok(())
+}
+
+/// How often the follower writes its heartbeat (well inside [`sync::LIVE`]).
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// Applies changes of whatever direction is recorded, re-reading it every poll, until `stop`
+/// or stage `complete`.
 fn follow(
     conn: &mut Connection,
     table: Table,
-    mut cursor: i64,
     options: &MigrateOptions,
     stop: &Stop,
     out: &mut dyn Write,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<End> {
+    let name = table.name();
+    let mut direction: Option<Direction> = None;
+    let mut cursor = 0i64;
+    let mut seen_version: Option<i64> = None;
+    let mut last_beat: Option<Instant> = None;
     let mut last_report = Instant::now();
     let mut applied_since = 0u64;
     let mut total = 0u64;
     let mut slowest_ms = 0u64;
+    let mut last_lag: Option<u64> = None;
     while !stop.is_set() {
-        let (waiting, _) = capture::backlog(conn, table, cursor)?;
-        if waiting > 0 {
-            let tx = copy::begin_on_target(conn, table)?;
-            let applied = capture::apply(&tx, table, cursor, options.copy.batch)?;
-            tx.commit()?;
-            capture::forget(conn, table, applied.last_seq)?;
-            cursor = applied.last_seq;
-            applied_since += applied.changes;
-            total += applied.changes;
-            slowest_ms = slowest_ms.max(applied.lag_ms);
+        let Some(rec) = sync::load(conn, table)? else {
+            bail!(
+                "the sync state of {name} disappeared (capture removed with --remove-capture \
+                 --force?); stopping"
+            );
+        };
+        if rec.stage == SyncStage::Complete {
+            return Ok(End::Completed);
+        }
+        if direction != Some(rec.direction) {
+            if let Some(before) = direction {
+                writeln!(
+                    out,
+                    "direction of {name} changed from {} to {}: now applying {} (stage {})",
+                    before.as_str(),
+                    rec.direction.as_str(),
+                    rec.direction.arrow(),
+                    rec.stage.as_str()
+                )?;
+                out.flush()?;
+            }
+            direction = Some(rec.direction);
+            cursor = 0;
+            seen_version = None;
+            last_beat = None;
+            if rec.direction == Direction::Reverse
+                && let Some(id) = rec.fence_id
+            {
+                sync::place_fence(conn, table, id)?;
+            }
+        }
+        let dir = rec.direction;
+        if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+            sync::heartbeat(conn, table, dir, last_lag)?;
+            last_beat = Some(Instant::now());
+        }
+        let step = step(
+            conn,
+            table,
+            dir,
+            &mut cursor,
+            &mut seen_version,
+            options,
+            out,
+        );
+        let (changes, more, lag_ms) = match step {
+            Ok(done) => done,
+            Err(e) => {
+                // `complete` drops the change tables under a running follower.
+                if sync::load(conn, table)?.is_some_and(|r| r.stage == SyncStage::Complete) {
+                    return Ok(End::Completed);
+                }
+                return Err(e);
+            }
+        };
+        if changes > 0 {
+            applied_since += changes;
+            total += changes;
+            slowest_ms = slowest_ms.max(lag_ms);
+            last_lag = Some(lag_ms);
         }
         if last_report.elapsed() >= options.report_every {
-            let (backlog, age_ms) = capture::backlog(conn, table, cursor)?;
+            let (backlog, age_ms) = capture::backlog(conn, table, dir.source(), cursor)?;
             writeln!(
                 out,
-                "following {}: {applied_since} changes applied in the last {:.0?} ({total} in all); \
-                 backlog {backlog} (oldest {age_ms} ms); slowest change took {slowest_ms} ms to apply",
-                table.name(),
+                "following {name} ({}): {applied_since} changes applied in the last {:.0?} \
+                 ({total} in all); backlog {backlog} (oldest {age_ms} ms); slowest change took \
+                 {slowest_ms} ms to apply",
+                dir.arrow(),
                 last_report.elapsed(),
             )?;
             out.flush()?;
@@ -350,9 +658,43 @@ fn follow(
             applied_since = 0;
             slowest_ms = 0;
         }
-        if waiting < u64::from(options.copy.batch) {
+        if !more {
             std::thread::sleep(options.poll);
         }
     }
-    Ok(cursor)
+    Ok(End::Stopped)
+}
+
+/// One poll: when the source's database changed since the last look (or a batch was left),
+/// applies the next batch of its changes. Returns (changes applied, more waiting, lag in ms).
+fn step(
+    conn: &mut Connection,
+    table: Table,
+    direction: Direction,
+    cursor: &mut i64,
+    seen_version: &mut Option<i64>,
+    options: &MigrateOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<(u64, bool, u64)> {
+    // Another connection's commit changes the counter; nothing else can add changes, so an
+    // unchanged counter means nothing to do, at the cost of one PRAGMA.
+    let version = capture::data_version(conn, direction.source())?;
+    if *seen_version == Some(version) {
+        return Ok((0, false, 0));
+    }
+    let (waiting, _) = capture::backlog(conn, table, direction.source(), *cursor)?;
+    if waiting == 0 {
+        *seen_version = Some(version);
+        return Ok((0, false, 0));
+    }
+    let tx = capture::begin(conn, direction.dest())?;
+    let applied = capture::apply(&tx, table, direction, *cursor, options.copy.batch)?;
+    capture::commit(tx, direction.dest())?;
+    settle(conn, table, direction, &applied, out)?;
+    *cursor = applied.last_seq;
+    let more = waiting > applied.changes;
+    if !more {
+        *seen_version = Some(version);
+    }
+    Ok((applied.changes, more, applied.lag_ms))
 }

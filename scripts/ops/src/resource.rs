@@ -23,6 +23,16 @@ impl Table {
         Table { resource, columns }
     }
 
+    /// Values for every column but `id` of a placeholder row nothing refers to and no filter
+    /// route lists (empty texts, references to id 0), satisfying the NOT NULL constraints.
+    pub fn placeholder_values(&self) -> &'static str {
+        match self.resource {
+            Resource::Users => "'', '', ''",
+            Resource::Threads => "'', 0",
+            Resource::Posts => "0, '', 0",
+        }
+    }
+
     /// The table name.
     pub fn name(&self) -> &'static str {
         self.resource.name()
@@ -37,6 +47,12 @@ impl Table {
     /// leaves identical rows untouched, so re-running a copy rewrites nothing that is already
     /// right (and `changes()` counts only rows that really changed).
     pub fn upsert_from_source(&self, filter: &str) -> String {
+        self.upsert("src", "main", filter)
+    }
+
+    /// As [`Table::upsert_from_source`] between any two attached databases: copies the rows of
+    /// `from.T` matching `filter` into `to.T`.
+    pub fn upsert(&self, from: &str, to: &str, filter: &str) -> String {
         let name = self.name();
         let cols = self.column_list();
         let rest = &self.columns[1..];
@@ -47,7 +63,7 @@ impl Table {
             .join(", ");
         let old = rest
             .iter()
-            .map(|c| format!("main.{name}.{c}"))
+            .map(|c| format!("{to}.{name}.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
         let new = rest
@@ -56,7 +72,7 @@ impl Table {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "INSERT INTO main.{name} ({cols}) SELECT {cols} FROM src.{name} WHERE {filter} ORDER BY id \
+            "INSERT INTO {to}.{name} ({cols}) SELECT {cols} FROM {from}.{name} WHERE {filter} ORDER BY id \
              ON CONFLICT(id) DO UPDATE SET {set} WHERE ({old}) IS NOT ({new})"
         )
     }

@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::conflicts::{self, Conflict};
 use crate::resource::Table;
 use crate::text_table::TextTable;
 
@@ -26,13 +27,23 @@ pub struct Digest {
 
 /// Digests `table` in database `schema` (`main` or `src`) as the connection sees it now.
 pub fn digest(conn: &Connection, schema: &str, table: Table) -> rusqlite::Result<Digest> {
+    digest_except(conn, schema, table, None)
+}
+
+/// As [`digest`], leaving out the row `except` (the id fence, see [`crate::sync::raise_high_water`]).
+pub fn digest_except(
+    conn: &Connection,
+    schema: &str,
+    table: Table,
+    except: Option<i64>,
+) -> rusqlite::Result<Digest> {
     let sql = format!(
-        "SELECT {} FROM {schema}.{}",
+        "SELECT {} FROM {schema}.{} WHERE ?1 IS NULL OR id IS NOT ?1",
         table.column_list(),
         table.name()
     );
     let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query([except])?;
     let mut buf = Vec::with_capacity(256);
     let mut digest = Digest {
         rows: 0,
@@ -89,6 +100,8 @@ pub struct Verification {
     pub target: Digest,
     /// Time both digests took.
     pub took: Duration,
+    /// Unresolved conflicts of the resource: each one fails the verification.
+    pub conflicts: Vec<Conflict>,
 }
 
 impl Verification {
@@ -100,8 +113,9 @@ impl Verification {
         target_label: String,
     ) -> rusqlite::Result<Verification> {
         let started = Instant::now();
-        let source = digest(conn, "src", table)?;
-        let target = digest(conn, "main", table)?;
+        let fence = crate::sync::fence_of(conn, table)?;
+        let source = digest_except(conn, "src", table, fence)?;
+        let target = digest_except(conn, "main", table, fence)?;
         Ok(Verification {
             table,
             source_label,
@@ -109,12 +123,13 @@ impl Verification {
             source,
             target,
             took: started.elapsed(),
+            conflicts: conflicts::unresolved(conn, table)?,
         })
     }
 
-    /// True only when both the row counts and the checksums are equal.
+    /// True only when both the row counts and the checksums are equal and no conflict stands.
     pub fn matches(&self) -> bool {
-        self.source == self.target
+        self.source == self.target && self.conflicts.is_empty()
     }
 
     /// The report: a table of both sides and a verdict line.
@@ -134,7 +149,20 @@ impl Verification {
             self.target.rows.to_string(),
             format!("{:016x}", self.target.checksum),
         ]);
-        let verdict = if self.matches() {
+        let mut conflicts = String::new();
+        for c in &self.conflicts {
+            conflicts.push_str(&c.describe());
+            conflicts.push('\n');
+        }
+        let verdict = if !self.conflicts.is_empty() {
+            format!(
+                "verification FAILED: {} unresolved conflict(s) on {} (listed above; repair the \
+                 rows on the side that takes writes, then migrate-data {} --resolve-conflicts)",
+                self.conflicts.len(),
+                self.table.name(),
+                self.table.name()
+            )
+        } else if self.matches() {
             format!(
                 "verification OK: {} rows, checksums equal ({:.2?})",
                 self.source.rows, self.took
@@ -152,7 +180,7 @@ impl Verification {
                 self.source.rows
             )
         };
-        format!("{}{verdict}\n", t.render())
+        format!("{}{conflicts}{verdict}\n", t.render())
     }
 }
 
@@ -211,6 +239,7 @@ mod tests {
             source,
             target,
             took: Duration::ZERO,
+            conflicts: Vec::new(),
         };
         let same = v(
             Digest {

@@ -14,6 +14,7 @@ use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use monolith::references::LocalReferences;
 use strangler_ops::resource::Table;
+use strangler_ops::sync::Side;
 use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
 
@@ -72,8 +73,8 @@ async fn the_monolith_answers_the_same_with_change_capture_on() {
             table,
         )
         .expect("open");
-        capture::install(&mut conn, table).expect("install");
-        assert!(capture::installed(&conn, table).expect("installed"));
+        capture::install(&mut conn, table, Side::Monolith).expect("install");
+        assert!(capture::installed(&conn, table, Side::Monolith).expect("installed"));
     }
 
     let script: &[(Method, &str, &str)] = &[
