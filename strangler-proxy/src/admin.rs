@@ -93,6 +93,9 @@ pub struct RouteDoc {
     /// Requests forwarded and not answered yet, by backend (`strangler_in_flight_requests`).
     #[serde(default)]
     pub in_flight: BTreeMap<String, i64>,
+    /// Of those, writes (non-safe methods), by backend.
+    #[serde(default)]
+    pub writes_in_flight: BTreeMap<String, i64>,
 }
 
 impl RouteDoc {
@@ -118,6 +121,7 @@ impl RouteDoc {
             hold_writes: c.hold_writes,
             held: 0,
             in_flight: BTreeMap::new(),
+            writes_in_flight: BTreeMap::new(),
         }
     }
 }
@@ -183,12 +187,13 @@ impl Admin {
                 let name = r.config.name.as_str();
                 doc.held = self.metrics.held.with_label_values(&[name]).get();
                 for backend in [r.service.name(), default.as_str()] {
-                    let n = self
-                        .metrics
-                        .in_flight
-                        .with_label_values(&[name, backend])
-                        .get();
-                    doc.in_flight.insert(backend.to_string(), n);
+                    let count = |class| {
+                        let labels = [name, backend, class];
+                        self.metrics.in_flight.with_label_values(&labels).get()
+                    };
+                    let (reads, writes) = (count("read"), count("write"));
+                    doc.in_flight.insert(backend.to_string(), reads + writes);
+                    doc.writes_in_flight.insert(backend.to_string(), writes);
                 }
                 doc
             })

@@ -41,7 +41,9 @@ pub mod names {
     pub const HELD_REQUESTS: &str = "strangler_held_requests";
     /// Histogram `{route}`, seconds: how long requests were held behind a write fence.
     pub const HOLD_DURATION: &str = "strangler_hold_duration_seconds";
-    /// Gauge `{route, backend}`: requests forwarded and not yet answered (headers).
+    /// Gauge `{route, backend, class}`: requests forwarded and not yet answered (headers);
+    /// `class` is `read` (safe methods, RFC 9110 §9.2.1) or `write` (the rest), so a cutover
+    /// can wait for writes alone while reads keep flowing.
     pub const IN_FLIGHT: &str = "strangler_in_flight_requests";
     /// Gauge `{sha256}`, always 1: the digest of the file the table in service came from, so
     /// a fleet's replicas can be compared.
@@ -75,7 +77,7 @@ pub struct Metrics {
     pub held: IntGaugeVec,
     /// `strangler_hold_duration_seconds{route}`
     pub hold_duration: HistogramVec,
-    /// `strangler_in_flight_requests{route, backend}`
+    /// `strangler_in_flight_requests{route, backend, class}`
     pub in_flight: IntGaugeVec,
     /// `strangler_config_info{sha256}`
     pub config_info: IntGaugeVec,
@@ -180,8 +182,9 @@ impl Metrics {
         );
         let in_flight = gauge(
             names::IN_FLIGHT,
-            "Requests forwarded to a backend whose response headers have not arrived yet.",
-            &["route", "backend"],
+            "Requests forwarded to a backend whose response headers have not arrived yet; class \
+             is read (safe methods) or write.",
+            &["route", "backend", "class"],
         );
         let config_info = gauge(
             names::CONFIG_INFO,
@@ -254,7 +257,8 @@ pub struct PairMetrics {
 
 struct Resolved {
     duration: Histogram,
-    in_flight: IntGauge,
+    /// `[read, write]`.
+    in_flight: [IntGauge; 2],
     /// Resolved on a code's first occurrence, so unused codes export no zero series.
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
 }
@@ -279,9 +283,11 @@ impl PairMetrics {
             duration: metrics
                 .duration
                 .with_label_values(&[&*self.route, &*self.backend]),
-            in_flight: metrics
-                .in_flight
-                .with_label_values(&[&*self.route, &*self.backend]),
+            in_flight: ["read", "write"].map(|class| {
+                metrics
+                    .in_flight
+                    .with_label_values(&[&*self.route, &*self.backend, class])
+            }),
             codes: Default::default(),
         })
     }
@@ -301,9 +307,10 @@ impl PairMetrics {
         }
     }
 
-    /// Counts a request as in flight to the backend until the guard is dropped.
-    pub fn in_flight(&self, metrics: &Metrics) -> InFlight {
-        let gauge = self.resolved(metrics).in_flight.clone();
+    /// Counts a request as in flight to the backend until the guard is dropped; `write` for
+    /// non-safe methods.
+    pub fn in_flight(&self, metrics: &Metrics, write: bool) -> InFlight {
+        let gauge = self.resolved(metrics).in_flight[usize::from(write)].clone();
         gauge.inc();
         InFlight(gauge)
     }

@@ -498,7 +498,8 @@ impl<'r> Exchange<'r> {
         template: Option<&Request<()>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let outcome = {
-            let _in_flight = self.decision().metrics.in_flight(self.metrics);
+            let write = !self.method.is_safe();
+            let _in_flight = self.decision().metrics.in_flight(self.metrics, write);
             forward::send(self.decision().upstream, req).await
         };
         let failed = match &outcome {
@@ -513,7 +514,8 @@ impl<'r> Exchange<'r> {
         };
         self.fell_back(reason);
         self.decision = Some(self.table.fallback(route));
-        let _in_flight = self.decision().metrics.in_flight(self.metrics);
+        // Only safe methods fall back.
+        let _in_flight = self.decision().metrics.in_flight(self.metrics, false);
         replay(template, self.decision().upstream)
             .await
             .map_err(|f| self.failure(f))

@@ -231,7 +231,8 @@ async fn writes_in_flight_are_counted_per_route_and_backend() {
     let proxy = start_proxy(&dir, &text).await;
     let url = format!("http://{}/held/1", proxy.public);
     let write = tokio::spawn(async move { send(&client(), Method::POST, &url, &[]).await });
-    let series = "strangler_in_flight_requests{backend=\"monolith\",route=\"users\"}";
+    let series =
+        "strangler_in_flight_requests{backend=\"monolith\",class=\"write\",route=\"users\"}";
     assert!(
         eventually(Duration::from_secs(5), || async {
             metrics(&proxy).await.contains(&format!("{series} 1"))
@@ -240,6 +241,8 @@ async fn writes_in_flight_are_counted_per_route_and_backend() {
     );
     let routes = get(&format!("http://{}/routes", proxy.admin)).await.json();
     assert_eq!(routes["routes"][0]["in_flight"]["monolith"], 1);
+    assert_eq!(routes["routes"][0]["writes_in_flight"]["monolith"], 1);
+    assert_eq!(routes["routes"][0]["writes_in_flight"]["users"], 0);
     gate.open();
     assert_eq!(write.await.unwrap().unwrap().status, StatusCode::OK);
     assert!(metrics(&proxy).await.contains(&format!("{series} 0")));
