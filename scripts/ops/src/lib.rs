@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod conflicts;
 pub mod copy;
+pub mod cutover;
 pub mod exposition;
 pub mod fetch;
 pub mod figures;

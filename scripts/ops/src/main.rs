@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monolith::legacy::Resource;
 use strangler_ops::copy::CopyOptions;
+use strangler_ops::cutover::{self, CutoverOptions};
 use strangler_ops::migrate::{self, MigrateOptions, Outcome};
 use strangler_ops::progress::Display;
 use strangler_ops::resource;
@@ -19,6 +20,7 @@ use strangler_ops::signals::Stop;
 use strangler_ops::source::Source;
 use strangler_ops::status::{self, StatusOptions};
 use strangler_ops::sync;
+use strangler_proxy::config::RouteConfig;
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +91,25 @@ enum Command {
     Rollback(RollbackArgs),
     /// Show every route of the running proxy: stage, weight, traffic, errors, latency, shadow.
     Status(StatusArgs),
+    /// Switch a resource's writes to its service (or back with --reverse) behind a write fence.
+    ///
+    /// Checks that reads are at 100 % on the service, change capture runs with a live follower,
+    /// no conflict stands and the last verification passed; then raises the route's write fence
+    /// (hold_writes), waits until every proxy serves the fenced file (by sha256), until no write
+    /// is in flight to the old writer and until the sync reaches lag 0, verifies both sides,
+    /// records the new sync direction and, in one atomic edit, sends every method to the new
+    /// writer and lifts the fence. Clients whose writes arrive meanwhile wait (at most
+    /// [proxy] hold_timeout) instead of failing. Prints the longest hold.
+    /// Exit status: 0 switched; 1 refused or failed before the flip (fence lifted, writes where
+    /// they were); 3 switched, but a proxy or the follower did not confirm (printed); 130
+    /// interrupted before the flip (fence lifted).
+    Cutover(CutoverArgs),
+    /// End a resource's migration: stop reverse sync and remove change capture on both sides.
+    ///
+    /// Refuses unless the route sends every method of the resource to its service. Applies the
+    /// service's last changes to the monolith, then drops triggers and change tables from both
+    /// databases; says what the monolith no longer needs.
+    Complete(CompleteArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +117,61 @@ enum ResourceArg {
     Users,
     Threads,
     Posts,
+}
+
+impl From<ResourceArg> for Resource {
+    fn from(r: ResourceArg) -> Resource {
+        match r {
+            ResourceArg::Users => Resource::Users,
+            ResourceArg::Threads => Resource::Threads,
+            ResourceArg::Posts => Resource::Posts,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct DataDirArg {
+    /// Directory holding monolith.db and the services' databases.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct CutoverArgs {
+    /// The resource whose writes move.
+    #[arg(value_enum)]
+    resource: ResourceArg,
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
+    /// Switch writes back from the service to the monolith.
+    #[arg(long)]
+    reverse: bool,
+    /// One proxy's metrics URL (default: the admin address in the config).
+    #[arg(long, value_name = "URL", conflicts_with = "prometheus")]
+    metrics: Option<String>,
+    /// A Prometheus server scraping every proxy replica; the fence and the flip count as
+    /// served when every replica reports the file's sha256.
+    #[arg(long, value_name = "URL")]
+    prometheus: Option<String>,
+    /// How long every proxy may take to serve an edited routes file.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    apply_timeout: Duration,
+    /// How long writes in flight may take to finish and the sync to reach lag 0.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    drain_timeout: Duration,
+}
+
+#[derive(Args)]
+struct CompleteArgs {
+    /// The resource whose migration ends.
+    #[arg(value_enum)]
+    resource: ResourceArg,
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 #[derive(Args)]
@@ -167,6 +243,8 @@ struct ShiftArgs {
     /// Only these methods are peeled off (e.g. GET,HEAD); `all` removes the restriction.
     #[arg(long, value_name = "LIST")]
     methods: Option<String>,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 #[derive(Args)]
@@ -175,6 +253,8 @@ struct RollbackArgs {
     route: String,
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 #[derive(Args)]
@@ -217,6 +297,8 @@ struct RolloutArgs {
     /// Give up (writing the last safe weight back) after this many holds at one step; 0 waits forever.
     #[arg(long, default_value_t = 0)]
     max_holds: u32,
+    #[command(flatten)]
+    data: DataDirArg,
     /// How long to wait for the proxy to report a new weight.
     #[arg(long, default_value = "15s", value_parser = duration)]
     apply_timeout: Duration,
@@ -264,6 +346,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => rollback(args),
         Command::Rollout(args) => run_rollout(args),
         Command::Status(args) => run_status(args),
+        Command::Cutover(args) => run_cutover(args),
+        Command::Complete(args) => run_complete(args),
     };
     match result {
         Ok(code) => code,
@@ -275,11 +359,7 @@ fn main() -> ExitCode {
 }
 
 fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let resource = match args.resource {
-        ResourceArg::Users => Resource::Users,
-        ResourceArg::Threads => Resource::Threads,
-        ResourceArg::Posts => Resource::Posts,
-    };
+    let resource: Resource = args.resource.into();
     debug_assert_eq!(resource::parse(resource.name()), Ok(resource));
     if args.remove_capture {
         return remove_capture(&args.data_dir, resource, args.force);
@@ -419,9 +499,12 @@ fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
         weight: Some(args.weight),
         shadow: args.shadow.map(|s| matches!(s, OnOff::On)),
         methods,
+        hold_writes: None,
     };
     let path = args.config.config;
-    let result = routes_file::edit_file(&path, &args.route, &change);
+    let data_dir = args.data.data_dir;
+    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, r);
+    let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
     print_edit(&path, &args.route, result)
 }
 
@@ -430,10 +513,49 @@ fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         weight: Some(0),
         shadow: Some(false),
         methods: None,
+        hold_writes: None,
     };
     let path = args.config.config;
-    let result = routes_file::edit_file(&path, &args.route, &change);
+    let data_dir = args.data.data_dir;
+    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, r);
+    let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
     print_edit(&path, &args.route, result)
+}
+
+fn run_cutover(args: CutoverArgs) -> anyhow::Result<ExitCode> {
+    let source = match (&args.metrics, &args.prometheus) {
+        (_, Some(url)) => Source::prometheus(url),
+        (Some(url), None) => Source::proxy(url),
+        (None, None) => Source::proxy(&admin_from_config(&args.config.config)?),
+    };
+    let options = CutoverOptions {
+        resource: args.resource.into(),
+        config: args.config.config,
+        data_dir: args.data.data_dir,
+        source,
+        reverse: args.reverse,
+        apply_timeout: args.apply_timeout,
+        drain_timeout: args.drain_timeout,
+    };
+    let stop = Stop::on_signals();
+    let mut out = LineOut;
+    Ok(match cutover::run(&options, &stop, &mut out)? {
+        cutover::Ending::Switched => ExitCode::SUCCESS,
+        cutover::Ending::NotSwitched(_) => ExitCode::FAILURE,
+        cutover::Ending::Interrupted => ExitCode::from(130),
+        cutover::Ending::SwitchedWithWarning(_) => ExitCode::from(3),
+    })
+}
+
+fn run_complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
+    let mut out = LineOut;
+    let resource = args.resource.into();
+    Ok(
+        match cutover::complete(&args.data.data_dir, &args.config.config, resource, &mut out)? {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+    )
 }
 
 fn admin_from_config(path: &Path) -> anyhow::Result<String> {
@@ -449,6 +571,20 @@ fn admin_from_config(path: &Path) -> anyhow::Result<String> {
 }
 
 fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
+    // A rollout ends at 100: refuse at once what the last step would be refused.
+    if let Ok(loaded) = strangler_proxy::config::load(&args.config.config)
+        && let Some(route) = loaded.config.routes.iter().find(|r| r.name == args.route)
+    {
+        let mut last = route.clone();
+        last.weight = 100;
+        if let Err(why) = cutover::guard_writes(&args.data.data_dir, &last) {
+            println!(
+                "refusing to roll out {:?}: {why}. Nothing was changed.",
+                args.route
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let source = match (&args.metrics, &args.prometheus) {
         (_, Some(url)) => Source::prometheus(url),
         (Some(url), None) => Source::proxy(url),

@@ -18,6 +18,8 @@ pub struct Change {
     pub shadow: Option<bool>,
     /// `Some(None)` removes the key (every method), `Some(Some(list))` sets it.
     pub methods: Option<Option<Vec<String>>>,
+    /// Raise (`true`) or lift (`false`, removing the key) the route's write fence.
+    pub hold_writes: Option<bool>,
 }
 
 /// A route's settings as the scripts show them.
@@ -84,6 +86,15 @@ impl fmt::Display for RouteState {
 /// Why an edit was refused; the file is untouched in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
+    /// The edit would move writes against a running migration (see
+    /// [`crate::cutover::guard_writes`]).
+    #[error("refusing to edit {path}: {reason}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to run instead.
+        reason: String,
+    },
     /// The file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -211,6 +222,13 @@ fn apply(entry: &mut dyn TableLike, change: &Change) {
             set(entry, "shadow", Value::from(shadow));
         }
     }
+    match change.hold_writes {
+        Some(true) => set(entry, "hold_writes", Value::from(true)),
+        Some(false) => {
+            entry.remove("hold_writes");
+        }
+        None => {}
+    }
     match &change.methods {
         Some(Some(methods)) => {
             let array: toml_edit::Array = methods.iter().map(String::as_str).collect();
@@ -280,6 +298,17 @@ fn aligned_column(entry: &dyn TableLike) -> Option<usize> {
 /// does and replaces the file atomically. An invalid result, an unknown route or a concurrent
 /// edit leaves the file as it was.
 pub fn edit_file(path: &Path, route: &str, change: &Change) -> Result<Edited, EditError> {
+    edit_file_checked(path, route, change, &|_| Ok(()))
+}
+
+/// [`edit_file`], refusing (file untouched) an edited route that `check` rejects, e.g.
+/// [`crate::cutover::guard_writes`].
+pub fn edit_file_checked(
+    path: &Path,
+    route: &str,
+    change: &Change,
+    check: &dyn Fn(&RouteConfig) -> Result<(), String>,
+) -> Result<Edited, EditError> {
     let io = |source| EditError::Io {
         path: path.to_owned(),
         source,
@@ -306,6 +335,14 @@ pub fn edit_file(path: &Path, route: &str, change: &Change) -> Result<Edited, Ed
             .collect::<Vec<_>>()
             .join(", "),
     })?;
+    if let Some(edited) = config.routes.iter().find(|r| r.name == route)
+        && let Err(reason) = check(edited)
+    {
+        return Err(EditError::Refused {
+            path: path.to_owned(),
+            reason,
+        });
+    }
     if new_text == text {
         return Ok(Edited {
             before,

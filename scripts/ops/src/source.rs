@@ -124,6 +124,82 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The sha256 of the routes file each proxy serves now (`strangler_config_info`), one
+    /// entry per proxy; a proxy still reporting an older file has its older digest here.
+    pub fn served_files(&self) -> anyhow::Result<Vec<String>> {
+        let info = names::CONFIG_INFO;
+        Ok(match self {
+            Source::Proxy(url) => scrape(url)?
+                .named(info)
+                .map(|s| s.label("sha256").to_string())
+                .collect(),
+            Source::Prometheus(base) => prometheus_query(base, info)?
+                .into_iter()
+                .map(|(labels, _)| labels.get("sha256").cloned().unwrap_or_default())
+                .collect(),
+        })
+    }
+
+    /// Writes of `route` forwarded to `backend` and not answered yet, summed over proxies.
+    pub fn writes_in_flight(&self, route: &str, backend: &str) -> anyhow::Result<f64> {
+        let name = names::IN_FLIGHT;
+        Ok(match self {
+            Source::Proxy(url) => scrape(url)?
+                .named(name)
+                .filter(|s| {
+                    s.label("route") == route
+                        && s.label("backend") == backend
+                        && s.label("class") == "write"
+                })
+                .map(|s| s.value)
+                .sum(),
+            Source::Prometheus(base) => {
+                let query = format!(
+                    "sum({name}{{route={},backend={},class=\"write\"}})",
+                    quote(route),
+                    quote(backend)
+                );
+                prometheus_query(base, &query)?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .sum()
+            }
+        })
+    }
+
+    /// The cumulative buckets `(le, count)` of `route`'s hold durations since each proxy
+    /// started, summed over proxies, ascending with `+Inf` last.
+    pub fn hold_histogram(&self, route: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+        let bucket = format!("{}_bucket", names::HOLD_DURATION);
+        let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
+        match self {
+            Source::Proxy(url) => {
+                for s in scrape(url)?
+                    .named(&bucket)
+                    .filter(|s| s.label("route") == route)
+                {
+                    *by_le.entry(s.label("le").to_string()).or_default() += s.value;
+                }
+            }
+            Source::Prometheus(base) => {
+                let query = format!("sum by (le) ({bucket}{{route={}}})", quote(route));
+                for (labels, v) in prometheus_query(base, &query)? {
+                    *by_le
+                        .entry(labels.get("le").cloned().unwrap_or_default())
+                        .or_default() += v;
+                }
+            }
+        }
+        let mut buckets: Vec<(f64, f64)> = by_le
+            .into_iter()
+            .filter_map(|(le, n)| Some((crate::exposition::parse_value(&le)?, n)))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(buckets)
+    }
+}
+
 /// Scrapes a proxy's `/metrics`.
 pub fn scrape(url: &str) -> anyhow::Result<Scrape> {
     let text = fetch::get(url, TIMEOUT)?;
