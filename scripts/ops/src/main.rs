@@ -317,6 +317,8 @@ struct StatusArgs {
     /// Time between the two scrapes the rates are computed from.
     #[arg(long, default_value = "1s", value_parser = duration)]
     window: Duration,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -626,6 +628,7 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let options = StatusOptions {
         admin,
         window: args.window,
+        data_dir: Some(args.data.data_dir),
     };
     let config = args
         .config

@@ -3,7 +3,7 @@
 //! its admin endpoint (`/routes`, and `/metrics` scraped twice a window apart).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,6 +13,7 @@ use crate::exposition::Scrape;
 use crate::fetch;
 use crate::figures::{RouteWindow, Side, increases};
 use crate::source::scrape;
+use crate::sync::{self, Direction, SyncStage, SyncState};
 use crate::text_table::TextTable;
 
 /// What `status` reads.
@@ -22,6 +23,9 @@ pub struct StatusOptions {
     pub admin: String,
     /// Time between the two scrapes.
     pub window: Duration,
+    /// Where the migration state of each resource is kept (`monolith.db` and the services'
+    /// databases); `None` leaves the migrations table out.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The admin address of `[proxy] admin` as a URL; a wildcard listen address is reached on
@@ -85,7 +89,108 @@ pub fn run(
         "{}",
         render(&doc.routes, &doc.default, &first, &second, seconds)
     )?;
+    if let Some(data_dir) = &options.data_dir {
+        write!(out, "{}", migrations(data_dir, &doc.routes)?)?;
+    }
     Ok(())
+}
+
+/// The migrations table: per resource with a recorded migration, its state (SPEC §7), the
+/// sync direction and lag, the follower, conflicts and the write fence.
+pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String> {
+    let mut t = TextTable::new([
+        "resource",
+        "state",
+        "sync",
+        "lag",
+        "follower",
+        "conflicts",
+        "fence",
+    ]);
+    let mut notes = Vec::new();
+    let mut any = false;
+    for resource in monolith::legacy::Resource::ALL {
+        let name = resource.name();
+        let Some(state) = sync::read_state(data_dir, resource)? else {
+            continue;
+        };
+        any = true;
+        let route = routes.iter().find(|r| r.name == name || r.service == name);
+        let backlog = match state.direction {
+            Direction::Forward => state.forward_backlog,
+            Direction::Reverse => state.reverse_backlog,
+        };
+        let alive = state
+            .follower_heartbeat_age
+            .is_some_and(|age| age <= sync::LIVE);
+        let follower = match (alive, state.follower_pid) {
+            (true, Some(pid)) => format!("running (pid {pid})"),
+            (true, None) => "running".to_string(),
+            (false, _) if state.stage == SyncStage::Complete => "-".to_string(),
+            (false, _) => "NOT RUNNING".to_string(),
+        };
+        if !alive && state.stage != SyncStage::Complete && state.capture_installed != (false, false)
+        {
+            notes.push(format!(
+                "{name}: change capture is installed but no follower runs; {} change(s) wait.                  `scripts/migrate-data {name} --follow` resumes; `--remove-capture` removes it",
+                state.forward_backlog.changes + state.reverse_backlog.changes
+            ));
+        }
+        let fence = match route {
+            Some(r) if r.hold_writes => format!("UP ({} held)", r.held),
+            Some(_) => "-".to_string(),
+            None => "no route".to_string(),
+        };
+        t.row([
+            name.to_string(),
+            state_name(&state, route).to_string(),
+            if state.stage == SyncStage::Complete {
+                "-".to_string()
+            } else {
+                state.direction.arrow()
+            },
+            if state.stage == SyncStage::Complete {
+                "-".to_string()
+            } else {
+                format!(
+                    "{} change(s), oldest {:.1}s",
+                    backlog.changes,
+                    backlog.oldest_age.as_secs_f64()
+                )
+            },
+            follower,
+            state.conflicts.to_string(),
+            fence,
+        ]);
+    }
+    if !any {
+        return Ok(String::new());
+    }
+    let mut out = format!(
+        "migrations (data in {}):\n{}",
+        data_dir.display(),
+        t.render()
+    );
+    for note in notes {
+        out.push_str(&format!("NOTE: {note}\n"));
+    }
+    Ok(out)
+}
+
+/// The SPEC §7 state: the recorded stage, with `reads switched` derived from the route
+/// (its reads at 100 % on the service while writes stay on the monolith).
+fn state_name(state: &SyncState, route: Option<&RouteDoc>) -> &'static str {
+    let reads_switched = route.is_some_and(|r| {
+        r.weight == 100
+            && !r.sends_writes
+            && r.methods
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| m == "GET"))
+    });
+    match state.stage {
+        SyncStage::Following if reads_switched => "reads switched",
+        stage => stage.as_str(),
+    }
 }
 
 fn file_note(doc: &RoutesDoc, config: Option<&Path>) -> String {
@@ -165,7 +270,7 @@ pub fn render(
         };
         t.row([
             r.name.clone(),
-            r.stage.clone(),
+            stage_cell(r),
             r.weight.to_string(),
             format!("{:.1}", window.service.requests / seconds.max(1e-9)),
             format!("{:.1}", window.default.requests / seconds.max(1e-9)),
@@ -182,6 +287,19 @@ pub fn render(
         out.push_str("* no traffic in the window: figure since the proxy started\n");
     }
     out
+}
+
+/// The route's stage, saying so when a `live` route still sends writes to the default, or when
+/// its write fence is up.
+fn stage_cell(r: &RouteDoc) -> String {
+    let mut stage = r.stage.clone();
+    if r.weight > 0 && !r.sends_writes {
+        stage.push_str(" (reads)");
+    }
+    if r.hold_writes {
+        stage.push_str(" FENCED");
+    }
+    stage
 }
 
 fn ratio_cell(part: f64, whole: f64, mark: &str) -> String {

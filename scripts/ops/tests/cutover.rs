@@ -225,6 +225,26 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
     assert!(out.contains("longest hold a client saw"), "{out}");
     assert_eq!(s.state().direction, Direction::Reverse);
     assert_eq!(s.state().stage, SyncStage::WritesSwitched);
+    let admin = format!("http://{}", s.proxy.admin);
+    let (code, out) = ops(&[
+        "status",
+        "--admin",
+        &admin,
+        "--window",
+        "100ms",
+        "--data-dir",
+        &s.data,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("users ") && l.contains("service → monolith"))
+        .unwrap_or_else(|| panic!("no migration row for users: {out}"));
+    assert!(
+        row.contains("writes switched") && row.contains("running (pid"),
+        "{row}"
+    );
 
     let (status, backend, user) = post(
         &s.url("/api/users"),
