@@ -329,6 +329,9 @@ def known_metrics(metrics_rs: Path) -> dict[str, str]:
         known[m.group(2)] = m.group(1)
     for m in re.finditer(r'(HistogramOpts|Opts|IntGauge)::new\(\s*"(strangler_\w+)"', source):
         known[m.group(2)] = "histogram" if m.group(1) == "HistogramOpts" else "other"
+    # The names are public constants (`pub mod names`), each under a doc line saying its kind.
+    for m in re.finditer(r'///\s*(\w+)[^\n]*\n\s*pub const \w+: &str = "(strangler_\w+)"', source):
+        known[m.group(2)] = "histogram" if m.group(1) == "Histogram" else "other"
     return known
 
 
