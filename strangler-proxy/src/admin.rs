@@ -15,7 +15,7 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::{RouteConfig, StickyKey};
+use crate::config::{RouteConfig, Stage, StickyKey};
 use crate::drain::Draining;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -72,7 +72,7 @@ pub struct RouteDoc {
     /// Percent of matching requests the service serves.
     pub weight: u8,
     /// Derived stage: `dark`, `shadow`, `canary` or `live` (SPEC §4).
-    pub stage: String,
+    pub stage: Stage,
     /// Whether the default's answers are mirrored to the service and compared.
     pub shadow: bool,
     /// Whether safe, bodiless requests the service fails are retried on the default.
@@ -106,7 +106,7 @@ impl RouteDoc {
             prefix: c.prefix.clone(),
             service: c.service.clone(),
             weight: c.weight,
-            stage: c.stage().as_str().to_string(),
+            stage: c.stage(),
             shadow: c.shadow,
             fallback: c.fallback,
             methods: c

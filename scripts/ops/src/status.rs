@@ -292,7 +292,7 @@ pub fn render(
 /// The route's stage, saying so when a `live` route still sends writes to the default, or when
 /// its write fence is up.
 fn stage_cell(r: &RouteDoc) -> String {
-    let mut stage = r.stage.clone();
+    let mut stage = r.stage.as_str().to_string();
     if r.weight > 0 && !r.sends_writes {
         stage.push_str(" (reads)");
     }

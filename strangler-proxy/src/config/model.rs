@@ -102,8 +102,10 @@ pub struct RouteConfig {
     pub hold_writes: bool,
 }
 
-/// The stage of a route, derived from weight and shadow, never stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The stage of a route, derived from weight and shadow, never stored. Serialized as its
+/// [`Stage::as_str`] name (`/routes`, read back by the scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Weight 0, no shadow: extracted but not used.
     Dark,
@@ -178,6 +180,15 @@ mod tests {
             shadow_methods: vec![Method::GET, Method::HEAD, Method::OPTIONS],
             shadow_ignore: Vec::new(),
             shadow_noise_check: false,
+        }
+    }
+
+    #[test]
+    fn stages_serialize_as_their_names() {
+        for stage in [Stage::Dark, Stage::Shadow, Stage::Canary, Stage::Live] {
+            let json = serde_json::to_string(&stage).unwrap();
+            assert_eq!(json, format!("\"{}\"", stage.as_str()));
+            assert_eq!(serde_json::from_str::<Stage>(&json).unwrap(), stage);
         }
     }
 
