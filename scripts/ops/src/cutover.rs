@@ -122,6 +122,8 @@ struct Run<'a> {
     /// The `backend` label of the old writer.
     old_writer: String,
     fenced_at: Option<Instant>,
+    /// The hold histogram before the fence, so the report covers this cutover only.
+    holds_before: Vec<(f64, f64)>,
 }
 
 /// Runs a cutover; see the module documentation.
@@ -145,6 +147,7 @@ pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         from,
         old_writer,
         fenced_at: None,
+        holds_before: Vec::new(),
     };
     if let Err(why) = run.preconditions(&route) {
         writeln!(run.out, "refused: {why}")?;
@@ -295,6 +298,11 @@ impl Run<'_> {
             "1/6 raising the write fence on route {:?} (hold_writes = true)",
             self.route
         ));
+        self.holds_before = self
+            .options
+            .source
+            .hold_histogram(&self.route)
+            .unwrap_or_default();
         let sha = self.edit(&Change {
             hold_writes: Some(true),
             ..Change::default()
@@ -517,10 +525,25 @@ impl Run<'_> {
     /// "≤ 0.25 s (12 writes held)" from the proxies' hold histogram, or why it is unknown.
     fn longest_hold(&self) -> String {
         match self.options.source.hold_histogram(&self.route) {
-            Ok(buckets) => describe_longest(&buckets),
+            Ok(after) => describe_longest(&since(&self.holds_before, &after)),
             Err(e) => format!("unknown ({e:#})"),
         }
     }
+}
+
+/// The growth of cumulative buckets between two readings (a bucket missing before counts
+/// from zero; a counter that shrank was reset and counts whole).
+pub fn since(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let old = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, o)| *o);
+            (*le, if *n >= old { n - old } else { *n })
+        })
+        .collect()
 }
 
 /// The longest hold from cumulative buckets `(le, count)`: the smallest bound every observation
@@ -539,8 +562,8 @@ pub fn describe_longest(buckets: &[(f64, f64)]) -> String {
         .find(|(_, n)| *n >= total)
         .map(|(le, _)| *le);
     match bound {
-        Some(le) => format!("≤ {le}s ({total:.0} writes held)"),
-        None => format!("over the largest bucket ({total:.0} writes held)"),
+        Some(le) => format!("≤ {le}s ({total:.0} write(s) held)"),
+        None => format!("over the largest bucket ({total:.0} write(s) held)"),
     }
 }
 
@@ -646,7 +669,18 @@ mod tests {
             (1.0, 5.0),
             (f64::INFINITY, 5.0),
         ];
-        assert_eq!(describe_longest(&b), "≤ 0.1s (5 writes held)");
+        assert_eq!(describe_longest(&b), "≤ 0.1s (5 write(s) held)");
+        let before = [
+            (0.001, 0.0),
+            (0.01, 3.0),
+            (0.1, 3.0),
+            (1.0, 3.0),
+            (f64::INFINITY, 3.0),
+        ];
+        assert_eq!(
+            describe_longest(&since(&before, &b)),
+            "≤ 0.1s (2 write(s) held)"
+        );
         let none = [(0.1, 0.0), (f64::INFINITY, 0.0)];
         assert!(describe_longest(&none).starts_with("none"));
         let over = [(0.1, 1.0), (f64::INFINITY, 2.0)];

@@ -49,18 +49,15 @@ async fn stack(name: &str) -> Stack {
     let refs = Arc::new(RemoteReferences::new("http://127.0.0.1:9").unwrap());
     let users = serve(Board::new(db, &[Resource::Users], refs).router()).await;
     let config = dir.join("routes.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\n\
-             backend_header = true\naccess_log = false\nhold_timeout = \"10s\"\n\n\
-             [services.monolith]\nurl = \"http://{monolith}\"\n\n\
-             [services.users]\nurl = \"http://{users}\"\n\n\
-             [[routes]]\nname     = \"users\"\nprefix   = \"/api/users\"\nservice  = \"users\"\n\
-             weight   = 0\n"
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\n\
+         backend_header = true\naccess_log = false\nhold_timeout = \"10s\"\n\n\
+         [services.monolith]\nurl = \"http://{monolith}\"\n\n\
+         [services.users]\nurl = \"http://{users}\"\n\n\
+         [[routes]]\nname     = \"users\"\nprefix   = \"/api/users\"\nservice  = \"users\"\n\
+         weight   = 0\n"
+    );
+    std::fs::write(&config, text).unwrap();
     let proxy = strangler_proxy::server::start(&config).await.unwrap();
     Stack {
         data: data.display().to_string(),
@@ -122,9 +119,10 @@ impl Stack {
             &self.config,
             "--data-dir",
             &self.data,
-            "--metrics",
-            &metrics,
         ];
+        if !extra.contains(&"--prometheus") {
+            args.extend_from_slice(&["--metrics", &metrics]);
+        }
         args.extend_from_slice(extra);
         ops(&args).await
     }
@@ -343,4 +341,155 @@ async fn a_cutover_without_a_follower_is_refused_and_changes_nothing() {
     .await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("scripts/cutover users"), "{out}");
+}
+
+/// A Prometheus server scraping `targets` every second, killed when dropped.
+struct Prometheus {
+    url: String,
+    child: Child,
+    _dir: Scratch,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// `None` (and a loud note) when the binary is missing outside CI; CI installs it.
+    fn start(name: &str, targets: &[std::net::SocketAddr]) -> Option<Prometheus> {
+        let Some(binary) = which("prometheus") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "prometheus is not installed: CI must `apt-get install -y prometheus`"
+            );
+            eprintln!("\n!!! SKIPPING {name}: no `prometheus` on PATH; CI runs it\n");
+            return None;
+        };
+        let dir = Scratch::new(name);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: strangler\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let url = format!("http://127.0.0.1:{port}");
+        let expected = targets.len();
+        let probe = format!("{url}/api/v1/query?query=strangler_config_info");
+        wait_for("Prometheus to scrape every proxy", || {
+            strangler_ops::fetch::get(&probe, Duration::from_secs(2))
+                .is_ok_and(|body| body.matches("\"sha256\"").count() == expected)
+        });
+        Some(Prometheus {
+            url,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Several replicas: the flip waits until every proxy Prometheus scrapes serves the fenced
+/// file, judged by its sha256. A replica still on an older file stops the cutover before the
+/// flip, with the fence lifted and writes on the monolith.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_is_switched_only_when_every_replica_serves_the_fence() {
+    let mut s = stack("cutover-fleet").await;
+    // A second replica on the same file, and a third one on a copy nobody edits (a replica
+    // whose ConfigMap has not been updated).
+    let second = strangler_proxy::server::start(Path::new(&s.config))
+        .await
+        .unwrap();
+    s.start_follower();
+    let (code, out) = ops(&[
+        "shift",
+        "users",
+        "100",
+        "--methods",
+        "GET,HEAD",
+        "--config",
+        &s.config,
+        "--data-dir",
+        &s.data,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let stale_dir = Scratch::new("cutover-fleet-stale");
+    let stale_file = stale_dir.join("routes.toml");
+    std::fs::copy(&s.config, &stale_file).unwrap();
+    let stale = strangler_proxy::server::start(&stale_file).await.unwrap();
+
+    let Some(all) = Prometheus::start(
+        "cutover-fleet-all",
+        &[s.proxy.admin, second.admin, stale.admin],
+    ) else {
+        return;
+    };
+    let before = std::fs::read_to_string(&s.config).unwrap();
+    let (code, out) = s
+        .cutover(&["--prometheus", &all.url, "--apply-timeout", "4s"])
+        .await;
+    println!("{out}");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("not every proxy serves the edited file"),
+        "{out}"
+    );
+    assert!(out.contains("fence lifted"), "{out}");
+    assert_eq!(std::fs::read_to_string(&s.config).unwrap(), before);
+    assert_eq!(s.state().direction, Direction::Forward);
+    let (status, backend, _) = post(
+        &s.url("/api/users"),
+        r#"{"username":"still","name":"S","bio":"b"}"#,
+    )
+    .await;
+    assert_eq!((status, backend.as_str()), (201, "monolith"));
+
+    drop(all);
+    stale.shutdown().await;
+    let Some(fleet) = Prometheus::start("cutover-fleet-two", &[s.proxy.admin, second.admin]) else {
+        return;
+    };
+    let (code, out) = s
+        .cutover(&["--prometheus", &fleet.url, "--apply-timeout", "15s"])
+        .await;
+    println!("{out}");
+    assert_eq!(code, Some(0), "{out}");
+    for proxy in [&s.proxy, &second] {
+        let url = format!("http://{}/api/users", proxy.public);
+        let (status, backend, _) = post(&url, r#"{"username":"f","name":"F","bio":"b"}"#).await;
+        assert_eq!((status, backend.as_str()), (201, "users"));
+    }
 }
