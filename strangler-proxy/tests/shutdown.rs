@@ -10,9 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{
-    client, config_text, eventually, gated_upstream, get, route, send, start_proxy, temp_dir,
-};
+use support::{ProxyBuilder, client, eventually, gated_upstream, get, send};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
 
@@ -41,8 +39,10 @@ async fn send_owned(url: String) -> Result<support::Answer, String> {
 #[tokio::test]
 async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
     let (monolith, gate) = gated_upstream("monolith").await;
-    let dir = temp_dir("shutdown-drain");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let running = ProxyBuilder::new("shutdown-drain")
+        .service("monolith", monolith)
+        .start()
+        .await;
     let (public, admin, draining) = (running.public, running.admin, running.draining.clone());
 
     // A keep-alive admin connection opened before shutdown, the way a load balancer's health
@@ -107,9 +107,10 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
 /// A drain with nothing in flight is immediate: idle keep-alive connections do not hold it up.
 #[tokio::test]
 async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
-    let monolith = support::echo_upstream("monolith").await;
-    let dir = temp_dir("shutdown-idle");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let running = ProxyBuilder::new("shutdown-idle")
+        .service("monolith", support::echo_upstream("monolith").await)
+        .start()
+        .await;
     let public = running.public;
     let keep_alive = client();
     for i in 0..4 {
@@ -136,8 +137,10 @@ async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
 #[tokio::test]
 async fn readyz_answers_503_to_new_probes_while_draining() {
     let (monolith, gate) = gated_upstream("monolith").await;
-    let dir = temp_dir("shutdown-readyz");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let running = ProxyBuilder::new("shutdown-readyz")
+        .service("monolith", monolith)
+        .start()
+        .await;
     let (public, admin) = (running.public, running.admin);
     assert_eq!(get(&url(admin, "/readyz")).await.status, StatusCode::OK);
 
@@ -205,20 +208,13 @@ fn kill(signal: &str, pid: u32) {
 }
 
 /// A file with three validation errors, and the `FILE:LINE:COL: message` line each must give.
-fn invalid_file(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
-    let monolith = support::closed_port();
-    let users = support::closed_port();
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &route("/api/users", "user", 101),
-    )
-    .replace(
-        &format!("\"http://{users}\""),
-        "\"https://users.internal:443\"",
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, &text).unwrap();
+fn invalid_file(test: &str) -> (std::path::PathBuf, Vec<String>) {
+    let file = ProxyBuilder::new(test)
+        .service("monolith", support::closed_port())
+        .service_url("users", "https://users.internal:443")
+        .route("/api/users", "user", 101);
+    let text = file.text();
+    let path = file.write();
     let file = path.display().to_string();
     // Line and column of the value on the line that starts with `key = `.
     let at = |key: &str, value: &str| {
@@ -266,8 +262,7 @@ fn assert_error_lines(stderr: &str, file: &Path, expected: &[String]) {
 
 #[test]
 fn check_prints_every_error_with_its_position_and_exits_1() {
-    let dir = temp_dir("bin-check-invalid");
-    let (path, expected) = invalid_file(&dir);
+    let (path, expected) = invalid_file("bin-check-invalid");
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
@@ -277,17 +272,11 @@ fn check_prints_every_error_with_its_position_and_exits_1() {
 
 #[test]
 fn check_accepts_a_valid_file_with_a_one_line_summary() {
-    let dir = temp_dir("bin-check-valid");
-    let text = config_text(
-        &[
-            ("monolith", support::closed_port()),
-            ("users", support::closed_port()),
-        ],
-        "",
-        &route("/api/users", "users", 100),
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = ProxyBuilder::new("bin-check-valid")
+        .service("monolith", support::closed_port())
+        .service("users", support::closed_port())
+        .route("/api/users", "users", 100)
+        .write();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -308,9 +297,8 @@ fn check_accepts_a_valid_file_with_a_one_line_summary() {
 
 #[tokio::test]
 async fn the_binary_refuses_to_start_on_an_invalid_file() {
-    let dir = temp_dir("bin-refuse");
-    let (path, expected) = invalid_file(&dir);
-    let stderr_path = dir.join("stderr.log");
+    let (path, expected) = invalid_file("bin-refuse");
+    let stderr_path = path.with_file_name("stderr.log");
     let mut proxy = Proxy(
         Command::new(BIN)
             .arg("--config")
@@ -339,26 +327,14 @@ async fn the_binary_refuses_to_start_on_an_invalid_file() {
 async fn the_binary_drains_on_sigterm_and_exits_0() {
     let (monolith, gate) = gated_upstream("monolith").await;
     let users = support::echo_upstream("users").await;
-    let dir = temp_dir("bin-sigterm");
     let (public, admin) = free_ports();
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &route("/api/users", "users", 100),
-    )
-    .replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{public}\""),
-        1,
-    )
-    .replacen(
-        "admin = \"127.0.0.1:0\"",
-        &format!("admin = \"{admin}\""),
-        1,
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    let stderr_path = dir.join("stderr.log");
+    let path = ProxyBuilder::new("bin-sigterm")
+        .listen(public, admin)
+        .service("monolith", monolith)
+        .service("users", users)
+        .route("/api/users", "users", 100)
+        .write();
+    let stderr_path = path.with_file_name("stderr.log");
     let mut proxy = Proxy(
         Command::new(BIN)
             .arg("--config")
