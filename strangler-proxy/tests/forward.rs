@@ -124,10 +124,7 @@ async fn method_rules_peel_off_only_the_listed_methods() {
         .await;
     let c = client();
     let url = p.url("/api/users");
-    assert_eq!(
-        send(&c, Method::GET, &url, &[]).await.unwrap().backend(),
-        "users"
-    );
+    assert_eq!(get(&url).await.backend(), "users");
     assert_eq!(
         send(&c, Method::POST, &url, &[]).await.unwrap().backend(),
         "monolith"
@@ -142,9 +139,7 @@ async fn method_rules_peel_off_only_the_listed_methods() {
 async fn request_headers_are_rewritten_as_a_proxy_should() {
     let s = stack("headers").await.start().await;
     let c = client();
-    let a = send(
-        &c,
-        Method::GET,
+    let a = get_with(
         &s.url("/api/users/1"),
         &[
             ("x-forwarded-for", "10.0.0.1"),
@@ -158,8 +153,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
             ("host", "shop.example"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let h = &a.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -185,9 +179,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
 
     // Connection cannot name the proxy's own headers away, nor can a client forge a shadow
     // marker; several x-forwarded-for lines are one list.
-    let a = send(
-        &c,
-        Method::GET,
+    let a = get_with(
         &s.url("/api/users/1"),
         &[
             ("connection", "x-request-id, x-forwarded-for"),
@@ -195,8 +187,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
             ("x-forwarded-for", "10.0.0.1"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let h = &a.json()["headers"];
     assert_eq!(h["x-request-id"].as_str().map(str::len), Some(32), "{h}");
     assert!(h.get("x-strangler-shadow").is_none(), "{h}");
@@ -215,14 +206,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
         "1.1.1.1, 2.2.2.2, 127.0.0.1"
     );
 
-    let a = send(
-        &c,
-        Method::GET,
-        &s.url("/x"),
-        &[("x-request-id", "abc-123")],
-    )
-    .await
-    .unwrap();
+    let a = get_with(&s.url("/x"), &[("x-request-id", "abc-123")]).await;
     assert_eq!(
         a.json()["headers"]["x-request-id"],
         "abc-123",
@@ -403,14 +387,7 @@ async fn oversized_targets_and_headers_get_414_and_431() {
     let too_long = s.url(&format!("/api/users/{}", "a".repeat(20 * 1024)));
     assert_eq!(get(&too_long).await.status, StatusCode::URI_TOO_LONG);
     let big = "b".repeat(70 * 1024);
-    let a = send(
-        &client(),
-        Method::GET,
-        &s.url("/api/users"),
-        &[("x-big", &big)],
-    )
-    .await
-    .unwrap();
+    let a = get_with(&s.url("/api/users"), &[("x-big", &big)]).await;
     assert_eq!(a.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     let metrics = s.metrics().await;
     assert!(metrics.contains("strangler_downstream_rejected_total{reason=\"uri_too_long\"} 1"));
@@ -653,9 +630,7 @@ async fn an_h2c_upgrade_is_not_tunnelled() {
     let (upstream, heads) =
         raw_upstream_recording(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
     let p = monolith_only("h2c-upgrade", upstream).await;
-    let a = send(
-        &client(),
-        Method::GET,
+    let a = get_with(
         &p.url("/"),
         &[
             ("connection", "Upgrade, HTTP2-Settings"),
@@ -663,8 +638,7 @@ async fn an_h2c_upgrade_is_not_tunnelled() {
             ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!((a.status, a.text()), (StatusCode::OK, "ok".to_string()));
     let sent = heads.lock().unwrap()[0].clone();
     assert!(

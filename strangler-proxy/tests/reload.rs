@@ -13,7 +13,9 @@ use http::{Method, StatusCode};
 use strangler_proxy::config::sha256_hex;
 use strangler_proxy::reload::Outcome;
 use strangler_proxy::server::{self, Running};
-use support::{ProxyBuilder, client, eventually, gated_upstream, get, send, temp_dir};
+use support::{
+    ProxyBuilder, client, eventually, gated_upstream, get, send, spawn_get, temp_dir, url,
+};
 
 /// How long a flip may take before the test fails; the spec's target is well under 1 s.
 const FLIP_DEADLINE: Duration = Duration::from_secs(2);
@@ -53,10 +55,6 @@ impl Backends {
         }
         text
     }
-}
-
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
 }
 
 async fn routes_doc(running: &Running) -> serde_json::Value {
@@ -531,7 +529,7 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
         .await;
     assert_eq!(revision(&running).await, 1);
 
-    let in_flight = tokio::spawn(send_owned(url(running.public, "/api/users/held/1")));
+    let in_flight = spawn_get(url(running.public, "/api/users/held/1"));
     assert!(
         eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await,
         "the request never reached monolith"
@@ -571,10 +569,6 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.backend(), "users");
     assert_eq!(after.headers["x-strangler-backend"], "users");
-}
-
-async fn send_owned(url: String) -> Result<support::Answer, String> {
-    send(&client(), Method::GET, &url, &[]).await
 }
 
 /// Writes `text` to a temp file beside `path` and renames it over `path`.

@@ -118,7 +118,6 @@ async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
 #[tokio::test]
 async fn the_override_header_is_opt_in_and_never_forwarded() {
     let off = echo_pair("override-off", 0).await;
-    let c = client();
     let on = off
         .clone()
         .proxy_key(r#"override_header = "x-strangler-route""#)
@@ -127,14 +126,7 @@ async fn the_override_header_is_opt_in_and_never_forwarded() {
         .start()
         .await;
     let off = off.start().await;
-    let a = send(
-        &c,
-        Method::GET,
-        &off.url("/api/users"),
-        &[("x-strangler-route", "users")],
-    )
-    .await
-    .unwrap();
+    let a = get_with(&off.url("/api/users"), &[("x-strangler-route", "users")]).await;
     assert_eq!(
         a.backend(),
         "monolith",
@@ -142,36 +134,15 @@ async fn the_override_header_is_opt_in_and_never_forwarded() {
     );
 
     let url = |path: &str| on.url(path);
-    let forced = send(
-        &c,
-        Method::GET,
-        &url("/api/users/1"),
-        &[("x-strangler-route", "users")],
-    )
-    .await
-    .unwrap();
+    let forced = get_with(&url("/api/users/1"), &[("x-strangler-route", "users")]).await;
     assert_eq!(forced.backend(), "users");
     assert!(
         forced.json()["headers"].get("x-strangler-route").is_none(),
         "the header reached the backend"
     );
-    let back = send(
-        &c,
-        Method::GET,
-        &url("/api/threads/1"),
-        &[("x-strangler-route", "default")],
-    )
-    .await
-    .unwrap();
+    let back = get_with(&url("/api/threads/1"), &[("x-strangler-route", "default")]).await;
     assert_eq!(back.backend(), "monolith");
-    let unknown = send(
-        &c,
-        Method::GET,
-        &url("/api/users/1"),
-        &[("x-strangler-route", "nope")],
-    )
-    .await
-    .unwrap();
+    let unknown = get_with(&url("/api/users/1"), &[("x-strangler-route", "nope")]).await;
     assert_eq!(
         unknown.backend(),
         "monolith",

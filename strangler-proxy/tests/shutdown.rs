@@ -5,18 +5,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{ProxyBuilder, client, eventually, gated_upstream, get, send};
+use support::{ProxyBuilder, client, eventually, gated_upstream, get, send, spawn_get, url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
-
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
-}
 
 /// Whether a fresh TCP connection to `addr` is refused.
 async fn refuses_connections(addr: SocketAddr) -> bool {
@@ -30,10 +26,6 @@ async fn refuses_connections(addr: SocketAddr) -> bool {
 /// owner, Recv-Q 1).
 async fn stops_accepting(addr: SocketAddr) -> bool {
     eventually(Duration::from_secs(2), || refuses_connections(addr)).await
-}
-
-async fn send_owned(url: String) -> Result<support::Answer, String> {
-    send(&client(), Method::GET, &url, &[]).await
 }
 
 #[tokio::test]
@@ -53,7 +45,7 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
         .unwrap();
     assert_eq!(ready.status, StatusCode::OK);
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(
         eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await,
         "the request never reached the upstream"
@@ -144,7 +136,7 @@ async fn readyz_answers_503_to_new_probes_while_draining() {
     let (public, admin) = (running.public, running.admin);
     assert_eq!(get(&url(admin, "/readyz")).await.status, StatusCode::OK);
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
     let shutdown = tokio::spawn(running.shutdown());
     assert!(stops_accepting(public).await);
@@ -168,23 +160,45 @@ async fn readyz_answers_503_to_new_probes_while_draining() {
 }
 
 /// A child process that is killed if the test fails before it exits.
-struct Proxy(Child);
+struct Proxy {
+    child: Child,
+    /// Where its stderr goes.
+    stderr: PathBuf,
+}
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
 
 impl Proxy {
+    /// Runs the binary on `config`, its stderr going to `stderr.log` beside it.
+    fn spawn(config: &Path) -> Proxy {
+        let stderr = config.with_file_name("stderr.log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Proxy { child, stderr }
+    }
+
+    /// What it wrote to stderr so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// Waits up to `within` for the process to exit.
     async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
         let mut status = None;
         eventually(within, || {
-            status = self.0.try_wait().expect("waiting on the child");
+            status = self.child.try_wait().expect("waiting on the child");
             std::future::ready(status.is_some())
         })
         .await;
@@ -298,18 +312,9 @@ fn check_accepts_a_valid_file_with_a_one_line_summary() {
 #[tokio::test]
 async fn the_binary_refuses_to_start_on_an_invalid_file() {
     let (path, expected) = invalid_file("bin-refuse");
-    let stderr_path = path.with_file_name("stderr.log");
-    let mut proxy = Proxy(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = Proxy::spawn(&path);
     let status = proxy.exit_within(Duration::from_secs(5)).await;
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let stderr = proxy.stderr();
     let status = status.unwrap_or_else(|| panic!("still running on an invalid file:\n{stderr}"));
     assert!(!status.success(), "{status}; stderr:\n{stderr}");
     // The same errors as `check` gives; the first one is prefixed with the program name.
@@ -334,17 +339,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         .service("users", users)
         .route("/api/users", "users", 100)
         .write();
-    let stderr_path = path.with_file_name("stderr.log");
-    let mut proxy = Proxy(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let mut proxy = Proxy::spawn(&path);
 
     let healthy = eventually(Duration::from_secs(10), || async {
         send(&client(), Method::GET, &url(admin, "/healthz"), &[])
@@ -355,23 +350,23 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert!(
         healthy,
         "no /healthz on {admin} (a port taken meanwhile?); stderr:\n{}",
-        log()
+        proxy.stderr()
     );
     assert_eq!(get(&url(public, "/api/users/7")).await.backend(), "users");
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
 
-    kill("-TERM", proxy.0.id());
+    kill("-TERM", proxy.child.id());
     assert!(
         stops_accepting(public).await,
         "still accepting after SIGTERM; stderr:\n{}",
-        log()
+        proxy.stderr()
     );
     assert!(
-        proxy.0.try_wait().unwrap().is_none(),
+        proxy.child.try_wait().unwrap().is_none(),
         "exited with a request in flight; stderr:\n{}",
-        log()
+        proxy.stderr()
     );
 
     gate.open();
@@ -380,7 +375,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert_eq!(answer.backend(), "monolith");
 
     let status = proxy.exit_within(Duration::from_secs(5)).await;
-    let status =
-        status.unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", log()));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", log());
+    let status = status
+        .unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", proxy.stderr()));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
 }

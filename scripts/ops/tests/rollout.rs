@@ -37,13 +37,23 @@ fn rollout(dir: &Ops, source: &[&str], extra: &[&str]) -> std::process::Output {
     dir.run(&args)
 }
 
+/// [`rollout`] reading the `/metrics` of a fake proxy behaving as `behaviour`: what the run
+/// returned and its stdout.
+fn rollout_against(
+    dir: &Ops,
+    behaviour: Behaviour,
+    extra: &[&str],
+) -> (std::process::Output, String) {
+    let fake = dir.fake(behaviour);
+    let o = rollout(dir, &["--metrics", &format!("{}/metrics", fake.url)], extra);
+    let out = stdout(&o);
+    (o, out)
+}
+
 #[test]
 fn a_healthy_service_is_rolled_out_to_100() {
     let dir = reads_only("rollout-ok", true);
-    let fake = dir.fake(Behaviour::default());
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&dir, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
+    let (o, out) = rollout_against(&dir, Behaviour::default(), &[]);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert_eq!(dir.weight("users"), 100);
     for step in [
@@ -77,13 +87,14 @@ fn a_healthy_service_is_rolled_out_to_100() {
 #[test]
 fn errors_from_50_percent_on_roll_back_to_25_and_exit_1() {
     let dir = reads_only("rollout-errors", false);
-    let fake = dir.fake(Behaviour {
-        service_fails: Some((50, 0.3)),
-        ..Behaviour::default()
-    });
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&dir, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            service_fails: Some((50, 0.3)),
+            ..Behaviour::default()
+        },
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
     assert!(out.contains("step 4/6 (25%): gates passed"), "{out}");
     assert!(
@@ -101,14 +112,15 @@ fn errors_from_50_percent_on_roll_back_to_25_and_exit_1() {
 #[test]
 fn failures_hidden_by_fallback_still_count_against_the_service() {
     let dir = reads_only("rollout-fallback", false);
-    let fake = dir.fake(Behaviour {
-        service_fails: Some((1, 0.5)),
-        fallback: true,
-        ..Behaviour::default()
-    });
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&dir, &["--metrics", &metrics], &["--steps", "0,25,100"]);
-    let out = stdout(&o);
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            service_fails: Some((1, 0.5)),
+            fallback: true,
+            ..Behaviour::default()
+        },
+        &["--steps", "0,25,100"],
+    );
     assert_eq!(o.status.code(), Some(1), "{out}");
     // 500 requests for the service: 250 answered, 250 failed and served by the default instead.
     assert!(
@@ -122,14 +134,15 @@ fn failures_hidden_by_fallback_still_count_against_the_service() {
 #[test]
 fn a_slow_service_fails_the_latency_gate() {
     let dir = reads_only("rollout-slow", false);
-    let fake = dir.fake(Behaviour {
-        service_latency: 0.3,
-        default_latency: 0.02,
-        ..Behaviour::default()
-    });
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&dir, &["--metrics", &metrics], &["--steps", "0,25,100"]);
-    let out = stdout(&o);
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            service_latency: 0.3,
+            default_latency: 0.02,
+            ..Behaviour::default()
+        },
+        &["--steps", "0,25,100"],
+    );
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         // p99 interpolated in the proxy's own histogram buckets (0.25–0.5 s and 0.01–0.025 s).
@@ -142,13 +155,14 @@ fn a_slow_service_fails_the_latency_gate() {
 #[test]
 fn shadow_mismatches_stop_the_rollout_before_any_traffic_moves() {
     let dir = reads_only("rollout-shadow", true);
-    let fake = dir.fake(Behaviour {
-        shadow_mismatch: 0.05,
-        ..Behaviour::default()
-    });
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&dir, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            shadow_mismatch: 0.05,
+            ..Behaviour::default()
+        },
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         out.contains("step 1/6 (0%): GATE FAILED: shadow match ratio: 0.9500 (1900 of 2000 comparisons matched, 100 differed, 0 failed) < --min-shadow-match 0.999"),
@@ -192,17 +206,14 @@ fn too_little_traffic_holds_the_step_until_traffic_comes() {
 #[test]
 fn holding_too_long_gives_up_and_writes_the_last_safe_weight_back() {
     let dir = reads_only("rollout-giveup", false);
-    let fake = dir.fake(Behaviour {
-        per_scrape: 40,
-        ..Behaviour::default()
-    });
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(
+    let (o, out) = rollout_against(
         &dir,
-        &["--metrics", &metrics],
+        Behaviour {
+            per_scrape: 40,
+            ..Behaviour::default()
+        },
         &["--steps", "0,25,100", "--max-holds", "2"],
     );
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert_eq!(out.matches("holding at 25%").count(), 2, "{out}");
     assert!(

@@ -367,7 +367,22 @@ pub async fn send(
 
 /// GET `url`, panicking on a transport error.
 pub async fn get(url: &str) -> Answer {
-    send(&client(), Method::GET, url, &[]).await.unwrap()
+    get_with(url, &[]).await
+}
+
+/// GET `url` with extra request headers, panicking on a transport error.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(&client(), Method::GET, url, headers).await.unwrap()
+}
+
+/// GET `url` on a task of its own (a request to hold in flight), transport errors returned.
+pub fn spawn_get(url: String) -> tokio::task::JoinHandle<Result<Answer, String>> {
+    tokio::spawn(async move { send(&client(), Method::GET, &url, &[]).await })
+}
+
+/// `http://ADDR{path}`.
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
 }
 
 /// Polls `check` every 10 ms until it returns true or `within` passes.
