@@ -281,35 +281,6 @@ impl TestProxy {
     }
 }
 
-/// The file-building helpers from before [`ProxyBuilder`], kept while `fence.rs` uses them.
-///
-/// A routes.toml with listeners on port 0, `monolith` as default, the given services and
-/// extra text (routes, [proxy] keys go in `proxy_extra`).
-pub fn config_text(services: &[(&str, SocketAddr)], proxy_extra: &str, routes: &str) -> String {
-    let mut text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\naccess_log = false\n{proxy_extra}\n"
-    );
-    for (name, addr) in services {
-        text.push_str(&format!(
-            "[services.{name}]\nurl = \"http://{addr}\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n"
-        ));
-    }
-    text.push_str(routes);
-    text
-}
-
-/// `[[routes]]` for `prefix` → `service` at `weight`.
-pub fn route(prefix: &str, service: &str, weight: u8) -> String {
-    format!("[[routes]]\nprefix = \"{prefix}\"\nservice = \"{service}\"\nweight = {weight}\n")
-}
-
-/// Writes `text` to `dir/routes.toml` and starts a proxy on it.
-pub async fn start_proxy(dir: &Path, text: &str) -> Running {
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    server::start(&path).await.unwrap()
-}
-
 /// A plain HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
