@@ -10,7 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{ProxyBuilder, client, eventually, gated_upstream, get, send, spawn_get, url};
+use support::{
+    Gate, ProxyBuilder, TestProxy, client, eventually, gated_upstream, get, send, spawn_get, url,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
 
@@ -28,13 +30,19 @@ async fn stops_accepting(addr: SocketAddr) -> bool {
     eventually(Duration::from_secs(2), || refuses_connections(addr)).await
 }
 
-#[tokio::test]
-async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
+/// A proxy in front of a monolith that holds `/held/` requests at `Gate`.
+async fn gated_monolith(test: &str) -> (TestProxy, Gate) {
     let (monolith, gate) = gated_upstream("monolith").await;
-    let running = ProxyBuilder::new("shutdown-drain")
+    let proxy = ProxyBuilder::new(test)
         .service("monolith", monolith)
         .start()
         .await;
+    (proxy, gate)
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
+    let (running, gate) = gated_monolith("shutdown-drain").await;
     let (public, admin, draining) = (running.public, running.admin, running.draining.clone());
 
     // A keep-alive admin connection opened before shutdown, the way a load balancer's health
@@ -128,11 +136,7 @@ async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
 /// `/readyz` must tell them 503 (and `/metrics` must still be scrapable), not refuse them.
 #[tokio::test]
 async fn readyz_answers_503_to_new_probes_while_draining() {
-    let (monolith, gate) = gated_upstream("monolith").await;
-    let running = ProxyBuilder::new("shutdown-readyz")
-        .service("monolith", monolith)
-        .start()
-        .await;
+    let (running, gate) = gated_monolith("shutdown-readyz").await;
     let (public, admin) = (running.public, running.admin);
     assert_eq!(get(&url(admin, "/readyz")).await.status, StatusCode::OK);
 
