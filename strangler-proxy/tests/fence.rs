@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -11,51 +12,50 @@ use tokio::io::AsyncWriteExt;
 
 const HELD: &str = "strangler_held_requests{route=\"users\"}";
 
-async fn metrics(p: &strangler_proxy::server::Running) -> String {
-    get(&format!("http://{}/metrics", p.admin)).await.text()
-}
-
-async fn held_now(p: &strangler_proxy::server::Running) -> Option<f64> {
-    metrics(p)
+async fn held_now(p: &TestProxy) -> Option<f64> {
+    p.metrics()
         .await
         .lines()
         .find(|l| l.starts_with(HELD))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// `users` on /api/users: reads on the service, writes on the monolith behind a fence.
-fn fenced(services: &[(&str, std::net::SocketAddr)], proxy_extra: &str, prefix: &str) -> String {
-    config_text(
-        services,
-        proxy_extra,
-        &format!(
-            "[[routes]]\nname = \"users\"\nprefix = \"{prefix}\"\nservice = \"users\"\nweight = 100\n\
-             methods = [\"GET\", \"HEAD\"]\nhold_writes = true\n"
-        ),
-    )
+/// monolith and users on these upstreams, with extra `[proxy]` keys.
+fn services(monolith: SocketAddr, users: SocketAddr, proxy_extra: &str) -> ProxyBuilder {
+    ProxyBuilder::new("fence")
+        .proxy_key(proxy_extra)
+        .service("monolith", monolith)
+        .service("users", users)
+}
+
+/// `users` on `prefix`: reads on the service, writes on the monolith behind a fence.
+fn fenced(services: &ProxyBuilder, prefix: &str) -> ProxyBuilder {
+    services
+        .clone()
+        .route(prefix, "users", 100)
+        .with(r#"name = "users""#)
+        .with(r#"methods = ["GET", "HEAD"]"#)
+        .with("hold_writes = true")
 }
 
 /// The same route after the flip: every method on the service, fence lifted.
-fn flipped(services: &[(&str, std::net::SocketAddr)], proxy_extra: &str, prefix: &str) -> String {
-    config_text(
-        services,
-        proxy_extra,
-        &format!(
-            "[[routes]]\nname = \"users\"\nprefix = \"{prefix}\"\nservice = \"users\"\nweight = 100\n"
-        ),
-    )
+fn flipped(services: &ProxyBuilder, prefix: &str) -> String {
+    services
+        .clone()
+        .route(prefix, "users", 100)
+        .with(r#"name = "users""#)
+        .text()
 }
 
 #[tokio::test]
 async fn a_held_write_goes_where_the_table_that_lifts_the_fence_sends_it() {
-    let (monolith, users) = (
+    let services = services(
         echo_upstream("monolith").await,
         echo_upstream("users").await,
+        "",
     );
-    let services = [("monolith", monolith), ("users", users)];
-    let dir = temp_dir("fence-lift");
-    let proxy = start_proxy(&dir, &fenced(&services, "", "/api/users")).await;
-    let url = format!("http://{}/api/users", proxy.public);
+    let proxy = fenced(&services, "/api/users").start().await;
+    let url = proxy.url("/api/users");
 
     let write = tokio::spawn({
         let url = url.clone();
@@ -67,32 +67,27 @@ async fn a_held_write_goes_where_the_table_that_lifts_the_fence_sends_it() {
         })
         .await,
         "the write was not held: {}",
-        metrics(&proxy).await
+        proxy.metrics().await
     );
     // Safe methods pass the fence.
     assert_eq!(get(&format!("{url}/1")).await.json()["backend"], "users");
-    let routes = get(&format!("http://{}/routes", proxy.admin)).await.json();
+    let routes = get(&proxy.admin_url("/routes")).await.json();
     assert_eq!(routes["routes"][0]["hold_writes"], true);
     assert_eq!(routes["routes"][0]["held"], 1);
     assert!(!write.is_finished(), "a held write must wait, not fail");
 
-    std::fs::write(
-        dir.join("routes.toml"),
-        flipped(&services, "", "/api/users"),
-    )
-    .unwrap();
-    proxy.reloader.reload();
+    proxy.rewrite(&flipped(&services, "/api/users"));
     let answer = write.await.unwrap().expect("the held write is answered");
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["backend"], "users", "sent by the new table");
     assert_eq!(answer.json()["method"], "POST");
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert!(text.contains(&format!("{HELD} 0")), "{text}");
     assert!(
         text.contains("strangler_hold_duration_seconds_count{route=\"users\"} 1"),
         "{text}"
     );
-    let sha = get(&format!("http://{}/routes", proxy.admin)).await.json()["sha256"]
+    let sha = get(&proxy.admin_url("/routes")).await.json()["sha256"]
         .as_str()
         .unwrap()
         .to_string();
@@ -106,18 +101,16 @@ async fn a_held_write_goes_where_the_table_that_lifts_the_fence_sends_it() {
 #[tokio::test]
 async fn a_write_held_past_hold_timeout_gets_503_and_never_reaches_a_backend() {
     let (monolith, gate) = gated_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let services = [("monolith", monolith), ("users", users)];
-    let dir = temp_dir("fence-timeout");
-    let proxy = start_proxy(
-        &dir,
-        &fenced(&services, "hold_timeout = \"200ms\"", "/held"),
-    )
-    .await;
+    let services = services(
+        monolith,
+        echo_upstream("users").await,
+        r#"hold_timeout = "200ms""#,
+    );
+    let proxy = fenced(&services, "/held").start().await;
     let answer = send(
         &client(),
         Method::POST,
-        &format!("http://{}/held/1", proxy.public),
+        &proxy.url("/held/1"),
         &[("x-request-id", "held-1")],
     )
     .await
@@ -131,7 +124,7 @@ async fn a_write_held_past_hold_timeout_gets_503_and_never_reaches_a_backend() {
         "{body}"
     );
     assert_eq!(gate.arrived(), 0, "a refused write was forwarded");
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert!(text.contains(&format!("{HELD} 0")), "{text}");
     assert!(
         text.contains(
@@ -143,14 +136,13 @@ async fn a_write_held_past_hold_timeout_gets_503_and_never_reaches_a_backend() {
 
 #[tokio::test]
 async fn past_hold_max_a_write_is_refused_at_once() {
-    let (monolith, users) = (
+    let services = services(
         echo_upstream("monolith").await,
         echo_upstream("users").await,
+        "hold_max = 1",
     );
-    let services = [("monolith", monolith), ("users", users)];
-    let dir = temp_dir("fence-max");
-    let proxy = start_proxy(&dir, &fenced(&services, "hold_max = 1", "/api/users")).await;
-    let url = format!("http://{}/api/users", proxy.public);
+    let proxy = fenced(&services, "/api/users").start().await;
+    let url = proxy.url("/api/users");
     let first = tokio::spawn({
         let url = url.clone();
         async move { send(&client(), Method::POST, &url, &[]).await }
@@ -166,12 +158,7 @@ async fn past_hold_max_a_write_is_refused_at_once() {
         .unwrap();
     assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(second.text().contains("hold_max (1)"), "{}", second.text());
-    std::fs::write(
-        dir.join("routes.toml"),
-        flipped(&services, "hold_max = 1", "/api/users"),
-    )
-    .unwrap();
-    proxy.reloader.reload();
+    proxy.rewrite(&flipped(&services, "/api/users"));
     assert_eq!(first.await.unwrap().unwrap().json()["backend"], "users");
 }
 
@@ -179,9 +166,8 @@ async fn past_hold_max_a_write_is_refused_at_once() {
 async fn a_held_write_whose_client_goes_away_is_dropped_not_forwarded() {
     let (monolith, monolith_gate) = gated_upstream("monolith").await;
     let (users, users_gate) = gated_upstream("users").await;
-    let services = [("monolith", monolith), ("users", users)];
-    let dir = temp_dir("fence-gone");
-    let proxy = start_proxy(&dir, &fenced(&services, "", "/held")).await;
+    let services = services(monolith, users, "");
+    let proxy = fenced(&services, "/held").start().await;
 
     let mut raw = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
     raw.write_all(b"POST /held/1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
@@ -201,17 +187,11 @@ async fn a_held_write_whose_client_goes_away_is_dropped_not_forwarded() {
         .await,
         "the held request outlived its client"
     );
-    std::fs::write(dir.join("routes.toml"), flipped(&services, "", "/held")).unwrap();
-    proxy.reloader.reload();
+    proxy.rewrite(&flipped(&services, "/held"));
     users_gate.open();
-    let after = send(
-        &client(),
-        Method::POST,
-        &format!("http://{}/held/2", proxy.public),
-        &[],
-    )
-    .await
-    .unwrap();
+    let after = send(&client(), Method::POST, &proxy.url("/held/2"), &[])
+        .await
+        .unwrap();
     assert_eq!(after.json()["backend"], "users");
     // Only the write sent after the flip arrived anywhere.
     assert_eq!(users_gate.arrived() + monolith_gate.arrived(), 1);
@@ -220,30 +200,27 @@ async fn a_held_write_whose_client_goes_away_is_dropped_not_forwarded() {
 #[tokio::test]
 async fn writes_in_flight_are_counted_per_route_and_backend() {
     let (monolith, gate) = gated_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let services = [("monolith", monolith), ("users", users)];
-    let dir = temp_dir("fence-inflight");
-    let text = config_text(
-        &services,
-        "",
-        "[[routes]]\nname = \"users\"\nprefix = \"/held\"\nservice = \"users\"\nweight = 100\nmethods = [\"GET\"]\n",
-    );
-    let proxy = start_proxy(&dir, &text).await;
-    let url = format!("http://{}/held/1", proxy.public);
+    let proxy = services(monolith, echo_upstream("users").await, "")
+        .route("/held", "users", 100)
+        .with(r#"name = "users""#)
+        .with(r#"methods = ["GET"]"#)
+        .start()
+        .await;
+    let url = proxy.url("/held/1");
     let write = tokio::spawn(async move { send(&client(), Method::POST, &url, &[]).await });
     let series =
         "strangler_in_flight_requests{backend=\"monolith\",class=\"write\",route=\"users\"}";
     assert!(
         eventually(Duration::from_secs(5), || async {
-            metrics(&proxy).await.contains(&format!("{series} 1"))
+            proxy.metrics().await.contains(&format!("{series} 1"))
         })
         .await
     );
-    let routes = get(&format!("http://{}/routes", proxy.admin)).await.json();
+    let routes = get(&proxy.admin_url("/routes")).await.json();
     assert_eq!(routes["routes"][0]["in_flight"]["monolith"], 1);
     assert_eq!(routes["routes"][0]["writes_in_flight"]["monolith"], 1);
     assert_eq!(routes["routes"][0]["writes_in_flight"]["users"], 0);
     gate.open();
     assert_eq!(write.await.unwrap().unwrap().status, StatusCode::OK);
-    assert!(metrics(&proxy).await.contains(&format!("{series} 0")));
+    assert!(proxy.metrics().await.contains(&format!("{series} 0")));
 }

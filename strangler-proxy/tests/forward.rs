@@ -20,38 +20,27 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct Stack {
-    proxy: strangler_proxy::server::Running,
-    base: String,
+/// monolith, users and posts echo upstreams, `/api/users` → users at 100, posts at 0.
+async fn stack(test: &str) -> ProxyBuilder {
+    ProxyBuilder::new(test)
+        .service("monolith", echo_upstream("monolith").await)
+        .service("users", echo_upstream("users").await)
+        .service("posts", echo_upstream("posts").await)
+        .route("/api/users", "users", 100)
+        .route("/api/posts", "posts", 0)
 }
 
-/// monolith and users echo upstreams, `/api/users` → users at 100, posts at 0.
-async fn stack(test: &str, proxy_extra: &str, extra_routes: &str) -> Stack {
-    let monolith = echo_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let posts = echo_upstream("posts").await;
-    let routes = format!(
-        "{}{}{extra_routes}",
-        route("/api/users", "users", 100),
-        route("/api/posts", "posts", 0)
-    );
-    let text = config_text(
-        &[("monolith", monolith), ("users", users), ("posts", posts)],
-        proxy_extra,
-        &routes,
-    );
-    let proxy = start_proxy(&temp_dir(test), &text).await;
-    let base = format!("http://{}", proxy.public);
-    Stack { proxy, base }
-}
-
-fn admin(stack: &Stack, path: &str) -> String {
-    format!("http://{}{path}", stack.proxy.admin)
+/// A proxy whose default (`monolith`) is `upstream`, and nothing else.
+async fn monolith_only(test: &str, upstream: SocketAddr) -> TestProxy {
+    ProxyBuilder::new(test)
+        .service("monolith", upstream)
+        .start()
+        .await
 }
 
 #[tokio::test]
 async fn routes_by_normalized_prefix_and_forwards_the_routed_path() {
-    let s = stack("prefix", "", "").await;
+    let s = stack("prefix").await.start().await;
     // (request path, backend, path the upstream received)
     let cases = [
         ("/api/users", "users", "/api/users"),
@@ -67,27 +56,27 @@ async fn routes_by_normalized_prefix_and_forwards_the_routed_path() {
         ("/api/users/%FF", "users", "/api/users/%FF"),
     ];
     for (path, backend, seen) in cases {
-        let a = get(&format!("{}{path}", s.base)).await;
+        let a = get(&s.url(path)).await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
         let json = a.json();
         assert_eq!(json["backend"], backend, "{path}");
         assert_eq!(json["path"], seen, "{path}");
     }
-    let a = get(&format!("{}/api/users?next=/api/posts&x=%2F", s.base)).await;
+    let a = get(&s.url("/api/users?next=/api/posts&x=%2F")).await;
     assert_eq!(a.json()["query"], "next=/api/posts&x=%2F");
     assert_eq!(a.backend(), "users");
 }
 
 #[tokio::test]
 async fn unsafe_paths_are_refused_with_400_and_a_request_id() {
-    let s = stack("unsafe", "", "").await;
+    let s = stack("unsafe").await.start().await;
     for path in [
         "/..",
         "/api/../..",
         "/api/users/%2E%2E%2Fposts",
         "/api/users/%zz",
     ] {
-        let a = get(&format!("{}{path}", s.base)).await;
+        let a = get(&s.url(path)).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
         let json = a.json();
         assert!(
@@ -101,14 +90,12 @@ async fn unsafe_paths_are_refused_with_400_and_a_request_id() {
     }
     // An encoded slash that would leave the route once decoded is refused; one that stays is not.
     assert_eq!(
-        get(&format!("{}/api/users/a%2F..%2F..%2Fposts", s.base))
-            .await
-            .status,
+        get(&s.url("/api/users/a%2F..%2F..%2Fposts")).await.status,
         StatusCode::BAD_REQUEST
     );
     // `/api%2Fusers` routes to the default as sent, to `users` if the upstream decodes it.
     for ambiguous in ["/api%2Fusers/1", "/api%5Cusers/1", "/api\\users/1"] {
-        let a = get(&format!("{}{ambiguous}", s.base)).await;
+        let a = get(&s.url(ambiguous)).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{ambiguous}");
         assert!(
             a.json()["error"]
@@ -118,7 +105,7 @@ async fn unsafe_paths_are_refused_with_400_and_a_request_id() {
             "{ambiguous}"
         );
     }
-    let a = get(&format!("{}/api/users/a%2Fb", s.base)).await;
+    let a = get(&s.url("/api/users/a%2Fb")).await;
     assert_eq!(
         (a.status, a.backend()),
         (StatusCode::OK, "users".to_string())
@@ -128,23 +115,16 @@ async fn unsafe_paths_are_refused_with_400_and_a_request_id() {
 
 #[tokio::test]
 async fn method_rules_peel_off_only_the_listed_methods() {
-    let monolith = echo_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &format!(
-            "{}methods = [\"GET\", \"HEAD\"]\n",
-            route("/api/users", "users", 100)
-        ),
-    );
-    let p = start_proxy(&temp_dir("methods"), &text).await;
+    let p = ProxyBuilder::new("methods")
+        .service("monolith", echo_upstream("monolith").await)
+        .service("users", echo_upstream("users").await)
+        .route("/api/users", "users", 100)
+        .with(r#"methods = ["GET", "HEAD"]"#)
+        .start()
+        .await;
     let c = client();
-    let url = format!("http://{}/api/users", p.public);
-    assert_eq!(
-        send(&c, Method::GET, &url, &[]).await.unwrap().backend(),
-        "users"
-    );
+    let url = p.url("/api/users");
+    assert_eq!(get(&url).await.backend(), "users");
     assert_eq!(
         send(&c, Method::POST, &url, &[]).await.unwrap().backend(),
         "monolith"
@@ -157,12 +137,10 @@ async fn method_rules_peel_off_only_the_listed_methods() {
 
 #[tokio::test]
 async fn request_headers_are_rewritten_as_a_proxy_should() {
-    let s = stack("headers", "", "").await;
+    let s = stack("headers").await.start().await;
     let c = client();
-    let a = send(
-        &c,
-        Method::GET,
-        &format!("{}/api/users/1", s.base),
+    let a = get_with(
+        &s.url("/api/users/1"),
         &[
             ("x-forwarded-for", "10.0.0.1"),
             (
@@ -175,8 +153,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
             ("host", "shop.example"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let h = &a.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -202,23 +179,20 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
 
     // Connection cannot name the proxy's own headers away, nor can a client forge a shadow
     // marker; several x-forwarded-for lines are one list.
-    let a = send(
-        &c,
-        Method::GET,
-        &format!("{}/api/users/1", s.base),
+    let a = get_with(
+        &s.url("/api/users/1"),
         &[
             ("connection", "x-request-id, x-forwarded-for"),
             ("x-strangler-shadow", "1"),
             ("x-forwarded-for", "10.0.0.1"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let h = &a.json()["headers"];
     assert_eq!(h["x-request-id"].as_str().map(str::len), Some(32), "{h}");
     assert!(h.get("x-strangler-shadow").is_none(), "{h}");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
-    let req = http::Request::get(format!("{}/api/users/1", s.base))
+    let req = http::Request::get(s.url("/api/users/1"))
         .header("x-forwarded-for", "1.1.1.1")
         .header("x-forwarded-for", "2.2.2.2");
     let res = c
@@ -232,14 +206,7 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
         "1.1.1.1, 2.2.2.2, 127.0.0.1"
     );
 
-    let a = send(
-        &c,
-        Method::GET,
-        &format!("{}/x", s.base),
-        &[("x-request-id", "abc-123")],
-    )
-    .await
-    .unwrap();
+    let a = get_with(&s.url("/x"), &[("x-request-id", "abc-123")]).await;
     assert_eq!(
         a.json()["headers"]["x-request-id"],
         "abc-123",
@@ -249,13 +216,17 @@ async fn request_headers_are_rewritten_as_a_proxy_should() {
 
 #[tokio::test]
 async fn backend_header_names_who_answered() {
-    let s = stack("backend-header", "backend_header = true", "").await;
+    let s = stack("backend-header")
+        .await
+        .proxy_key("backend_header = true")
+        .start()
+        .await;
     assert_eq!(
-        get(&format!("{}/api/users", s.base)).await.headers["x-strangler-backend"],
+        get(&s.url("/api/users")).await.headers["x-strangler-backend"],
         "users"
     );
     assert_eq!(
-        get(&format!("{}/other", s.base)).await.headers["x-strangler-backend"],
+        get(&s.url("/other")).await.headers["x-strangler-backend"],
         "monolith"
     );
 }
@@ -312,9 +283,8 @@ async fn response_hop_by_hop_headers_are_removed() {
         false,
     )
     .await;
-    let text = config_text(&[("monolith", upstream)], "", "");
-    let p = start_proxy(&temp_dir("resp-hop"), &text).await;
-    let a = get(&format!("http://{}/", p.public)).await;
+    let p = monolith_only("resp-hop", upstream).await;
+    let a = get(&p.url("/")).await;
     assert_eq!(a.text(), "ok");
     assert_eq!(a.headers["x-kept"], "yes");
     assert!(a.headers.get("x-hop").is_none());
@@ -351,26 +321,24 @@ async fn upstream_failures_answer_502_or_504_fast_and_are_counted() {
         });
         addr
     };
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\n\
-         [services.monolith]\nurl = \"http://{monolith}\"\n\
-         [services.gone]\nurl = \"http://{}\"\n\
-         [services.silent]\nurl = \"http://{silent}\"\nrequest_timeout = \"300ms\"\n\
-         [services.resetting]\nurl = \"http://{resetting}\"\n\
-         {}{}{}",
-        closed_port(),
-        route("/gone", "gone", 100),
-        route("/silent", "silent", 100),
-        route("/resetting", "resetting", 100),
-    );
-    let p = start_proxy(&temp_dir("failures"), &text).await;
+    let p = ProxyBuilder::new("failures")
+        .service("monolith", monolith)
+        .service("gone", closed_port())
+        .service("silent", silent)
+        .request_timeout("300ms")
+        .service("resetting", resetting)
+        .route("/gone", "gone", 100)
+        .route("/silent", "silent", 100)
+        .route("/resetting", "resetting", 100)
+        .start()
+        .await;
     for (path, status, kind) in [
         ("/gone/1", StatusCode::BAD_GATEWAY, "connect"),
         ("/silent/1", StatusCode::GATEWAY_TIMEOUT, "timeout"),
         ("/resetting/1", StatusCode::BAD_GATEWAY, "reset"),
     ] {
         let started = Instant::now();
-        let a = get(&format!("http://{}{path}", p.public)).await;
+        let a = get(&p.url(path)).await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{path} took {:?}",
@@ -388,7 +356,7 @@ async fn upstream_failures_answer_502_or_504_fast_and_are_counted() {
             a.headers["x-request-id"].to_str().unwrap()
         );
     }
-    let metrics = get(&format!("http://{}/metrics", p.admin)).await.text();
+    let metrics = p.metrics().await;
     for kind in ["connect", "timeout", "reset"] {
         assert!(
             metrics
@@ -408,27 +376,20 @@ async fn upstream_failures_answer_502_or_504_fast_and_are_counted() {
 
 #[tokio::test]
 async fn oversized_targets_and_headers_get_414_and_431() {
-    let s = stack("limits", "", "").await;
-    let eight_k = format!("{}/api/users/{}", s.base, "a".repeat(8 * 1024));
+    let s = stack("limits").await.start().await;
+    let eight_k = s.url(&format!("/api/users/{}", "a".repeat(8 * 1024)));
     let a = get(&eight_k).await;
     assert_eq!(
         (a.status, a.backend()),
         (StatusCode::OK, "users".to_string()),
         "an 8 KiB path is fine"
     );
-    let too_long = format!("{}/api/users/{}", s.base, "a".repeat(20 * 1024));
+    let too_long = s.url(&format!("/api/users/{}", "a".repeat(20 * 1024)));
     assert_eq!(get(&too_long).await.status, StatusCode::URI_TOO_LONG);
     let big = "b".repeat(70 * 1024);
-    let a = send(
-        &client(),
-        Method::GET,
-        &format!("{}/api/users", s.base),
-        &[("x-big", &big)],
-    )
-    .await
-    .unwrap();
+    let a = get_with(&s.url("/api/users"), &[("x-big", &big)]).await;
     assert_eq!(a.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    let metrics = get(&admin(&s, "/metrics")).await.text();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("strangler_downstream_rejected_total{reason=\"uri_too_long\"} 1"));
     assert!(
         metrics.contains("strangler_downstream_rejected_total{reason=\"headers_too_large\"} 1")
@@ -457,14 +418,11 @@ async fn counting_upstream(seen: Arc<AtomicUsize>) -> SocketAddr {
 async fn request_bodies_are_streamed_not_buffered() {
     let seen = Arc::new(AtomicUsize::new(0));
     let upstream = counting_upstream(seen.clone()).await;
-    let text = config_text(&[("monolith", upstream)], "", "");
-    let p = start_proxy(&temp_dir("upload"), &text).await;
+    let p = monolith_only("upload", upstream).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     let body = StreamBody::new(tokio_stream_from(rx));
-    let req = http::Request::post(format!("http://{}/upload", p.public))
-        .body(body)
-        .unwrap();
+    let req = http::Request::post(p.url("/upload")).body(body).unwrap();
     let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
     let response = tokio::spawn(client.request(req));
 
@@ -526,11 +484,10 @@ async fn response_bodies_are_streamed_not_buffered() {
         }))
         .await
     };
-    let text = config_text(&[("monolith", upstream)], "", "");
-    let p = start_proxy(&temp_dir("download"), &text).await;
+    let p = monolith_only("download", upstream).await;
     let res = client()
         .request(
-            http::Request::get(format!("http://{}/stream", p.public))
+            http::Request::get(p.url("/stream"))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -555,8 +512,7 @@ async fn upgrades_are_tunnelled_both_ways() {
         true,
     )
     .await;
-    let text = config_text(&[("monolith", upstream)], "", "");
-    let p = start_proxy(&temp_dir("upgrade"), &text).await;
+    let p = monolith_only("upgrade", upstream).await;
     let mut sock = TcpStream::connect(p.public).await.unwrap();
     sock.write_all(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -595,13 +551,13 @@ async fn upgrades_are_tunnelled_both_ways() {
 
 #[tokio::test]
 async fn h2c_clients_are_served() {
-    let s = stack("h2c", "", "").await;
+    let s = stack("h2c").await.start().await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
     let res = client
         .request(
-            http::Request::get(format!("{}/api/users/3", s.base))
+            http::Request::get(s.url("/api/users/3"))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -614,7 +570,7 @@ async fn h2c_clients_are_served() {
     assert_eq!(body["backend"], "users");
     assert_eq!(body["path"], "/api/users/3");
     // No Host header in HTTP/2: the upstream gets the authority the client used, not its own.
-    let authority = s.proxy.public.to_string();
+    let authority = s.public.to_string();
     assert_eq!(body["headers"]["host"], authority.as_str(), "{body}");
     assert_eq!(
         body["headers"]["x-forwarded-host"],
@@ -625,12 +581,12 @@ async fn h2c_clients_are_served() {
 
 #[tokio::test]
 async fn metrics_count_per_route_with_labels_from_the_file_only() {
-    let s = stack("metrics", "", "").await;
-    get(&format!("{}/api/users/1", s.base)).await;
-    get(&format!("{}/api/users/2", s.base)).await;
-    get(&format!("{}/api/posts/1", s.base)).await;
-    get(&format!("{}/zzz-unique-path-4711", s.base)).await;
-    let m = get(&admin(&s, "/metrics")).await.text();
+    let s = stack("metrics").await.start().await;
+    get(&s.url("/api/users/1")).await;
+    get(&s.url("/api/users/2")).await;
+    get(&s.url("/api/posts/1")).await;
+    get(&s.url("/zzz-unique-path-4711")).await;
+    let m = s.metrics().await;
     for line in [
         "strangler_requests_total{backend=\"users\",code=\"200\",route=\"users\"} 2",
         "strangler_requests_total{backend=\"monolith\",code=\"200\",route=\"posts\"} 1",
@@ -651,39 +607,38 @@ async fn metrics_count_per_route_with_labels_from_the_file_only() {
 
 #[tokio::test]
 async fn admin_endpoints_describe_the_table() {
-    let s = stack("admin", "", "").await;
-    assert_eq!(get(&admin(&s, "/healthz")).await.status, StatusCode::OK);
-    assert_eq!(get(&admin(&s, "/readyz")).await.status, StatusCode::OK);
-    let routes = get(&admin(&s, "/routes")).await.json();
+    let s = stack("admin").await.start().await;
+    assert_eq!(get(&s.admin_url("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(get(&s.admin_url("/readyz")).await.status, StatusCode::OK);
+    let routes = get(&s.admin_url("/routes")).await.json();
     assert_eq!(routes["revision"], 1);
-    let file = std::fs::read(s.proxy.reloader.path()).unwrap();
+    let file = std::fs::read(s.reloader.path()).unwrap();
     assert_eq!(routes["sha256"], strangler_proxy::config::sha256_hex(&file));
     assert!(routes["last_reload_error"].is_null());
     assert_eq!(routes["routes"][0]["name"], "users");
     assert_eq!(routes["routes"][0]["stage"], "live");
     assert_eq!(routes["routes"][1]["stage"], "dark");
     assert_eq!(routes["routes"][1]["weight"], 0);
-    assert_eq!(get(&admin(&s, "/nope")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&s.admin_url("/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn an_h2c_upgrade_is_not_tunnelled() {
     let (upstream, heads) =
         raw_upstream_recording(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
-    let text = config_text(&[("monolith", upstream)], "", "");
-    let p = start_proxy(&temp_dir("h2c-upgrade"), &text).await;
-    let a = send(
-        &client(),
-        Method::GET,
-        &format!("http://{}/", p.public),
+    let p = monolith_only("h2c-upgrade", upstream).await;
+    let a = get_with(
+        &p.url("/"),
         &[
             ("connection", "Upgrade, HTTP2-Settings"),
             ("upgrade", "h2c"),
             ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
         ],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!((a.status, a.text()), (StatusCode::OK, "ok".to_string()));
     let sent = heads.lock().unwrap()[0].clone();
     assert!(

@@ -14,7 +14,7 @@ use strangler_proxy::config::sha256_hex;
 use strangler_proxy::reload::Outcome;
 use strangler_proxy::server::{self, Running};
 use support::{
-    client, config_text, eventually, gated_upstream, get, route, send, start_proxy, temp_dir,
+    ProxyBuilder, client, eventually, gated_upstream, get, send, spawn_get, temp_dir, url,
 };
 
 /// How long a flip may take before the test fails; the spec's target is well under 1 s.
@@ -34,27 +34,27 @@ impl Backends {
         }
     }
 
-    fn table(&self, weight: u8) -> String {
+    /// A proxy for `test` on these backends: `/api/users` → users at `weight`.
+    fn at(&self, test: &str, weight: u16) -> ProxyBuilder {
+        ProxyBuilder::new(test)
+            .service("monolith", self.monolith)
+            .service("users", self.users)
+            .route("/api/users", "users", weight)
+    }
+
+    fn table(&self, weight: u16) -> String {
         self.table_with("", weight, "")
     }
 
     /// The table with extra `[proxy]` keys and a trailing comment (to make otherwise equal
     /// files differ in their bytes).
-    fn table_with(&self, proxy_extra: &str, weight: u8, comment: &str) -> String {
-        let mut text = config_text(
-            &[("monolith", self.monolith), ("users", self.users)],
-            proxy_extra,
-            &route("/api/users", "users", weight),
-        );
+    fn table_with(&self, proxy_extra: &str, weight: u16, comment: &str) -> String {
+        let mut text = self.at("reload", weight).proxy_key(proxy_extra).text();
         if !comment.is_empty() {
             text.push_str(&format!("# {comment}\n"));
         }
         text
     }
-}
-
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
 }
 
 async fn routes_doc(running: &Running) -> serde_json::Value {
@@ -119,9 +119,8 @@ async fn assert_flip_is_seen(style: &str, running: &Running, flip: impl FnOnce()
 #[tokio::test]
 async fn an_in_place_write_is_seen() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-in-place");
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
+    let running = backends.at("reload-in-place", 0).start().await;
+    let path = running.path().to_path_buf();
     let before = inode(&path);
     assert_flip_is_seen("in-place write", &running, || {
         use std::io::Write;
@@ -142,10 +141,13 @@ async fn an_in_place_write_is_seen() {
 #[tokio::test]
 async fn a_vim_style_rename_save_is_seen() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-vim");
-    std::fs::write(dir.join(".routes.toml.swp"), b"b0VIM 9.1").unwrap();
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
+    let running = backends
+        .at("reload-vim", 0)
+        .file(".routes.toml.swp", "b0VIM 9.1")
+        .start()
+        .await;
+    let dir = running.dir();
+    let path = running.path().to_path_buf();
     let before = inode(&path);
     assert_flip_is_seen("vim rename save", &running, || {
         std::fs::write(dir.join("4913"), b"").unwrap();
@@ -163,10 +165,9 @@ async fn a_vim_style_rename_save_is_seen() {
 #[tokio::test]
 async fn an_mv_of_a_temp_file_is_seen() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-mv");
-    let running = start_proxy(&dir, &backends.table(0)).await;
+    let running = backends.at("reload-mv", 0).start().await;
     assert_flip_is_seen("mv of a temp file", &running, || {
-        rename_save(&dir.join("routes.toml"), &backends.table(100));
+        rename_save(running.path(), &backends.table(100));
     })
     .await;
 }
@@ -202,9 +203,8 @@ async fn a_kubernetes_configmap_symlink_swap_is_seen() {
 #[tokio::test]
 async fn an_invalid_file_is_rejected_with_every_error_and_the_old_table_keeps_serving() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-reject");
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
+    let running = backends.at("reload-reject", 0).start().await;
+    let path = running.path().to_path_buf();
     assert_eq!(backend(&running, "/api/users/1").await, "monolith");
     let good = routes_doc(&running).await;
     assert_eq!(good["revision"], 1);
@@ -291,23 +291,18 @@ async fn an_invalid_file_is_rejected_with_every_error_and_the_old_table_keeps_se
 #[tokio::test]
 async fn reverting_a_rejected_edit_clears_the_reload_error() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-revert");
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
-    std::fs::write(
-        &path,
-        backends.table(0).replace("weight = 0", "weight = 300"),
-    )
-    .unwrap();
+    let running = backends.at("reload-revert", 0).start().await;
     // The watcher may have refused it first; either way it is refused.
     assert!(matches!(
-        running.reloader.reload(),
+        running.rewrite(&backends.table(0).replace("weight = 0", "weight = 300")),
         Outcome::Rejected(_) | Outcome::StillRejected
     ));
     assert!(!routes_doc(&running).await["last_reload_error"].is_null());
 
-    std::fs::write(&path, backends.table(0)).unwrap();
-    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
+    assert!(matches!(
+        running.rewrite(&backends.table(0)),
+        Outcome::Unchanged
+    ));
     let doc = routes_doc(&running).await;
     assert!(
         doc["last_reload_error"].is_null(),
@@ -321,20 +316,19 @@ async fn reverting_a_rejected_edit_clears_the_reload_error() {
 #[tokio::test]
 async fn an_explicit_reload_applies_a_change_and_ignores_an_unchanged_file() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-explicit");
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
+    let running = backends.at("reload-explicit", 0).start().await;
     // From here to the second reload there is no await: on this single-threaded runtime the
     // watcher task cannot run, so these reloads are the only ones and their outcomes are exact.
     assert_eq!(running.live.table().revision, 1);
 
     // Same bytes, new mtime: nothing to do.
-    std::fs::write(&path, backends.table(0)).unwrap();
-    assert!(matches!(running.reloader.reload(), Outcome::Unchanged));
+    assert!(matches!(
+        running.rewrite(&backends.table(0)),
+        Outcome::Unchanged
+    ));
     assert_eq!(running.live.table().revision, 1);
 
-    std::fs::write(&path, backends.table(100)).unwrap();
-    match running.reloader.reload() {
+    match running.rewrite(&backends.table(100)) {
         Outcome::Applied(2) => {}
         other => panic!("expected Applied(2), got {other:?}"),
     }
@@ -359,11 +353,10 @@ async fn an_explicit_reload_applies_a_change_and_ignores_an_unchanged_file() {
 #[tokio::test]
 async fn a_change_written_right_after_start_is_seen_promptly() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-right-after-start");
-    let running = start_proxy(&dir, &backends.table(0)).await;
+    let running = backends.at("reload-right-after-start", 0).start().await;
     // No await between start and the write: nothing else on this runtime has run yet.
     let start = Instant::now();
-    rename_save(&dir.join("routes.toml"), &backends.table(100));
+    rename_save(running.path(), &backends.table(100));
     let took = time_until_users_serve(&running, start).await;
     println!("write right after start: traffic moved {took:?} after the write");
 }
@@ -440,9 +433,11 @@ enum Save {
 async fn rewrites_under_load(save: Save) {
     const WRITES: usize = 50;
     let backends = Backends::echo().await;
-    let dir = temp_dir(&format!("reload-under-load-{save:?}"));
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    let path = dir.join("routes.toml");
+    let running = backends
+        .at(&format!("reload-under-load-{save:?}"), 0)
+        .start()
+        .await;
+    let path = running.path().to_path_buf();
     assert_eq!(backend(&running, "/api/users/1").await, "monolith");
 
     let done = Arc::new(AtomicBool::new(false));
@@ -527,11 +522,14 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
         monolith,
         users: support::echo_upstream("users").await,
     };
-    let dir = temp_dir("reload-in-flight");
-    let running = start_proxy(&dir, &backends.table_with("backend_header = false", 0, "")).await;
+    let running = backends
+        .at("reload-in-flight", 0)
+        .proxy_key("backend_header = false")
+        .start()
+        .await;
     assert_eq!(revision(&running).await, 1);
 
-    let in_flight = tokio::spawn(send_owned(url(running.public, "/api/users/held/1")));
+    let in_flight = spawn_get(url(running.public, "/api/users/held/1"));
     assert!(
         eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await,
         "the request never reached monolith"
@@ -539,7 +537,7 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
 
     // The new table moves the route and turns on the backend header.
     rename_save(
-        &dir.join("routes.toml"),
+        running.path(),
         &backends.table_with("backend_header = true", 100, ""),
     );
     let start = Instant::now();
@@ -571,10 +569,6 @@ async fn a_request_in_flight_finishes_on_the_table_it_started_with() {
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.backend(), "users");
     assert_eq!(after.headers["x-strangler-backend"], "users");
-}
-
-async fn send_owned(url: String) -> Result<support::Answer, String> {
-    send(&client(), Method::GET, &url, &[]).await
 }
 
 /// Writes `text` to a temp file beside `path` and renames it over `path`.
@@ -653,13 +647,8 @@ impl ConfigMap {
 #[tokio::test]
 async fn the_same_invalid_file_is_refused_once() {
     let backends = Backends::echo().await;
-    let dir = temp_dir("reload-refused-once");
-    let running = start_proxy(&dir, &backends.table(0)).await;
-    std::fs::write(
-        dir.join("routes.toml"),
-        backends.table(0).replace("weight = 0", "weight = 300"),
-    )
-    .unwrap();
+    let running = backends.at("reload-refused-once", 0).start().await;
+    running.write(&backends.table(0).replace("weight = 0", "weight = 300"));
     for _ in 0..3 {
         assert!(matches!(
             running.reloader.reload(),
@@ -670,11 +659,7 @@ async fn the_same_invalid_file_is_refused_once() {
     let rejected = "strangler_config_reloads_total{result=\"rejected\"}";
     assert_eq!(metric(&running, rejected).await, Some(1.0));
     // A different invalid file is news again.
-    std::fs::write(
-        dir.join("routes.toml"),
-        backends.table(0).replace("weight = 0", "weight = 400"),
-    )
-    .unwrap();
+    running.write(&backends.table(0).replace("weight = 0", "weight = 400"));
     assert!(
         eventually(Duration::from_secs(2), || async {
             metric(&running, rejected).await == Some(2.0)

@@ -23,30 +23,26 @@ fn metric(text: &str, prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn metrics(p: &strangler_proxy::server::Running) -> String {
-    get(&format!("http://{}/metrics", p.admin)).await.text()
+/// monolith and users echo upstreams, `/api/users` → users at `weight`.
+async fn echo_pair(test: &str, weight: u16) -> ProxyBuilder {
+    ProxyBuilder::new(test)
+        .service("monolith", echo_upstream("monolith").await)
+        .service("users", echo_upstream("users").await)
+        .route("/api/users", "users", weight)
 }
 
 #[tokio::test]
 async fn two_proxies_put_every_sticky_key_on_the_same_side() {
-    let monolith = echo_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &format!(
-            "{}sticky = \"header:x-user-id\"\n",
-            route("/api/users", "users", 25)
-        ),
-    );
-    let a = start_proxy(&temp_dir("sticky-a"), &text).await;
-    let b = start_proxy(&temp_dir("sticky-b"), &text).await;
+    let proxy = echo_pair("sticky", 25)
+        .await
+        .with(r#"sticky = "header:x-user-id""#);
+    let (a, b) = (proxy.start().await, proxy.start().await);
     let c = client();
     let mut on_service = 0;
     for user in 0..1_000 {
         let id = format!("u{user}");
         let headers = [("x-user-id", id.as_str())];
-        let url = |p: &strangler_proxy::server::Running| format!("http://{}/api/users/1", p.public);
+        let url = |p: &TestProxy| p.url("/api/users/1");
         let from_a = send(&c, Method::GET, &url(&a), &headers)
             .await
             .unwrap()
@@ -66,24 +62,19 @@ async fn two_proxies_put_every_sticky_key_on_the_same_side() {
 
 #[tokio::test]
 async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
-    let monolith = echo_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let services = [("monolith", monolith), ("users", users)];
-    let at = |w: u8| {
-        config_text(
-            &services,
-            "",
-            &format!(
-                "{}sticky = \"cookie:sid\"\n",
-                route("/api/users", "users", w)
-            ),
-        )
+    let services = ProxyBuilder::new("ramp")
+        .service("monolith", echo_upstream("monolith").await)
+        .service("users", echo_upstream("users").await);
+    let at = |w: u16| {
+        services
+            .clone()
+            .route("/api/users", "users", w)
+            .with(r#"sticky = "cookie:sid""#)
     };
-    let dir = temp_dir("ramp");
-    let p = start_proxy(&dir, &at(10)).await;
+    let p = at(10).start().await;
     let c = client();
-    let sides = |p: &strangler_proxy::server::Running| {
-        let url = format!("http://{}/api/users", p.public);
+    let sides = |p: &TestProxy| {
+        let url = p.url("/api/users");
         let c = c.clone();
         async move {
             let mut out = Vec::new();
@@ -98,11 +89,10 @@ async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
         }
     };
     let at_10 = sides(&p).await;
-    let reload_to = |weight: u8| {
+    let reload_to = |weight: u16| {
         let before = p.live.table().revision;
-        std::fs::write(dir.join("routes.toml"), at(weight)).unwrap();
         // The watcher may get there first; either way a new revision must serve.
-        p.reloader.reload();
+        p.rewrite(&at(weight).text());
         assert!(
             p.live.table().revision > before,
             "weight {weight} was not applied"
@@ -127,74 +117,32 @@ async fn keys_stay_put_across_reloads_and_a_ramp_only_adds_keys() {
 
 #[tokio::test]
 async fn the_override_header_is_opt_in_and_never_forwarded() {
-    let monolith = echo_upstream("monolith").await;
-    let users = echo_upstream("users").await;
-    let services = [("monolith", monolith), ("users", users)];
-    let c = client();
-    let off = start_proxy(
-        &temp_dir("override-off"),
-        &config_text(&services, "", &route("/api/users", "users", 0)),
-    )
-    .await;
-    let a = send(
-        &c,
-        Method::GET,
-        &format!("http://{}/api/users", off.public),
-        &[("x-strangler-route", "users")],
-    )
-    .await
-    .unwrap();
+    let off = echo_pair("override-off", 0).await;
+    let on = off
+        .clone()
+        .proxy_key(r#"override_header = "x-strangler-route""#)
+        .route("/api/threads", "users", 100)
+        .with(r#"name = "threads""#)
+        .start()
+        .await;
+    let off = off.start().await;
+    let a = get_with(&off.url("/api/users"), &[("x-strangler-route", "users")]).await;
     assert_eq!(
         a.backend(),
         "monolith",
         "without [proxy] override_header a client cannot choose"
     );
 
-    let on = start_proxy(
-        &temp_dir("override-on"),
-        &config_text(
-            &services,
-            "override_header = \"x-strangler-route\"",
-            &format!(
-                "{}{}",
-                route("/api/users", "users", 0),
-                route("/api/threads", "users", 100)
-                    .replace("[[routes]]\n", "[[routes]]\nname = \"threads\"\n")
-            ),
-        ),
-    )
-    .await;
-    let url = |path: &str| format!("http://{}{path}", on.public);
-    let forced = send(
-        &c,
-        Method::GET,
-        &url("/api/users/1"),
-        &[("x-strangler-route", "users")],
-    )
-    .await
-    .unwrap();
+    let url = |path: &str| on.url(path);
+    let forced = get_with(&url("/api/users/1"), &[("x-strangler-route", "users")]).await;
     assert_eq!(forced.backend(), "users");
     assert!(
         forced.json()["headers"].get("x-strangler-route").is_none(),
         "the header reached the backend"
     );
-    let back = send(
-        &c,
-        Method::GET,
-        &url("/api/threads/1"),
-        &[("x-strangler-route", "default")],
-    )
-    .await
-    .unwrap();
+    let back = get_with(&url("/api/threads/1"), &[("x-strangler-route", "default")]).await;
     assert_eq!(back.backend(), "monolith");
-    let unknown = send(
-        &c,
-        Method::GET,
-        &url("/api/users/1"),
-        &[("x-strangler-route", "nope")],
-    )
-    .await
-    .unwrap();
+    let unknown = get_with(&url("/api/users/1"), &[("x-strangler-route", "nope")]).await;
     assert_eq!(
         unknown.backend(),
         "monolith",
@@ -224,13 +172,14 @@ async fn killable(name: &'static str) -> Killable {
 async fn fallback_hides_a_dying_service_from_get_clients_but_never_replays_writes() {
     let monolith = echo_upstream("monolith").await;
     let users = killable("users").await;
-    let text = config_text(
-        &[("monolith", monolith), ("users", users.addr)],
-        "",
-        &format!("{}fallback = true\n", route("/api/users", "users", 100)),
-    );
-    let p = start_proxy(&temp_dir("fallback"), &text).await;
-    let url = format!("http://{}/api/users/1", p.public);
+    let p = ProxyBuilder::new("fallback")
+        .service("monolith", monolith)
+        .service("users", users.addr)
+        .route("/api/users", "users", 100)
+        .with("fallback = true")
+        .start()
+        .await;
+    let url = p.url("/api/users/1");
     assert_eq!(get(&url).await.backend(), "users");
 
     // 8 clients send GETs continuously while the service is killed half way.
@@ -285,7 +234,7 @@ async fn fallback_hides_a_dying_service_from_get_clients_but_never_replays_write
         "monolith",
         "the service is gone, the monolith answers"
     );
-    let m = metrics(&p).await;
+    let m = p.metrics().await;
     assert!(
         metric(&m, "strangler_fallbacks_total{route=\"users\"}") >= 1,
         "{m}"
@@ -304,29 +253,27 @@ async fn fallback_also_covers_gateway_errors_from_the_service() {
     let monolith = echo_upstream("monolith").await;
     let overloaded =
         serve(Router::new().fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "busy") })).await;
-    let text = config_text(
-        &[("monolith", monolith), ("users", overloaded)],
-        "",
-        &format!(
-            "{}fallback = true\n{}",
-            route("/api/users", "users", 100),
-            route("/api/nofallback", "users", 100)
-                .replace("[[routes]]\n", "[[routes]]\nname = \"plain\"\n")
-        ),
-    );
-    let p = start_proxy(&temp_dir("fallback-503"), &text).await;
-    let a = get(&format!("http://{}/api/users/2", p.public)).await;
+    let p = ProxyBuilder::new("fallback-503")
+        .service("monolith", monolith)
+        .service("users", overloaded)
+        .route("/api/users", "users", 100)
+        .with("fallback = true")
+        .route("/api/nofallback", "users", 100)
+        .with(r#"name = "plain""#)
+        .start()
+        .await;
+    let a = get(&p.url("/api/users/2")).await;
     assert_eq!(
         (a.status, a.backend()),
         (StatusCode::OK, "monolith".to_string())
     );
-    let a = get(&format!("http://{}/api/nofallback", p.public)).await;
+    let a = get(&p.url("/api/nofallback")).await;
     assert_eq!(
         a.status,
         StatusCode::SERVICE_UNAVAILABLE,
         "without fallback the answer stands"
     );
-    let m = metrics(&p).await;
+    let m = p.metrics().await;
     assert!(
         m.contains(
             "strangler_upstream_errors_total{backend=\"users\",kind=\"http_503\",route=\"users\"} 1"
@@ -381,11 +328,20 @@ async fn legacy() -> SocketAddr {
     .await
 }
 
-async fn comparisons(p: &strangler_proxy::server::Running, result: &str, at_least: u64) -> bool {
+/// `monolith` in front, `/api/users` shadowed to `service` at weight 0.
+fn shadowing(test: &str, monolith: SocketAddr, service: SocketAddr) -> ProxyBuilder {
+    ProxyBuilder::new(test)
+        .service("monolith", monolith)
+        .service("users", service)
+        .route("/api/users", "users", 0)
+        .with("shadow = true")
+}
+
+async fn comparisons(p: &TestProxy, result: &str, at_least: u64) -> bool {
     let prefix =
         format!("strangler_shadow_comparisons_total{{result=\"{result}\",route=\"users\"}}");
     eventually(Duration::from_secs(5), || async {
-        metric(&metrics(p).await, &prefix) >= at_least
+        metric(&p.metrics().await, &prefix) >= at_least
     })
     .await
 }
@@ -394,13 +350,8 @@ async fn comparisons(p: &strangler_proxy::server::Running, result: &str, at_leas
 async fn shadows_are_compared_and_mismatches_explained() {
     let hits = Arc::new(AtomicUsize::new(0));
     let service = differing_service(hits.clone(), Duration::ZERO).await;
-    let text = config_text(
-        &[("monolith", legacy().await), ("users", service)],
-        "",
-        &format!("{}shadow = true\n", route("/api/users", "users", 0)),
-    );
-    let p = start_proxy(&temp_dir("shadow"), &text).await;
-    let base = format!("http://{}", p.public);
+    let p = shadowing("shadow", legacy().await, service).start().await;
+    let base = p.url("");
     // The client always gets the monolith's answer.
     let a = get(&format!("{base}/api/users/2")).await;
     assert_eq!(a.json(), serde_json::json!({"id": 2, "bio": "hero"}));
@@ -418,9 +369,7 @@ async fn shadows_are_compared_and_mismatches_explained() {
         .await
         .unwrap();
 
-    let diffs = get(&format!("http://{}/diffs?route=users", p.admin))
-        .await
-        .json();
+    let diffs = get(&p.admin_url("/diffs?route=users")).await.json();
     let list = diffs["mismatches"].as_array().unwrap();
     assert_eq!(list.len(), 3, "{diffs}");
     let by_path = |path: &str| {
@@ -458,31 +407,25 @@ async fn noise_in_the_default_is_learned_not_blamed_on_the_service() {
     let hits = Arc::new(AtomicUsize::new(0));
     let service = differing_service(hits, Duration::ZERO).await;
     let monolith = legacy().await;
-    let text = |noise: bool| {
-        config_text(
-            &[("monolith", monolith), ("users", service)],
-            "",
-            &format!(
-                "{}shadow = true\nshadow_noise_check = {noise}\n",
-                route("/api/users", "users", 0)
-            ),
-        )
-    };
-    let noisy = start_proxy(&temp_dir("noise-off"), &text(false)).await;
-    get(&format!("http://{}/api/users/clock", noisy.public)).await;
+    let noisy = shadowing("noise-off", monolith, service)
+        .with("shadow_noise_check = false")
+        .start()
+        .await;
+    get(&noisy.url("/api/users/clock")).await;
     assert!(
         comparisons(&noisy, "mismatch", 1).await,
         "without the check a timestamp is a mismatch"
     );
 
-    let learning = start_proxy(&temp_dir("noise-on"), &text(true)).await;
+    let learning = shadowing("noise-on", monolith, service)
+        .with("shadow_noise_check = true")
+        .start()
+        .await;
     for _ in 0..3 {
-        get(&format!("http://{}/api/users/clock", learning.public)).await;
+        get(&learning.url("/api/users/clock")).await;
     }
     assert!(comparisons(&learning, "match", 3).await);
-    let diffs = get(&format!("http://{}/diffs?route=users", learning.admin))
-        .await
-        .json();
+    let diffs = get(&learning.admin_url("/diffs?route=users")).await.json();
     assert_eq!(diffs["learned_noise"], serde_json::json!(["/at"]));
     assert_eq!(diffs["mismatches"], serde_json::json!([]));
 }
@@ -491,27 +434,20 @@ async fn noise_in_the_default_is_learned_not_blamed_on_the_service() {
 async fn shadows_never_slow_the_client_and_are_dropped_when_full() {
     let hits = Arc::new(AtomicUsize::new(0));
     let slow_service = differing_service(hits.clone(), Duration::from_millis(1500)).await;
-    let text = config_text(
-        &[("monolith", legacy().await), ("users", slow_service)],
-        "shadow_concurrency = 2",
-        &format!("{}shadow = true\n", route("/api/users", "users", 0)),
-    );
-    let p = start_proxy(&temp_dir("shadow-bound"), &text).await;
+    let p = shadowing("shadow-bound", legacy().await, slow_service)
+        .proxy_key("shadow_concurrency = 2")
+        .start()
+        .await;
     let started = Instant::now();
     for _ in 0..6 {
-        assert_eq!(
-            get(&format!("http://{}/api/users/1", p.public))
-                .await
-                .status,
-            StatusCode::OK
-        );
+        assert_eq!(get(&p.url("/api/users/1")).await.status, StatusCode::OK);
     }
     assert!(
         started.elapsed() < Duration::from_millis(1000),
         "clients waited for shadows: {:?}",
         started.elapsed()
     );
-    assert!(comparisons(&p, "dropped", 4).await, "{}", metrics(&p).await);
+    assert!(comparisons(&p, "dropped", 4).await, "{}", p.metrics().await);
     assert!(comparisons(&p, "match", 2).await);
     assert_eq!(
         hits.load(Ordering::SeqCst),
@@ -535,22 +471,18 @@ async fn writes_are_shadowed_with_their_body_when_the_operator_asks() {
     };
     let service =
         serve(Router::new().fallback(|body: axum::body::Bytes| async move { body })).await;
-    let text = config_text(
-        &[("monolith", monolith), ("users", service)],
-        "",
-        &format!(
-            "{}shadow = true\nshadow_methods = [\"POST\"]\nshadow_noise_check = true\n",
-            route("/api/users", "users", 0)
-        ),
-    );
-    let p = start_proxy(&temp_dir("shadow-post"), &text).await;
+    let p = shadowing("shadow-post", monolith, service)
+        .with(r#"shadow_methods = ["POST"]"#)
+        .with("shadow_noise_check = true")
+        .start()
+        .await;
     let body = "x".repeat(200_000);
-    let req = http::Request::post(format!("http://{}/api/users", p.public))
+    let req = http::Request::post(p.url("/api/users"))
         .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
         .unwrap();
     let res = client().request(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(comparisons(&p, "match", 1).await, "{}", metrics(&p).await);
+    assert!(comparisons(&p, "match", 1).await, "{}", p.metrics().await);
     assert_eq!(
         monolith_hits.load(Ordering::SeqCst),
         1,

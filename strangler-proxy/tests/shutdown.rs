@@ -5,20 +5,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use support::{
-    client, config_text, eventually, gated_upstream, get, route, send, start_proxy, temp_dir,
+    Gate, ProxyBuilder, TestProxy, client, eventually, gated_upstream, get, send, spawn_get, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
-
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
-}
 
 /// Whether a fresh TCP connection to `addr` is refused.
 async fn refuses_connections(addr: SocketAddr) -> bool {
@@ -34,15 +30,19 @@ async fn stops_accepting(addr: SocketAddr) -> bool {
     eventually(Duration::from_secs(2), || refuses_connections(addr)).await
 }
 
-async fn send_owned(url: String) -> Result<support::Answer, String> {
-    send(&client(), Method::GET, &url, &[]).await
+/// A proxy in front of a monolith that holds `/held/` requests at `Gate`.
+async fn gated_monolith(test: &str) -> (TestProxy, Gate) {
+    let (monolith, gate) = gated_upstream("monolith").await;
+    let proxy = ProxyBuilder::new(test)
+        .service("monolith", monolith)
+        .start()
+        .await;
+    (proxy, gate)
 }
 
 #[tokio::test]
 async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
-    let (monolith, gate) = gated_upstream("monolith").await;
-    let dir = temp_dir("shutdown-drain");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let (running, gate) = gated_monolith("shutdown-drain").await;
     let (public, admin, draining) = (running.public, running.admin, running.draining.clone());
 
     // A keep-alive admin connection opened before shutdown, the way a load balancer's health
@@ -53,7 +53,7 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
         .unwrap();
     assert_eq!(ready.status, StatusCode::OK);
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(
         eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await,
         "the request never reached the upstream"
@@ -107,9 +107,10 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
 /// A drain with nothing in flight is immediate: idle keep-alive connections do not hold it up.
 #[tokio::test]
 async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
-    let monolith = support::echo_upstream("monolith").await;
-    let dir = temp_dir("shutdown-idle");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let running = ProxyBuilder::new("shutdown-idle")
+        .service("monolith", support::echo_upstream("monolith").await)
+        .start()
+        .await;
     let public = running.public;
     let keep_alive = client();
     for i in 0..4 {
@@ -135,13 +136,11 @@ async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
 /// `/readyz` must tell them 503 (and `/metrics` must still be scrapable), not refuse them.
 #[tokio::test]
 async fn readyz_answers_503_to_new_probes_while_draining() {
-    let (monolith, gate) = gated_upstream("monolith").await;
-    let dir = temp_dir("shutdown-readyz");
-    let running = start_proxy(&dir, &config_text(&[("monolith", monolith)], "", "")).await;
+    let (running, gate) = gated_monolith("shutdown-readyz").await;
     let (public, admin) = (running.public, running.admin);
     assert_eq!(get(&url(admin, "/readyz")).await.status, StatusCode::OK);
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
     let shutdown = tokio::spawn(running.shutdown());
     assert!(stops_accepting(public).await);
@@ -165,23 +164,45 @@ async fn readyz_answers_503_to_new_probes_while_draining() {
 }
 
 /// A child process that is killed if the test fails before it exits.
-struct Proxy(Child);
+struct Proxy {
+    child: Child,
+    /// Where its stderr goes.
+    stderr: PathBuf,
+}
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
 
 impl Proxy {
+    /// Runs the binary on `config`, its stderr going to `stderr.log` beside it.
+    fn spawn(config: &Path) -> Proxy {
+        let stderr = config.with_file_name("stderr.log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Proxy { child, stderr }
+    }
+
+    /// What it wrote to stderr so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// Waits up to `within` for the process to exit.
     async fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
         let mut status = None;
         eventually(within, || {
-            status = self.0.try_wait().expect("waiting on the child");
+            status = self.child.try_wait().expect("waiting on the child");
             std::future::ready(status.is_some())
         })
         .await;
@@ -205,20 +226,13 @@ fn kill(signal: &str, pid: u32) {
 }
 
 /// A file with three validation errors, and the `FILE:LINE:COL: message` line each must give.
-fn invalid_file(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
-    let monolith = support::closed_port();
-    let users = support::closed_port();
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &route("/api/users", "user", 101),
-    )
-    .replace(
-        &format!("\"http://{users}\""),
-        "\"https://users.internal:443\"",
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, &text).unwrap();
+fn invalid_file(test: &str) -> (std::path::PathBuf, Vec<String>) {
+    let file = ProxyBuilder::new(test)
+        .service("monolith", support::closed_port())
+        .service_url("users", "https://users.internal:443")
+        .route("/api/users", "user", 101);
+    let text = file.text();
+    let path = file.write();
     let file = path.display().to_string();
     // Line and column of the value on the line that starts with `key = `.
     let at = |key: &str, value: &str| {
@@ -266,8 +280,7 @@ fn assert_error_lines(stderr: &str, file: &Path, expected: &[String]) {
 
 #[test]
 fn check_prints_every_error_with_its_position_and_exits_1() {
-    let dir = temp_dir("bin-check-invalid");
-    let (path, expected) = invalid_file(&dir);
+    let (path, expected) = invalid_file("bin-check-invalid");
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
@@ -277,17 +290,11 @@ fn check_prints_every_error_with_its_position_and_exits_1() {
 
 #[test]
 fn check_accepts_a_valid_file_with_a_one_line_summary() {
-    let dir = temp_dir("bin-check-valid");
-    let text = config_text(
-        &[
-            ("monolith", support::closed_port()),
-            ("users", support::closed_port()),
-        ],
-        "",
-        &route("/api/users", "users", 100),
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = ProxyBuilder::new("bin-check-valid")
+        .service("monolith", support::closed_port())
+        .service("users", support::closed_port())
+        .route("/api/users", "users", 100)
+        .write();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -308,20 +315,10 @@ fn check_accepts_a_valid_file_with_a_one_line_summary() {
 
 #[tokio::test]
 async fn the_binary_refuses_to_start_on_an_invalid_file() {
-    let dir = temp_dir("bin-refuse");
-    let (path, expected) = invalid_file(&dir);
-    let stderr_path = dir.join("stderr.log");
-    let mut proxy = Proxy(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (path, expected) = invalid_file("bin-refuse");
+    let mut proxy = Proxy::spawn(&path);
     let status = proxy.exit_within(Duration::from_secs(5)).await;
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let stderr = proxy.stderr();
     let status = status.unwrap_or_else(|| panic!("still running on an invalid file:\n{stderr}"));
     assert!(!status.success(), "{status}; stderr:\n{stderr}");
     // The same errors as `check` gives; the first one is prefixed with the program name.
@@ -339,36 +336,14 @@ async fn the_binary_refuses_to_start_on_an_invalid_file() {
 async fn the_binary_drains_on_sigterm_and_exits_0() {
     let (monolith, gate) = gated_upstream("monolith").await;
     let users = support::echo_upstream("users").await;
-    let dir = temp_dir("bin-sigterm");
     let (public, admin) = free_ports();
-    let text = config_text(
-        &[("monolith", monolith), ("users", users)],
-        "",
-        &route("/api/users", "users", 100),
-    )
-    .replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{public}\""),
-        1,
-    )
-    .replacen(
-        "admin = \"127.0.0.1:0\"",
-        &format!("admin = \"{admin}\""),
-        1,
-    );
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    let stderr_path = dir.join("stderr.log");
-    let mut proxy = Proxy(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let path = ProxyBuilder::new("bin-sigterm")
+        .listen(public, admin)
+        .service("monolith", monolith)
+        .service("users", users)
+        .route("/api/users", "users", 100)
+        .write();
+    let mut proxy = Proxy::spawn(&path);
 
     let healthy = eventually(Duration::from_secs(10), || async {
         send(&client(), Method::GET, &url(admin, "/healthz"), &[])
@@ -379,23 +354,23 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert!(
         healthy,
         "no /healthz on {admin} (a port taken meanwhile?); stderr:\n{}",
-        log()
+        proxy.stderr()
     );
     assert_eq!(get(&url(public, "/api/users/7")).await.backend(), "users");
 
-    let in_flight = tokio::spawn(send_owned(url(public, "/orders/held/1")));
+    let in_flight = spawn_get(url(public, "/orders/held/1"));
     assert!(eventually(Duration::from_secs(5), || async { gate.arrived() == 1 }).await);
 
-    kill("-TERM", proxy.0.id());
+    kill("-TERM", proxy.child.id());
     assert!(
         stops_accepting(public).await,
         "still accepting after SIGTERM; stderr:\n{}",
-        log()
+        proxy.stderr()
     );
     assert!(
-        proxy.0.try_wait().unwrap().is_none(),
+        proxy.child.try_wait().unwrap().is_none(),
         "exited with a request in flight; stderr:\n{}",
-        log()
+        proxy.stderr()
     );
 
     gate.open();
@@ -404,7 +379,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     assert_eq!(answer.backend(), "monolith");
 
     let status = proxy.exit_within(Duration::from_secs(5)).await;
-    let status =
-        status.unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", log()));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", log());
+    let status = status
+        .unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", proxy.stderr()));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
 }

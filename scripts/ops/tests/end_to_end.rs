@@ -5,19 +5,14 @@
 
 mod common;
 
-use common::stack::{Load, ops, prepare, stack, weight};
+use common::stack::{Load, Stack, prepare, stack};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn users_move_to_their_service_with_no_failed_request() {
-    let s = stack("e2e-ok", None).await;
-    prepare(&s, "on").await;
-    let load = Load::start(s.proxy.public);
+/// `rollout users` in four steps of 1 s, reading the proxy's own `/metrics`.
+async fn rollout(s: &Stack) -> (Option<i32>, String) {
     let metrics = format!("http://{}/metrics", s.proxy.admin);
-    let (code, out) = ops(&[
+    s.run_async(&[
         "rollout",
         "users",
-        "--config",
-        &s.config,
         "--metrics",
         &metrics,
         "--steps",
@@ -29,7 +24,15 @@ async fn users_move_to_their_service_with_no_failed_request() {
         "--max-holds",
         "10",
     ])
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_move_to_their_service_with_no_failed_request() {
+    let s = stack("e2e-ok", None).await;
+    prepare(&s, "on").await;
+    let load = Load::start(s.proxy.public);
+    let (code, out) = rollout(&s).await;
     let (ok, failures) = load.finish();
     println!("{out}");
     assert_eq!(code, Some(0), "{out}");
@@ -62,7 +65,7 @@ async fn users_move_to_their_service_with_no_failed_request() {
         out.contains("rollout of users complete: weight 100"),
         "{out}"
     );
-    assert_eq!(weight(&s.config), 100);
+    assert_eq!(s.weight("users"), 100);
     s.proxy.shutdown().await;
 }
 
@@ -73,24 +76,7 @@ async fn a_failing_service_is_rolled_back_by_the_rollout_itself() {
     // Without shadowing, the first step that shows the service anything is the 5% canary.
     prepare(&s, "off").await;
     let load = Load::start(s.proxy.public);
-    let metrics = format!("http://{}/metrics", s.proxy.admin);
-    let (code, out) = ops(&[
-        "rollout",
-        "users",
-        "--config",
-        &s.config,
-        "--metrics",
-        &metrics,
-        "--steps",
-        "0,5,50,100",
-        "--interval",
-        "1s",
-        "--min-requests",
-        "5",
-        "--max-holds",
-        "10",
-    ])
-    .await;
+    let (code, out) = rollout(&s).await;
     let (_, failures) = load.finish();
     println!("{out}");
     assert_eq!(code, Some(1), "{out}");
@@ -106,7 +92,7 @@ async fn a_failing_service_is_rolled_back_by_the_rollout_itself() {
         "{out}"
     );
     assert!(!out.contains("step 4/4"), "{out}");
-    assert_eq!(weight(&s.config), 0);
+    assert_eq!(s.weight("users"), 0);
     // The proxy retried the service's failures on the monolith: clients saw none of them.
     assert!(failures.is_empty(), "{failures:?}");
     s.proxy.shutdown().await;

@@ -3,32 +3,14 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Lines, Scratch, count, eventually, generate, ops, run, sqlite, stderr, stdout};
-
-fn data_args(dir: &Scratch) -> Vec<String> {
-    vec![
-        "--data-dir".into(),
-        dir.path.display().to_string(),
-        "--config".into(),
-        dir.join("routes.toml").display().to_string(),
-    ]
-}
-
-fn migrate(dir: &Scratch, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["migrate-data".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(data_args(dir));
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
+use common::{OpsTest, SHIPPED, count, eventually, sqlite, stderr, stdout};
 
 #[test]
 fn a_copy_is_verified_idempotent_and_syncs_updates_and_deletes() {
-    let dir = Scratch::new("copy");
-    generate(&dir.path, 50, 40, 3000);
-    let first = migrate(&dir, &["posts", "--batch", "700"]);
+    let dir = OpsTest::new("copy").board(50, 40, 3000).start();
+    let first = dir.migrate(&["posts", "--batch", "700"]);
     let out = stdout(&first);
     assert!(first.status.success(), "{out}\n{}", stderr(&first));
     assert!(
@@ -58,7 +40,7 @@ fn a_copy_is_verified_idempotent_and_syncs_updates_and_deletes() {
     assert_eq!(tables, ["_strangler_migration", "posts"]);
 
     // Running again rewrites nothing.
-    let again = migrate(&dir, &["posts"]);
+    let again = dir.migrate(&["posts"]);
     assert!(again.status.success());
     assert!(
         stdout(&again).contains("3000 rows read, 0 written, 0 removed"),
@@ -75,7 +57,7 @@ fn a_copy_is_verified_idempotent_and_syncs_updates_and_deletes() {
          INSERT INTO posts (id, thread, text, user) VALUES (5000, 1, 'new', 1);",
     )
     .unwrap();
-    let sync = migrate(&dir, &["posts", "--batch", "1000"]);
+    let sync = dir.migrate(&["posts", "--batch", "1000"]);
     let out = stdout(&sync);
     assert!(sync.status.success(), "{out}");
     assert!(
@@ -91,10 +73,9 @@ fn a_copy_is_verified_idempotent_and_syncs_updates_and_deletes() {
 
 #[test]
 fn every_resource_lands_in_its_own_database() {
-    let dir = Scratch::new("resources");
-    generate(&dir.path, 30, 20, 10);
+    let dir = OpsTest::new("resources").board(30, 20, 10).start();
     for (resource, rows) in [("users", 30), ("threads", 20)] {
-        let o = migrate(&dir, &[resource]);
+        let o = dir.migrate(&[resource]);
         assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
         assert!(
             stdout(&o).contains(&format!("verification OK: {rows} rows")),
@@ -107,16 +88,15 @@ fn every_resource_lands_in_its_own_database() {
 
 #[test]
 fn a_tampered_copy_fails_verification_with_exit_1() {
-    let dir = Scratch::new("tamper");
-    generate(&dir.path, 20, 10, 500);
-    assert!(migrate(&dir, &["posts"]).status.success());
+    let dir = OpsTest::new("tamper").board(20, 10, 500).start();
+    assert!(dir.migrate(&["posts"]).status.success());
     let service = dir.join("posts.db");
 
     // Same row count, one changed character: only the checksum can tell.
     sqlite(&service)
         .execute("UPDATE posts SET text = text || '!' WHERE id = 250", [])
         .unwrap();
-    let o = migrate(&dir, &["posts", "--verify-only"]);
+    let o = dir.migrate(&["posts", "--verify-only"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let out = stdout(&o);
     assert!(
@@ -129,7 +109,7 @@ fn a_tampered_copy_fails_verification_with_exit_1() {
     sqlite(&service)
         .execute("DELETE FROM posts WHERE id = 7", [])
         .unwrap();
-    let o = migrate(&dir, &["posts", "--verify-only"]);
+    let o = dir.migrate(&["posts", "--verify-only"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stdout(&o).contains("the service has 499 rows, the monolith 500 (-1)"),
@@ -138,34 +118,16 @@ fn a_tampered_copy_fails_verification_with_exit_1() {
     );
 
     // A copy repairs it.
-    let o = migrate(&dir, &["posts"]);
+    let o = dir.migrate(&["posts"]);
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).contains("verification OK: 500 rows"));
 }
 
 #[test]
 fn a_copy_killed_mid_way_resumes_from_its_checkpoint() {
-    let dir = Scratch::new("kill");
-    generate(&dir.path, 100, 100, 60_000);
+    let dir = OpsTest::new("kill").board(100, 100, 60_000).start();
     let service = dir.join("posts.db");
-    let mut args = vec![
-        "migrate-data",
-        "posts",
-        "--batch",
-        "1000",
-        "--batch-pause",
-        "40ms",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(data_args(&dir));
-    let mut child = ops()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let (mut child, _) = dir.spawn_migrate(&["posts", "--batch", "1000", "--batch-pause", "40ms"]);
     // Wait until a few batches are committed, then kill -9 (no chance to clean up).
     let at = eventually(Duration::from_secs(60), "a few committed batches", || {
         let conn = rusqlite::Connection::open(&service).ok()?;
@@ -194,7 +156,7 @@ fn a_copy_killed_mid_way_resumes_from_its_checkpoint() {
     // Batch and checkpoint commit together: every row up to the checkpoint is there, none after.
     assert_eq!(copied, checkpoint, "rows and checkpoint agree");
 
-    let o = migrate(&dir, &["posts", "--batch", "5000"]);
+    let o = dir.migrate(&["posts", "--batch", "5000"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(
@@ -223,11 +185,9 @@ fn a_copy_killed_mid_way_resumes_from_its_checkpoint() {
 
 #[test]
 fn a_copy_refuses_while_the_service_takes_writes() {
-    let dir = Scratch::new("guard");
-    generate(&dir.path, 5, 5, 5);
-    let routes = include_str!("../../../routes.toml").replacen("weight  = 0", "weight  = 30", 1);
-    std::fs::write(dir.join("routes.toml"), routes).unwrap();
-    let o = migrate(&dir, &["users"]);
+    let dir = OpsTest::new("guard").board(5, 5, 5).start();
+    dir.write_routes(&SHIPPED.replacen("weight  = 0", "weight  = 30", 1));
+    let o = dir.migrate(&["users"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("route \"users\" sends writes to service \"users\" (weight 30)"),
@@ -236,35 +196,22 @@ fn a_copy_refuses_while_the_service_takes_writes() {
     );
     assert!(!dir.join("users.db").exists(), "nothing was touched");
     // Threads are not routed to their service yet: fine.
-    assert!(migrate(&dir, &["threads"]).status.success());
-    assert!(migrate(&dir, &["users", "--force"]).status.success());
+    assert!(dir.migrate(&["threads"]).status.success());
+    assert!(dir.migrate(&["users", "--force"]).status.success());
 }
 
 #[test]
 fn follow_applies_inserts_updates_and_deletes_until_sigterm() {
-    let dir = Scratch::new("follow");
-    generate(&dir.path, 10, 10, 2000);
+    let dir = OpsTest::new("follow").board(10, 10, 2000).start();
     let service = dir.join("posts.db");
-    let mut args = vec![
-        "migrate-data",
+    let (mut child, mut out) = dir.spawn_migrate(&[
         "posts",
         "--follow",
         "--poll",
         "50ms",
         "--report-every",
         "300ms",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(data_args(&dir));
-    let mut child = ops()
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut out = Lines::follow(child.stdout.take().expect("stdout"));
+    ]);
     out.wait_for("following changes to posts");
     assert!(out.saw("verification OK: 2000 rows"), "{:?}", out.seen);
 

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::stack::{Load, ops, prepare, stack, weight};
+use common::stack::{Load, prepare, stack};
 use common::{Scratch, eventually};
 
 fn free_port() -> u16 {
@@ -93,25 +93,24 @@ async fn a_rollout_reads_its_figures_from_prometheus() {
     .unwrap();
 
     let load = Load::start(s.proxy.public);
-    let (code, out) = ops(&[
-        "rollout",
-        "users",
-        "--config",
-        &s.config,
-        "--prometheus",
-        &url,
-        "--steps",
-        "0,50,100",
-        "--interval",
-        "4s",
-        "--min-requests",
-        "5",
-        "--max-holds",
-        "5",
-        "--apply-timeout",
-        "20s",
-    ])
-    .await;
+    let (code, out) = s
+        .run_async(&[
+            "rollout",
+            "users",
+            "--prometheus",
+            &url,
+            "--steps",
+            "0,50,100",
+            "--interval",
+            "4s",
+            "--min-requests",
+            "5",
+            "--max-holds",
+            "5",
+            "--apply-timeout",
+            "20s",
+        ])
+        .await;
     let (ok, failures) = load.finish();
     println!("{out}");
     assert_eq!(code, Some(0), "{out}");
@@ -124,7 +123,7 @@ async fn a_rollout_reads_its_figures_from_prometheus() {
         out.contains("rollout of users complete: weight 100"),
         "{out}"
     );
-    assert_eq!(weight(&s.config), 100);
+    assert_eq!(s.weight("users"), 100);
     s.proxy.shutdown().await;
 }
 

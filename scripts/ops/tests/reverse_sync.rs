@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,39 +21,15 @@ use strangler_ops::sync::{self, Direction, Side, SyncStage};
 use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
 
-use common::{Lines, Scratch, eventually, generate, ops, run, sqlite, stderr, stdout};
+use common::{Lines, Ops, OpsTest, eventually, sqlite, stderr, stdout};
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn args(dir: &Scratch, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["migrate-data".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend([
-        "--data-dir".into(),
-        dir.path.display().to_string(),
-        "--config".into(),
-        dir.join("routes.toml").display().to_string(),
-    ]);
-    args
-}
-
-fn migrate(dir: &Scratch, extra: &[&str]) -> std::process::Output {
-    let args = args(dir, extra);
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 /// A follower (`migrate-data RESOURCE --follow …`) with its stdout read line by line.
-fn follower(dir: &Scratch, extra: &[&str]) -> (Child, Lines) {
+fn follower(dir: &Ops, extra: &[&str]) -> (Child, Lines) {
     let mut all = extra.to_vec();
     all.extend(["--poll", "5ms", "--report-every", "300ms"]);
-    let mut child = ops()
-        .args(args(dir, &all))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let out = Lines::follow(child.stdout.take().expect("stdout"));
-    (child, out)
+    dir.spawn_migrate(&all)
 }
 
 fn kill9(child: &mut Child) {
@@ -111,9 +87,8 @@ fn strangler_objects(db: &Path) -> Vec<String> {
 
 #[test]
 fn an_applied_change_is_never_captured_back_but_client_writes_are() {
-    let dir = Scratch::new("pingpong");
-    generate(&dir.path, 5, 5, 50);
-    assert!(migrate(&dir, &["posts"]).status.success());
+    let dir = OpsTest::new("pingpong").board(5, 5, 50).start();
+    assert!(dir.migrate(&["posts"]).status.success());
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
     let table = Table::of(Resource::Posts);
     let mut conn = migrate::open(&m, &s, table).expect("open");
@@ -169,18 +144,17 @@ fn an_applied_change_is_never_captured_back_but_client_writes_are() {
 
 #[test]
 fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
-    let dir = Scratch::new("cycle");
-    generate(&dir.path, 10, 10, 200);
+    let dir = OpsTest::new("cycle").board(10, 10, 200).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
     assert!(
-        sync::read_state(&dir.path, Resource::Posts)
+        sync::read_state(dir.path(), Resource::Posts)
             .unwrap()
             .is_none()
     );
     assert!(!s.exists(), "read_state creates nothing");
 
     // --reverse is refused while the monolith takes the writes.
-    let o = migrate(&dir, &["posts", "--reverse"]);
+    let o = dir.migrate(&["posts", "--reverse"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("scripts/migrate-data posts --follow"),
@@ -191,7 +165,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     let (mut child, mut out) = follower(&dir, &["posts", "--follow"]);
     out.wait_for("following changes to posts in the monolith");
     assert!(out.saw("verification OK: 200 rows"), "{:?}", out.seen);
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -203,14 +177,14 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     sqlite(&m)
         .execute("UPDATE posts SET text = 'forward' WHERE id = 10", [])
         .unwrap();
-    sync::drain(&dir.path, Resource::Posts, Direction::Forward, LONG).unwrap();
+    sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap();
     assert_eq!(text_of(&s, 10).as_deref(), Some("forward"));
 
     // Cutover: writes now go to the service.
-    sync::switch(&dir.path, Resource::Posts, Direction::Reverse).unwrap();
-    sync::wait_follower(&dir.path, Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::switch(dir.path(), Resource::Posts, Direction::Reverse).unwrap();
+    sync::wait_follower(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
     out.wait_for("direction of posts changed from forward to reverse");
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::WritesSwitched);
@@ -253,7 +227,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     for w in writers {
         w.join().expect("writer");
     }
-    sync::drain(&dir.path, Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::drain(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
     assert!(child.try_wait().unwrap().is_none(), "{:?}", out.seen);
     let below_fence: i64 = sqlite(&m)
         .query_row(
@@ -266,15 +240,15 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     // Plus the id fence, which verification leaves out.
     assert_eq!(common::count(&m, "posts"), 401);
     assert_eq!(changes(&m), 0, "ping-pong: the reverse apply was captured");
-    let v = sync::verify(&dir.path, Resource::Posts).unwrap();
+    let v = sync::verify(dir.path(), Resource::Posts).unwrap();
     assert!(v.matches(), "{}", v.render());
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.last_verified_ok, Some(true));
 
     // A plain copy would overwrite the service's newer writes: refused.
-    let o = migrate(&dir, &["posts"]);
+    let o = dir.migrate(&["posts"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("would overwrite"), "{}", stderr(&o));
 
@@ -282,7 +256,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     let status = sigterm(&mut child);
     assert!(status.success(), "{status:?}: {:?}", out.seen);
     out.wait_for("change capture left in place on both sides");
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.capture_installed, (true, true));
@@ -297,7 +271,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     assert_eq!(text_of(&m, 12).as_deref(), Some("while stopped"));
 
     // Complete: capture gone on both sides, the follower exits 0.
-    let completed = sync::complete(&dir.path, Resource::Posts).unwrap();
+    let completed = sync::complete(dir.path(), Resource::Posts).unwrap();
     assert!(
         completed.monolith_note.contains("stale copy"),
         "{completed:?}"
@@ -311,7 +285,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
         strangler_objects(&s),
         ["_strangler_migration", "_strangler_sync"]
     );
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::Complete);
@@ -320,8 +294,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
 
 #[test]
 fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
-    let dir = Scratch::new("conflict");
-    generate(&dir.path, 5, 5, 6);
+    let dir = OpsTest::new("conflict").board(5, 5, 6).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
     let (mut child, mut out) = follower(&dir, &["posts", "--follow"]);
     out.wait_for("following changes to posts in the monolith");
@@ -349,11 +322,11 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
     assert_eq!(created.id, 7);
     out.wait_for("CONFLICT: conflict on posts id 7");
     assert_eq!(text_of(&s, 7).as_deref(), Some("written in the service"));
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.conflicts, 1);
-    let v = sync::verify(&dir.path, Resource::Posts).unwrap();
+    let v = sync::verify(dir.path(), Resource::Posts).unwrap();
     assert!(!v.matches());
     assert_eq!(v.conflicts.len(), 1);
     assert!(
@@ -362,7 +335,7 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
         v.render()
     );
     // A draining cutover stops on it.
-    let err = sync::drain(&dir.path, Resource::Posts, Direction::Forward, LONG).unwrap_err();
+    let err = sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap_err();
     assert!(
         err.to_string().contains("1 unresolved conflict(s)"),
         "{err:#}"
@@ -373,7 +346,7 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
     out.wait_for("stopped following; change capture removed");
     assert_eq!(status.code(), Some(1), "{:?}", out.seen);
     assert!(out.saw("unresolved conflict"), "{:?}", out.seen);
-    let o = migrate(&dir, &["posts", "--verify-only"]);
+    let o = dir.migrate(&["posts", "--verify-only"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stdout(&o).contains("conflict on posts id 7"),
@@ -387,9 +360,9 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
             [],
         )
         .unwrap();
-    let o = migrate(&dir, &["posts", "--resolve-conflicts"]);
+    let o = dir.migrate(&["posts", "--resolve-conflicts"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = migrate(&dir, &["posts", "--verify-only"]);
+    let o = dir.migrate(&["posts", "--verify-only"]);
     assert!(o.status.success(), "{}", stdout(&o));
 }
 
@@ -407,10 +380,9 @@ async fn post_user(router: &axum::Router, username: &str) -> i64 {
 
 #[tokio::test]
 async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
-    let dir = Scratch::new("ids");
-    generate(&dir.path, 20, 5, 5);
+    let dir = OpsTest::new("ids").board(20, 5, 5).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("users.db"));
-    let o = migrate(&dir, &["users"]);
+    let o = dir.migrate(&["users"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let table = Table::of(Resource::Users);
     {
@@ -423,7 +395,7 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     sqlite(&s)
         .execute("DELETE FROM users WHERE id = 20", [])
         .unwrap();
-    let refused = sync::switch(&dir.path, Resource::Users, Direction::Reverse).unwrap_err();
+    let refused = sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap_err();
     assert!(
         refused.to_string().contains("drain monolith → service"),
         "{refused:#}"
@@ -438,13 +410,13 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     )
     .unwrap();
     drop(c);
-    sync::switch(&dir.path, Resource::Users, Direction::Reverse).unwrap();
-    let state = sync::read_state(&dir.path, Resource::Users)
+    sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap();
+    let state = sync::read_state(dir.path(), Resource::Users)
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::WritesSwitched);
     // The fence row is not a difference.
-    let v = sync::verify(&dir.path, Resource::Users).unwrap();
+    let v = sync::verify(dir.path(), Resource::Users).unwrap();
     assert!(v.matches(), "{}", v.render());
 
     // A new user through the service's API, and a straggler written on the monolith.
@@ -496,8 +468,8 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     sqlite(&s)
         .execute("DELETE FROM _strangler_changes", [])
         .unwrap();
-    sync::switch(&dir.path, Resource::Users, Direction::Forward).unwrap();
-    let state = sync::read_state(&dir.path, Resource::Users)
+    sync::switch(dir.path(), Resource::Users, Direction::Forward).unwrap();
+    let state = sync::read_state(dir.path(), Resource::Users)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -512,13 +484,12 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
 
 #[test]
 fn followers_killed_with_9_resume_in_both_directions() {
-    let dir = Scratch::new("kill9");
-    generate(&dir.path, 10, 10, 300);
+    let dir = OpsTest::new("kill9").board(10, 10, 300).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
     let (mut child, mut out) = follower(&dir, &["posts", "--follow"]);
     out.wait_for("following changes to posts in the monolith");
     // Refuses to remove capture under a live follower.
-    let o = migrate(&dir, &["posts", "--remove-capture"]);
+    let o = dir.migrate(&["posts", "--remove-capture"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("a follower is running"),
@@ -556,9 +527,9 @@ fn followers_killed_with_9_resume_in_both_directions() {
     assert_eq!(text_of(&s, 120).as_deref(), Some("after the kill"));
 
     // Reverse: switched, killed while applying, restarted with --reverse --follow.
-    sync::drain(&dir.path, Resource::Posts, Direction::Forward, LONG).unwrap();
-    sync::switch(&dir.path, Resource::Posts, Direction::Reverse).unwrap();
-    sync::wait_follower(&dir.path, Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap();
+    sync::switch(dir.path(), Resource::Posts, Direction::Reverse).unwrap();
+    sync::wait_follower(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
     sqlite(&s)
         .execute(
             "UPDATE posts SET text = 'service before the kill' WHERE id BETWEEN 1 AND 100",
@@ -573,11 +544,11 @@ fn followers_killed_with_9_resume_in_both_directions() {
         )
         .unwrap();
     // Not removable while writes are switched.
-    let o = migrate(&dir, &["posts", "--remove-capture"]);
+    let o = dir.migrate(&["posts", "--remove-capture"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("writes are switched"), "{}", stderr(&o));
     // A one-shot --reverse catches the monolith up and verifies.
-    let o = migrate(&dir, &["posts", "--reverse"]);
+    let o = dir.migrate(&["posts", "--reverse"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("verification OK: 299 rows"),
@@ -596,7 +567,7 @@ fn followers_killed_with_9_resume_in_both_directions() {
     kill9(&mut child);
 
     // A forced removal after the kill cleans both databases.
-    let o = migrate(&dir, &["posts", "--remove-capture", "--force"]);
+    let o = dir.migrate(&["posts", "--remove-capture", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("monolith triggers removed, service triggers removed"),
@@ -604,7 +575,7 @@ fn followers_killed_with_9_resume_in_both_directions() {
         stdout(&o)
     );
     assert_eq!(strangler_objects(&m), Vec::<String>::new());
-    let state = sync::read_state(&dir.path, Resource::Posts)
+    let state = sync::read_state(dir.path(), Resource::Posts)
         .unwrap()
         .unwrap();
     assert_eq!(state.capture_installed, (false, false));
@@ -612,8 +583,7 @@ fn followers_killed_with_9_resume_in_both_directions() {
 
 #[test]
 fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
-    let dir = Scratch::new("remove");
-    generate(&dir.path, 5, 5, 20);
+    let dir = OpsTest::new("remove").board(5, 5, 20).start();
     let m = dir.join("monolith.db");
     let (mut child, mut out) = follower(&dir, &["posts", "--follow"]);
     out.wait_for("following changes to posts in the monolith");
@@ -621,7 +591,7 @@ fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
     sqlite(&m)
         .execute("UPDATE posts SET text = 'x' WHERE id = 1", [])
         .unwrap();
-    let o = migrate(&dir, &["posts", "--remove-capture"]);
+    let o = dir.migrate(&["posts", "--remove-capture"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("discarded 1 captured change(s)"),
@@ -631,7 +601,7 @@ fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
     assert!(stdout(&o).contains("back to not started"), "{}", stdout(&o));
     assert_eq!(strangler_objects(&m), Vec::<String>::new());
     assert!(
-        sync::read_state(&dir.path, Resource::Posts)
+        sync::read_state(dir.path(), Resource::Posts)
             .unwrap()
             .is_none()
     );
@@ -639,14 +609,13 @@ fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
 
 #[tokio::test]
 async fn a_thread_by_a_user_just_created_on_the_service_is_accepted_by_the_monolith() {
-    let dir = Scratch::new("e2e422");
-    generate(&dir.path, 10, 5, 5);
+    let dir = OpsTest::new("e2e422").board(10, 5, 5).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("users.db"));
     let (mut child, mut out) = follower(&dir, &["users", "--follow"]);
     out.wait_for("following changes to users in the monolith");
-    sync::drain(&dir.path, Resource::Users, Direction::Forward, LONG).unwrap();
-    sync::switch(&dir.path, Resource::Users, Direction::Reverse).unwrap();
-    sync::wait_follower(&dir.path, Resource::Users, Direction::Reverse, LONG).unwrap();
+    sync::drain(dir.path(), Resource::Users, Direction::Forward, LONG).unwrap();
+    sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap();
+    sync::wait_follower(dir.path(), Resource::Users, Direction::Reverse, LONG).unwrap();
 
     let service_db = Db::open(&s, &[Resource::Users], Seed::Empty).unwrap();
     let refs = Arc::new(RemoteReferences::new("http://127.0.0.1:9").unwrap());

@@ -4,44 +4,26 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::fake::{Behaviour, FakeProxy};
-use common::{Lines, Scratch, ops, run, stderr, stdout};
+use common::{Ops, OpsTest, SHIPPED, stderr, stdout};
 
-const SHIPPED: &str = include_str!("../../../routes.toml");
-
-/// The shipped routes with the users route moved to reads only (and shadowing when asked).
-fn routes(dir: &Scratch, shadow: bool) -> String {
+/// A test on the shipped routes with the users route moved to reads only (and shadowing when
+/// asked).
+fn reads_only(name: &str, shadow: bool) -> Ops {
     let extra = if shadow {
         "methods = [\"GET\", \"HEAD\"]\nshadow = true\n"
     } else {
         "methods = [\"GET\", \"HEAD\"]\n"
     };
     let text = SHIPPED.replacen("weight  = 0\n", &format!("weight  = 0\n{extra}"), 1);
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    OpsTest::new(name).routes(&text).start()
 }
 
-fn weight_in(path: &str, route: &str) -> u8 {
-    let loaded = strangler_proxy::config::load(std::path::Path::new(path)).expect("valid file");
-    loaded
-        .config
-        .routes
-        .iter()
-        .find(|r| r.name == route)
-        .expect("route")
-        .weight
-}
-
-fn rollout(path: &str, source: &[&str], extra: &[&str]) -> std::process::Output {
+fn rollout(dir: &Ops, source: &[&str], extra: &[&str]) -> std::process::Output {
     // --max-holds bounds every run: a test never waits for traffic that will not come.
     let mut args = vec![
         "rollout",
         "users",
-        "--config",
-        path,
         "--interval",
         "200ms",
         "--apply-timeout",
@@ -52,19 +34,28 @@ fn rollout(path: &str, source: &[&str], extra: &[&str]) -> std::process::Output 
     }
     args.extend_from_slice(source);
     args.extend_from_slice(extra);
-    run(&args)
+    dir.run(&args)
+}
+
+/// [`rollout`] reading the `/metrics` of a fake proxy behaving as `behaviour`: what the run
+/// returned and its stdout.
+fn rollout_against(
+    dir: &Ops,
+    behaviour: Behaviour,
+    extra: &[&str],
+) -> (std::process::Output, String) {
+    let fake = dir.fake(behaviour);
+    let o = rollout(dir, &["--metrics", &format!("{}/metrics", fake.url)], extra);
+    let out = stdout(&o);
+    (o, out)
 }
 
 #[test]
 fn a_healthy_service_is_rolled_out_to_100() {
-    let dir = Scratch::new("rollout-ok");
-    let path = routes(&dir, true);
-    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
+    let dir = reads_only("rollout-ok", true);
+    let (o, out) = rollout_against(&dir, Behaviour::default(), &[]);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    assert_eq!(weight_in(&path, "users"), 100);
+    assert_eq!(dir.weight("users"), 100);
     for step in [
         "step 1/6 (0%)",
         "step 2/6 (1%)",
@@ -90,23 +81,20 @@ fn a_healthy_service_is_rolled_out_to_100() {
         "{out}"
     );
     // Other routes are untouched.
-    assert_eq!(weight_in(&path, "posts"), 0);
+    assert_eq!(dir.weight("posts"), 0);
 }
 
 #[test]
 fn errors_from_50_percent_on_roll_back_to_25_and_exit_1() {
-    let dir = Scratch::new("rollout-errors");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(
-        path.clone().into(),
+    let dir = reads_only("rollout-errors", false);
+    let (o, out) = rollout_against(
+        &dir,
         Behaviour {
             service_fails: Some((50, 0.3)),
             ..Behaviour::default()
         },
+        &[],
     );
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
     assert!(out.contains("step 4/6 (25%): gates passed"), "{out}");
     assert!(
@@ -118,24 +106,21 @@ fn errors_from_50_percent_on_roll_back_to_25_and_exit_1() {
         "{out}"
     );
     assert!(!out.contains("step 6/6"), "{out}");
-    assert_eq!(weight_in(&path, "users"), 25);
+    assert_eq!(dir.weight("users"), 25);
 }
 
 #[test]
 fn failures_hidden_by_fallback_still_count_against_the_service() {
-    let dir = Scratch::new("rollout-fallback");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(
-        path.clone().into(),
+    let dir = reads_only("rollout-fallback", false);
+    let (o, out) = rollout_against(
+        &dir,
         Behaviour {
             service_fails: Some((1, 0.5)),
             fallback: true,
             ..Behaviour::default()
         },
+        &["--steps", "0,25,100"],
     );
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,25,100"]);
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     // 500 requests for the service: 250 answered, 250 failed and served by the default instead.
     assert!(
@@ -143,134 +128,107 @@ fn failures_hidden_by_fallback_still_count_against_the_service() {
         "{out}"
     );
     assert!(out.contains("| 250 fallbacks"), "{out}");
-    assert_eq!(weight_in(&path, "users"), 0);
+    assert_eq!(dir.weight("users"), 0);
 }
 
 #[test]
 fn a_slow_service_fails_the_latency_gate() {
-    let dir = Scratch::new("rollout-slow");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(
-        path.clone().into(),
+    let dir = reads_only("rollout-slow", false);
+    let (o, out) = rollout_against(
+        &dir,
         Behaviour {
             service_latency: 0.3,
             default_latency: 0.02,
             ..Behaviour::default()
         },
+        &["--steps", "0,25,100"],
     );
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,25,100"]);
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         // p99 interpolated in the proxy's own histogram buckets (0.25–0.5 s and 0.01–0.025 s).
         out.contains("GATE FAILED: p99 latency: service 497.5 ms > --max-latency-ratio 2 x default 24.9 ms (= 49.7 ms)"),
         "{out}"
     );
-    assert_eq!(weight_in(&path, "users"), 0);
+    assert_eq!(dir.weight("users"), 0);
 }
 
 #[test]
 fn shadow_mismatches_stop_the_rollout_before_any_traffic_moves() {
-    let dir = Scratch::new("rollout-shadow");
-    let path = routes(&dir, true);
-    let fake = FakeProxy::start(
-        path.clone().into(),
+    let dir = reads_only("rollout-shadow", true);
+    let (o, out) = rollout_against(
+        &dir,
         Behaviour {
             shadow_mismatch: 0.05,
             ..Behaviour::default()
         },
+        &[],
     );
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &[]);
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
         out.contains("step 1/6 (0%): GATE FAILED: shadow match ratio: 0.9500 (1900 of 2000 comparisons matched, 100 differed, 0 failed) < --min-shadow-match 0.999"),
         "{out}"
     );
     assert!(!out.contains("step 2/6"), "{out}");
-    assert_eq!(weight_in(&path, "users"), 0);
+    assert_eq!(dir.weight("users"), 0);
 }
 
 #[test]
 fn too_little_traffic_holds_the_step_until_traffic_comes() {
-    let dir = Scratch::new("rollout-hold");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(
-        path.clone().into(),
-        Behaviour {
-            per_scrape: 40,
-            ..Behaviour::default()
-        },
-    );
+    let dir = reads_only("rollout-hold", false);
+    let fake = dir.fake(Behaviour {
+        per_scrape: 40,
+        ..Behaviour::default()
+    });
     let metrics = format!("{}/metrics", fake.url);
-    let mut child = ops()
-        .args([
-            "rollout",
-            "users",
-            "--config",
-            &path,
-            "--interval",
-            "200ms",
-            "--steps",
-            "0,25,100",
-            "--max-holds",
-            "50",
-            "--metrics",
-            &metrics,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = Lines::follow(child.stdout.take().expect("stdout"));
+    let (mut child, mut lines) = dir.spawn(&[
+        "rollout",
+        "users",
+        "--interval",
+        "200ms",
+        "--steps",
+        "0,25,100",
+        "--max-holds",
+        "50",
+        "--metrics",
+        &metrics,
+    ]);
     lines.wait_for(
         "step 2/3 (25%): holding at 25%: the service answered 10 requests in the interval, fewer than --min-requests 20; waiting another interval",
     );
-    assert_eq!(weight_in(&path, "users"), 25, "a hold keeps the weight");
+    assert_eq!(dir.weight("users"), 25, "a hold keeps the weight");
     fake.set(Behaviour::default());
     let status = child.wait().expect("wait");
     lines.wait_for("rollout of users complete: weight 100");
     assert!(status.success(), "{:?}", lines.seen);
-    assert_eq!(weight_in(&path, "users"), 100);
+    assert_eq!(dir.weight("users"), 100);
 }
 
 #[test]
 fn holding_too_long_gives_up_and_writes_the_last_safe_weight_back() {
-    let dir = Scratch::new("rollout-giveup");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(
-        path.clone().into(),
+    let dir = reads_only("rollout-giveup", false);
+    let (o, out) = rollout_against(
+        &dir,
         Behaviour {
             per_scrape: 40,
             ..Behaviour::default()
         },
-    );
-    let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(
-        &path,
-        &["--metrics", &metrics],
         &["--steps", "0,25,100", "--max-holds", "2"],
     );
-    let out = stdout(&o);
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert_eq!(out.matches("holding at 25%").count(), 2, "{out}");
     assert!(
         out.contains("wrote the last safe weight back: route users: weight 25 → 0"),
         "{out}"
     );
-    assert_eq!(weight_in(&path, "users"), 0);
+    assert_eq!(dir.weight("users"), 0);
 }
 
 #[test]
 fn splitting_writes_is_refused_unless_allowed() {
-    let dir = Scratch::new("rollout-writes");
-    let path = dir.join("routes.toml").display().to_string();
-    std::fs::write(&path, SHIPPED).unwrap();
-    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
+    let dir = OpsTest::new("rollout-writes").shipped_routes().start();
+    let fake = dir.fake(Behaviour::default());
     let metrics = format!("{}/metrics", fake.url);
-    let o = rollout(&path, &["--metrics", &metrics], &[]);
+    let o = rollout(&dir, &["--metrics", &metrics], &[]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
@@ -281,42 +239,39 @@ fn splitting_writes_is_refused_unless_allowed() {
     );
     assert!(out.contains("--allow-split-writes"), "{out}");
     assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
+        std::fs::read_to_string(&dir.config).unwrap(),
         SHIPPED,
         "nothing changed"
     );
     assert_eq!(fake.scrapes(), 0, "refused before reading any metrics");
 
     // Straight to 100 splits nothing; so is an explicit permission.
-    let o = rollout(&path, &["--metrics", &metrics], &["--steps", "0,100"]);
+    let o = rollout(&dir, &["--metrics", &metrics], &["--steps", "0,100"]);
     assert!(o.status.success(), "{}", stdout(&o));
-    let dir2 = Scratch::new("rollout-writes-allowed");
-    let path2 = dir2.join("routes.toml").display().to_string();
-    std::fs::write(&path2, SHIPPED).unwrap();
-    let fake2 = FakeProxy::start(path2.clone().into(), Behaviour::default());
+    let dir2 = OpsTest::new("rollout-writes-allowed")
+        .shipped_routes()
+        .start();
+    let fake2 = dir2.fake(Behaviour::default());
     let o = rollout(
-        &path2,
+        &dir2,
         &["--metrics", &format!("{}/metrics", fake2.url)],
         &["--steps", "0,50,100", "--allow-split-writes"],
     );
     assert!(o.status.success(), "{}", stdout(&o));
-    assert_eq!(weight_in(&path2, "users"), 100);
+    assert_eq!(dir2.weight("users"), 100);
 }
 
 #[test]
 fn a_proxy_that_never_applies_the_weight_stops_the_rollout() {
-    let dir = Scratch::new("rollout-unapplied");
-    let path = routes(&dir, false);
+    let dir = reads_only("rollout-unapplied", false);
     // The fake serves a different copy of the file, as a proxy watching another file would.
     let other = dir.join("other.toml");
-    std::fs::copy(&path, &other).unwrap();
+    std::fs::copy(&dir.config, &other).unwrap();
     let fake = FakeProxy::start(other, Behaviour::default());
     let metrics = format!("{}/metrics", fake.url);
-    let o = run(&[
+    let o = dir.run(&[
         "rollout",
         "users",
-        "--config",
-        &path,
         "--interval",
         "200ms",
         "--apply-timeout",
@@ -331,19 +286,14 @@ fn a_proxy_that_never_applies_the_weight_stops_the_rollout() {
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("the proxy did not report weight 25 for route \"users\" within 500ms (it reports [0.0]): is it watching this routes file?"), "{out}");
-    assert_eq!(weight_in(&path, "users"), 0);
+    assert_eq!(dir.weight("users"), 0);
 }
 
 #[test]
 fn prometheus_is_queried_for_the_fleet() {
-    let dir = Scratch::new("rollout-prom");
-    let path = routes(&dir, false);
-    let fake = FakeProxy::start(path.clone().into(), Behaviour::default());
-    let o = rollout(
-        &path,
-        &["--prometheus", &fake.url],
-        &["--steps", "0,50,100"],
-    );
+    let dir = reads_only("rollout-prom", false);
+    let fake = dir.fake(Behaviour::default());
+    let o = rollout(&dir, &["--prometheus", &fake.url], &["--steps", "0,50,100"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(
@@ -351,7 +301,7 @@ fn prometheus_is_queried_for_the_fleet() {
         "{out}"
     );
     assert!(out.contains("step 2/3 (50%): gates passed"), "{out}");
-    assert_eq!(weight_in(&path, "users"), 100);
+    assert_eq!(dir.weight("users"), 100);
     let queries = fake.queries();
     assert!(
         queries
@@ -373,7 +323,7 @@ fn prometheus_is_queried_for_the_fleet() {
         service_fails: Some((1, 0.2)),
         ..Behaviour::default()
     });
-    let o = rollout(&path, &["--prometheus", &fake.url], &["--steps", "100"]);
+    let o = rollout(&dir, &["--prometheus", &fake.url], &["--steps", "100"]);
     // Already at 100: the single step is judged and fails; there is no safer weight than the start.
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");

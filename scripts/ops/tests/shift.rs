@@ -7,15 +7,7 @@ mod common;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
-use common::{Scratch, run, stderr, stdout};
-
-const SHIPPED: &str = include_str!("../../../routes.toml");
-
-fn shipped_copy(dir: &Scratch) -> String {
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, SHIPPED).expect("write");
-    path.display().to_string()
-}
+use common::{OpsTest, SHIPPED, stderr, stdout};
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -41,10 +33,10 @@ fn users_route_with(lines: &str) -> String {
 
 #[test]
 fn shift_changes_one_value_and_nothing_else() {
-    let dir = Scratch::new("shift");
-    let path = shipped_copy(&dir);
+    let dir = OpsTest::new("shift").shipped_routes().start();
+    let path = dir.config.clone();
     let inode = std::fs::metadata(&path).unwrap().ino();
-    let o = run(&["shift", "users", "25", "--config", &path]);
+    let o = dir.run(&["shift", "users", "25"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
@@ -58,7 +50,7 @@ fn shift_changes_one_value_and_nothing_else() {
     );
     // Replaced by rename (a new inode), no temporary file left behind.
     assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
-    assert_eq!(files_in(&dir.path), ["routes.toml"]);
+    assert_eq!(files_in(dir.path()), ["routes.toml"]);
     // What the proxy would load.
     let loaded = strangler_proxy::config::load(Path::new(&path)).expect("valid");
     let users = loaded
@@ -72,9 +64,9 @@ fn shift_changes_one_value_and_nothing_else() {
 
 #[test]
 fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
-    let dir = Scratch::new("shadow");
-    let path = shipped_copy(&dir);
-    let o = run(&[
+    let dir = OpsTest::new("shadow").shipped_routes().start();
+    let path = dir.config.clone();
+    let o = dir.run(&[
         "shift",
         "users",
         "10",
@@ -82,8 +74,6 @@ fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
         "on",
         "--methods",
         "GET,HEAD",
-        "--config",
-        &path,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
@@ -102,7 +92,7 @@ fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
         users_route_with("weight  = 10\nshadow  = true\nmethods = [\"GET\", \"HEAD\"]\n")
     );
 
-    let o = run(&["rollback", "users", "--config", &path]);
+    let o = dir.run(&["rollback", "users"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
@@ -114,13 +104,13 @@ fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
     );
 
     // `--methods all` lifts the restriction; the same values again write nothing.
-    let o = run(&["shift", "users", "0", "--methods", "all", "--config", &path]);
+    let o = dir.run(&["shift", "users", "0", "--methods", "all"]);
     assert!(o.status.success());
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         users_route_with("weight  = 0\nshadow  = false\n")
     );
-    let o = run(&["shift", "users", "0", "--config", &path]);
+    let o = dir.run(&["shift", "users", "0"]);
     assert!(
         stdout(&o).contains("unchanged") && stdout(&o).contains("nothing to write"),
         "{}",
@@ -130,8 +120,8 @@ fn shadow_and_methods_are_added_aligned_then_rolled_back_at_once() {
 
 #[test]
 fn invalid_results_are_refused_and_the_file_left_untouched() {
-    let dir = Scratch::new("refuse");
-    let path = shipped_copy(&dir);
+    let dir = OpsTest::new("refuse").shipped_routes().start();
+    let path = dir.config.clone();
     let before = std::fs::metadata(&path).unwrap();
     // The users route's `weight` line, 1-based; a new key goes on the line after it.
     let users = SHIPPED
@@ -164,9 +154,7 @@ fn invalid_results_are_refused_and_the_file_left_untouched() {
             "no route named \"orders\"".to_string(),
         ),
     ] {
-        let mut args = args;
-        args.extend(["--config", &path]);
-        let o = run(&args);
+        let o = dir.run(&args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert!(stderr(&o).contains(&message), "{args:?}: {}", stderr(&o));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), SHIPPED, "{args:?}");
@@ -175,20 +163,20 @@ fn invalid_results_are_refused_and_the_file_left_untouched() {
             (after.ino(), after.mtime_nsec()),
             (before.ino(), before.mtime_nsec())
         );
-        assert_eq!(files_in(&dir.path), ["routes.toml"]);
+        assert_eq!(files_in(dir.path()), ["routes.toml"]);
     }
 }
 
 #[test]
 fn a_file_that_is_not_toml_is_refused() {
-    let dir = Scratch::new("garbage");
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, "[[routes]\nweight = ").unwrap();
-    let o = run(&["shift", "users", "5", "--config", path.to_str().unwrap()]);
+    let dir = OpsTest::new("garbage")
+        .routes("[[routes]\nweight = ")
+        .start();
+    let o = dir.run(&["shift", "users", "5"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not valid TOML"), "{}", stderr(&o));
     assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
+        std::fs::read_to_string(&dir.config).unwrap(),
         "[[routes]\nweight = "
     );
 }

@@ -3,28 +3,20 @@
 mod common;
 
 use common::fake::{Behaviour, FakeProxy};
-use common::{Scratch, run, stderr, stdout};
-
-const SHIPPED: &str = include_str!("../../../routes.toml");
+use common::{OpsTest, SHIPPED, stderr, stdout};
 
 #[test]
 fn status_shows_every_route_with_both_sides() {
-    let dir = Scratch::new("status");
-    let path = dir.join("routes.toml");
-    let text = SHIPPED.replacen("weight  = 0\n", "weight  = 25\nshadow  = true\n", 1);
-    std::fs::write(&path, &text).unwrap();
-    let fake = FakeProxy::start(
-        path.clone(),
-        Behaviour {
-            per_scrape: 200,
-            service_fails: Some((1, 0.1)),
-            ..Behaviour::default()
-        },
-    );
-    let p = path.display().to_string();
-    let o = run(&[
-        "status", "--admin", &fake.url, "--window", "200ms", "--config", &p,
-    ]);
+    let dir = OpsTest::new("status")
+        .routes(&SHIPPED.replacen("weight  = 0\n", "weight  = 25\nshadow  = true\n", 1))
+        .start();
+    let fake = dir.fake(Behaviour {
+        per_scrape: 200,
+        service_fails: Some((1, 0.1)),
+        ..Behaviour::default()
+    });
+    let p = &dir.config;
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "200ms"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.starts_with(&format!("proxy {}: revision 1, loaded 2026-11-23T10:04:05Z, default monolith (serving {p} as saved)\n", fake.url)), "{out}");
@@ -104,16 +96,14 @@ fn status_shows_every_route_with_both_sides() {
 
 #[test]
 fn a_saved_file_the_proxy_does_not_serve_is_pointed_out() {
-    let dir = Scratch::new("status-stale");
+    let dir = OpsTest::new("status-stale")
+        .routes(&SHIPPED.replacen("weight  = 0", "weight  = 5", 1))
+        .start();
     let served = dir.join("served.toml");
     std::fs::write(&served, SHIPPED).unwrap();
     let fake = FakeProxy::start(served, Behaviour::default());
-    let local = dir.join("routes.toml");
-    std::fs::write(&local, SHIPPED.replacen("weight  = 0", "weight  = 5", 1)).unwrap();
-    let p = local.display().to_string();
-    let o = run(&[
-        "status", "--admin", &fake.url, "--window", "100ms", "--config", &p,
-    ]);
+    let p = &dir.config;
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "100ms"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!("NOTE: {p} differs from what the proxy serves")),
@@ -124,18 +114,14 @@ fn a_saved_file_the_proxy_does_not_serve_is_pointed_out() {
 
 #[test]
 fn an_unreachable_admin_endpoint_says_where_it_looked() {
-    let dir = Scratch::new("status-down");
-    let path = dir.join("routes.toml");
     // Nothing listens on this admin address.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    std::fs::write(
-        &path,
-        SHIPPED.replace("127.0.0.1:9901", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
-    let o = run(&["status", "--config", path.to_str().unwrap()]);
+    let dir = OpsTest::new("status-down")
+        .routes(&SHIPPED.replace("127.0.0.1:9901", &format!("127.0.0.1:{port}")))
+        .start();
+    let o = dir.run(&["status"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains(&format!(

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use strangler_proxy::reload::Outcome;
 use strangler_proxy::server::{self, Running};
 
 /// An upstream that answers every request with JSON naming itself, the path and query it
@@ -75,31 +76,209 @@ pub fn temp_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// A routes.toml with listeners on port 0, `monolith` as default, the given services and
-/// extra text (routes, [proxy] keys go in `proxy_extra`).
-pub fn config_text(services: &[(&str, SocketAddr)], proxy_extra: &str, routes: &str) -> String {
-    let mut text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\naccess_log = false\n{proxy_extra}\n"
-    );
-    for (name, addr) in services {
-        text.push_str(&format!(
-            "[services.{name}]\nurl = \"http://{addr}\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n"
-        ));
+/// How every test proxy starts: a fresh directory holding a `routes.toml` with listeners on
+/// port 0, `monolith` as the default, and the services, `[proxy]` keys and routes given.
+///
+/// ```ignore
+/// let p = ProxyBuilder::new("fallback")
+///     .service("monolith", monolith)
+///     .service("users", users)
+///     .route("/api/users", "users", 100)
+///     .with("fallback = true")
+///     .start()
+///     .await;
+/// ```
+///
+/// Cloning a builder and changing a weight gives the text of a rewrite: `p.rewrite(&b.text())`.
+#[derive(Clone, Debug)]
+pub struct ProxyBuilder {
+    test: String,
+    listen: String,
+    admin: String,
+    proxy_keys: Vec<String>,
+    services: Vec<ServiceEntry>,
+    routes: String,
+    files: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceEntry {
+    name: String,
+    url: String,
+    request_timeout: String,
+}
+
+impl ProxyBuilder {
+    /// A proxy for the test `test` (names its directory), with no service yet.
+    pub fn new(test: &str) -> Self {
+        Self {
+            test: test.to_string(),
+            listen: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            proxy_keys: Vec::new(),
+            services: Vec::new(),
+            routes: String::new(),
+            files: Vec::new(),
+        }
     }
-    text.push_str(routes);
-    text
+
+    /// `[services.NAME]` at `http://ADDR`, 2 s request timeout, 500 ms connect timeout.
+    pub fn service(self, name: &str, addr: SocketAddr) -> Self {
+        self.service_url(name, &format!("http://{addr}"))
+    }
+
+    /// `[services.NAME]` at a URL given whole (one the proxy may refuse).
+    pub fn service_url(mut self, name: &str, url: &str) -> Self {
+        self.services.push(ServiceEntry {
+            name: name.to_string(),
+            url: url.to_string(),
+            request_timeout: "2s".into(),
+        });
+        self
+    }
+
+    /// The request timeout of the service added last, e.g. `"300ms"`.
+    pub fn request_timeout(mut self, timeout: &str) -> Self {
+        self.services
+            .last_mut()
+            .expect("request_timeout follows a service")
+            .request_timeout = timeout.to_string();
+        self
+    }
+
+    /// A `[proxy]` line such as `hold_timeout = "200ms"` (an empty one adds nothing).
+    pub fn proxy_key(mut self, line: &str) -> Self {
+        if !line.is_empty() {
+            self.proxy_keys.push(line.to_string());
+        }
+        self
+    }
+
+    /// Listen on fixed addresses instead of port 0 (for a proxy run as a separate process).
+    pub fn listen(mut self, public: SocketAddr, admin: SocketAddr) -> Self {
+        self.listen = public.to_string();
+        self.admin = admin.to_string();
+        self
+    }
+
+    /// `[[routes]]` for `prefix` → `service` at `weight`.
+    pub fn route(mut self, prefix: &str, service: &str, weight: u16) -> Self {
+        self.routes.push_str(&format!(
+            "[[routes]]\nprefix = \"{prefix}\"\nservice = \"{service}\"\nweight = {weight}\n"
+        ));
+        self
+    }
+
+    /// A line added to the route added last, such as `sticky = "cookie:sid"`.
+    pub fn with(mut self, line: &str) -> Self {
+        assert!(!self.routes.is_empty(), "`with` follows a route");
+        self.routes.push_str(line);
+        self.routes.push('\n');
+        self
+    }
+
+    /// Another file in the proxy's directory before it starts (e.g. an editor's swap file).
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.to_string(), contents.to_string()));
+        self
+    }
+
+    /// The `routes.toml` this builder writes.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "[proxy]\nlisten = \"{}\"\nadmin = \"{}\"\ndefault = \"monolith\"\naccess_log = false\n",
+            self.listen, self.admin
+        );
+        for line in &self.proxy_keys {
+            text.push_str(line);
+            text.push('\n');
+        }
+        for s in &self.services {
+            text.push_str(&format!(
+                "[services.{}]\nurl = \"{}\"\nrequest_timeout = \"{}\"\nconnect_timeout = \"500ms\"\n",
+                s.name, s.url, s.request_timeout
+            ));
+        }
+        text.push_str(&self.routes);
+        text
+    }
+
+    /// Writes the test's directory and its `routes.toml` without starting anything; returns
+    /// the file's path.
+    pub fn write(&self) -> PathBuf {
+        let dir = temp_dir(&self.test);
+        for (name, contents) in &self.files {
+            std::fs::write(dir.join(name), contents).unwrap();
+        }
+        let path = dir.join("routes.toml");
+        std::fs::write(&path, self.text()).unwrap();
+        path
+    }
+
+    /// Writes the file and starts a proxy on it, in this process.
+    pub async fn start(&self) -> TestProxy {
+        let path = self.write();
+        let running = server::start(&path).await.unwrap();
+        TestProxy { running, path }
+    }
 }
 
-/// `[[routes]]` for `prefix` → `service` at `weight`.
-pub fn route(prefix: &str, service: &str, weight: u8) -> String {
-    format!("[[routes]]\nprefix = \"{prefix}\"\nservice = \"{service}\"\nweight = {weight}\n")
+/// A proxy started by [`ProxyBuilder::start`]: the [`Running`] (its fields through `Deref`)
+/// and the file it serves.
+pub struct TestProxy {
+    pub running: Running,
+    path: PathBuf,
 }
 
-/// Writes `text` to `dir/routes.toml` and starts a proxy on it.
-pub async fn start_proxy(dir: &Path, text: &str) -> Running {
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    server::start(&path).await.unwrap()
+impl std::ops::Deref for TestProxy {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
+impl TestProxy {
+    /// The `routes.toml` the proxy serves.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory holding it.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap()
+    }
+
+    /// `http://PUBLIC{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.public)
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        get(&self.admin_url("/metrics")).await.text()
+    }
+
+    /// Overwrites the file in place and leaves it to the watcher.
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+    }
+
+    /// Overwrites the file and reloads it at once, as SIGHUP would.
+    pub fn rewrite(&self, text: &str) -> Outcome {
+        self.write(text);
+        self.running.reloader.reload()
+    }
+
+    /// Drains and stops the proxy.
+    pub async fn shutdown(self) {
+        self.running.shutdown().await
+    }
 }
 
 /// A plain HTTP/1.1 client.
@@ -159,7 +338,22 @@ pub async fn send(
 
 /// GET `url`, panicking on a transport error.
 pub async fn get(url: &str) -> Answer {
-    send(&client(), Method::GET, url, &[]).await.unwrap()
+    get_with(url, &[]).await
+}
+
+/// GET `url` with extra request headers, panicking on a transport error.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(&client(), Method::GET, url, headers).await.unwrap()
+}
+
+/// GET `url` on a task of its own (a request to hold in flight), transport errors returned.
+pub fn spawn_get(url: String) -> tokio::task::JoinHandle<Result<Answer, String>> {
+    tokio::spawn(async move { send(&client(), Method::GET, &url, &[]).await })
+}
+
+/// `http://ADDR{path}`.
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
 }
 
 /// Polls `check` every 10 ms until it returns true or `within` passes.

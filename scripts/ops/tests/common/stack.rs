@@ -17,7 +17,7 @@ use monolith::legacy::Resource;
 use monolith::references::{LocalReferences, RemoteReferences};
 use strangler_ops::fetch;
 
-use super::Scratch;
+use super::{Ops, OpsTest};
 
 pub async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -87,17 +87,7 @@ fallback = true
 }
 
 pub async fn ops(args: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_strangler-ops"))
-        .args(args)
-        .output()
-        .await
-        .expect("run strangler-ops");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    super::run_async(args).await
 }
 
 /// Clients reading users through the proxy on two threads until stopped, at most 60 s.
@@ -148,66 +138,55 @@ impl Load {
     }
 }
 
+/// The stack on an [`Ops`] directory (its fields and commands through `Deref`).
 pub struct Stack {
-    pub dir: Scratch,
-    pub data: String,
-    pub config: String,
+    pub ops: Ops,
     pub proxy: strangler_proxy::server::Running,
 }
 
-pub async fn stack(name: &str, fail_every: Option<u64>) -> Stack {
-    let dir = Scratch::new(name);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let monolith = monolith(&data).await;
-    let users = users_service(&data, fail_every).await;
-    let config = dir.join("routes.toml");
-    std::fs::write(&config, routes_toml(monolith, users)).unwrap();
-    let proxy = strangler_proxy::server::start(&config)
-        .await
-        .expect("proxy");
-    Stack {
-        data: data.display().to_string(),
-        config: config.display().to_string(),
-        proxy,
-        dir,
+impl std::ops::Deref for Stack {
+    type Target = Ops;
+
+    fn deref(&self) -> &Ops {
+        &self.ops
     }
 }
 
+pub async fn stack(name: &str, fail_every: Option<u64>) -> Stack {
+    let ops = OpsTest::new(name).start();
+    let monolith = monolith(ops.path()).await;
+    let users = users_service(ops.path(), fail_every).await;
+    ops.write_routes(&routes_toml(monolith, users));
+    let proxy = strangler_proxy::server::start(Path::new(&ops.config))
+        .await
+        .expect("proxy");
+    Stack { ops, proxy }
+}
+
 pub async fn prepare(s: &Stack, shadow: &str) {
-    let (code, out) = ops(&[
-        "migrate-data",
-        "users",
-        "--data-dir",
-        &s.data,
-        "--config",
-        &s.config,
-    ])
-    .await;
+    let (code, out) = s
+        .run_async(&["migrate-data", "users", "--data-dir", &s.data])
+        .await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("verification OK: 4 rows, checksums equal"),
         "{out}"
     );
-    let (code, out) = ops(&[
-        "shift",
-        "users",
-        "0",
-        "--shadow",
-        shadow,
-        "--methods",
-        "GET,HEAD",
-        "--config",
-        &s.config,
-    ])
-    .await;
+    let (code, out) = s
+        .run_async(&[
+            "shift",
+            "users",
+            "0",
+            "--shadow",
+            shadow,
+            "--methods",
+            "GET,HEAD",
+        ])
+        .await;
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// The weight of the users route.
 pub fn weight(config: &str) -> u8 {
-    strangler_proxy::config::load(Path::new(config))
-        .expect("valid")
-        .config
-        .routes[0]
-        .weight
+    super::weight_in(config, "users")
 }
