@@ -82,14 +82,19 @@ pub fn install(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Res
         upd = trigger_name(table, "update"),
         del = trigger_name(table, "delete"),
     );
-    let tx = conn.transaction()?;
+    // Immediate: when the change table exists already, the first statements only read, and a
+    // deferred transaction's snapshot would be stale by the CREATE TRIGGER if anyone wrote in
+    // between (SQLITE_BUSY_SNAPSHOT at once, the busy timeout notwithstanding). Taking the
+    // write lock first makes a busy monolith a wait, not a failure.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(&sql)?;
     tx.commit()
 }
 
 /// Drops the resource's triggers on `side`; changes already captured stay for [`apply`].
 pub fn uninstall(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // Immediate for the reason given in `install`.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for event in ["insert", "update", "delete"] {
         tx.execute_batch(&format!(
             "DROP TRIGGER IF EXISTS {}.{}",

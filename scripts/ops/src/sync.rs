@@ -920,11 +920,10 @@ pub fn complete(data_dir: &Path, resource: Resource) -> anyhow::Result<Completed
         fence_removed,
         conflicts_table_dropped,
         monolith_note: format!(
-            "table {name} in {} is now a stale copy that nothing updates: drop it once nothing \
-             reads it (the monolith still checks there that the {} referenced by new threads \
-             and posts exist)",
-            monolith.display(),
-            name
+            "table {name} in {} is now a stale copy that nothing updates: the monolith no \
+             longer needs it once no route sends it requests that read {name} (its own \
+             foreign keys to it included); drop it then",
+            monolith.display()
         ),
     })
 }
