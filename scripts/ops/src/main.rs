@@ -525,11 +525,7 @@ fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_cutover(args: CutoverArgs) -> anyhow::Result<ExitCode> {
-    let source = match (&args.metrics, &args.prometheus) {
-        (_, Some(url)) => Source::prometheus(url),
-        (Some(url), None) => Source::proxy(url),
-        (None, None) => Source::proxy(&admin_from_config(&args.config.config)?),
-    };
+    let source = metrics_source(&args.metrics, &args.prometheus, &args.config.config)?;
     let options = CutoverOptions {
         resource: args.resource.into(),
         config: args.config.config,
@@ -572,6 +568,19 @@ fn admin_from_config(path: &Path) -> anyhow::Result<String> {
     Ok(status::admin_url(loaded.config.proxy.admin))
 }
 
+/// `--prometheus URL`, else `--metrics URL`, else the admin listener named in the config.
+fn metrics_source(
+    metrics: &Option<String>,
+    prometheus: &Option<String>,
+    config: &Path,
+) -> anyhow::Result<Source> {
+    Ok(match (metrics, prometheus) {
+        (_, Some(url)) => Source::prometheus(url),
+        (Some(url), None) => Source::proxy(url),
+        (None, None) => Source::proxy(&admin_from_config(config)?),
+    })
+}
+
 fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     // A rollout ends at 100: refuse at once what the last step would be refused.
     if let Ok(loaded) = strangler_proxy::config::load(&args.config.config)
@@ -587,11 +596,7 @@ fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let source = match (&args.metrics, &args.prometheus) {
-        (_, Some(url)) => Source::prometheus(url),
-        (Some(url), None) => Source::proxy(url),
-        (None, None) => Source::proxy(&admin_from_config(&args.config.config)?),
-    };
+    let source = metrics_source(&args.metrics, &args.prometheus, &args.config.config)?;
     let options = RolloutOptions {
         config: args.config.config,
         route: args.route,

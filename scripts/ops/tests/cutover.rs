@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
-use monolith::references::{LocalReferences, RemoteReferences};
+use monolith::references::RemoteReferences;
 use strangler_ops::sync::{self, Direction, SyncStage};
 
 use common::Scratch;
-use common::stack::{ops, serve};
+use common::prometheus::Prometheus;
+use common::stack::{monolith_waiting, ops, serve};
 
 struct Stack {
     _dir: Scratch,
@@ -39,12 +40,7 @@ async fn stack(name: &str) -> Stack {
     let dir = Scratch::new(name);
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let db = Db::open(&data.join("monolith.db"), &Resource::ALL, Seed::Legacy).unwrap();
-    let refs = Arc::new(LocalReferences::with_wait(
-        db.clone(),
-        Duration::from_secs(2),
-    ));
-    let monolith = serve(Board::new(db, &Resource::ALL, refs).router()).await;
+    let monolith = monolith_waiting(&data, Duration::from_secs(2)).await;
     let db = Db::open(&data.join("users.db"), &[Resource::Users], Seed::Empty).unwrap();
     let refs = Arc::new(RemoteReferences::new("http://127.0.0.1:9").unwrap());
     let users = serve(Board::new(db, &[Resource::Users], refs).router()).await;
@@ -108,6 +104,28 @@ impl Stack {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy.public)
+    }
+
+    /// Runs `strangler-ops ARGS --config FILE --data-dir DIR`.
+    async fn run(&self, args: &[&str]) -> (Option<i32>, String) {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--config", &self.config, "--data-dir", &self.data]);
+        ops(&all).await
+    }
+
+    /// `status` of this stack's proxy over a short window.
+    async fn status(&self) -> (Option<i32>, String) {
+        let admin = format!("http://{}", self.proxy.admin);
+        ops(&[
+            "status",
+            "--admin",
+            &admin,
+            "--window",
+            "100ms",
+            "--data-dir",
+            &self.data,
+        ])
+        .await
     }
 
     async fn cutover(&self, extra: &[&str]) -> (Option<i32>, String) {
@@ -179,32 +197,12 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
     s.start_follower();
 
     // Reads move; writes may not move by shift while forward capture runs.
-    let (code, out) = ops(&[
-        "shift",
-        "users",
-        "100",
-        "--methods",
-        "GET,HEAD",
-        "--config",
-        &s.config,
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s
+        .run(&["shift", "users", "100", "--methods", "GET,HEAD"])
+        .await;
     assert_eq!(code, Some(0), "{out}");
     let before = std::fs::read_to_string(&s.config).unwrap();
-    let (code, out) = ops(&[
-        "shift",
-        "users",
-        "100",
-        "--methods",
-        "all",
-        "--config",
-        &s.config,
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s.run(&["shift", "users", "100", "--methods", "all"]).await;
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("scripts/cutover users"), "{out}");
     assert_eq!(std::fs::read_to_string(&s.config).unwrap(), before);
@@ -223,17 +221,7 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
     assert!(out.contains("longest hold a client saw"), "{out}");
     assert_eq!(s.state().direction, Direction::Reverse);
     assert_eq!(s.state().stage, SyncStage::WritesSwitched);
-    let admin = format!("http://{}", s.proxy.admin);
-    let (code, out) = ops(&[
-        "status",
-        "--admin",
-        &admin,
-        "--window",
-        "100ms",
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s.status().await;
     assert_eq!(code, Some(0), "{out}");
     let row = out
         .lines()
@@ -289,15 +277,7 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
     }
     // Threads still written on the monolith refer to users: stopping reverse sync now would
     // make the monolith refuse threads by users created on the service.
-    let (code, out) = ops(&[
-        "complete",
-        "users",
-        "--config",
-        &s.config,
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s.run(&["complete", "users"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("scripts/cutover threads"), "{out}");
     assert_eq!(s.state().stage, SyncStage::WritesSwitched);
@@ -307,16 +287,9 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cutover_without_a_follower_is_refused_and_changes_nothing() {
     let s = stack("cutover-refused").await;
-    let (code, out) = ops(&[
-        "shift",
-        "users",
-        "100",
-        "--methods",
-        "GET,HEAD",
-        "--config",
-        &s.config,
-    ])
-    .await;
+    let (code, out) = s
+        .run(&["shift", "users", "100", "--methods", "GET,HEAD"])
+        .await;
     assert_eq!(code, Some(0), "{out}");
     let before = std::fs::read_to_string(&s.config).unwrap();
     let (code, out) = s.cutover(&[]).await;
@@ -330,95 +303,9 @@ async fn a_cutover_without_a_follower_is_refused_and_changes_nothing() {
         "{out}"
     );
     assert_eq!(std::fs::read_to_string(&s.config).unwrap(), before);
-    let (code, out) = ops(&[
-        "complete",
-        "users",
-        "--config",
-        &s.config,
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s.run(&["complete", "users"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("scripts/cutover users"), "{out}");
-}
-
-/// A Prometheus server scraping `targets` every second, killed when dropped.
-struct Prometheus {
-    url: String,
-    child: Child,
-    _dir: Scratch,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// `None` (and a loud note) when the binary is missing outside CI; CI installs it.
-    fn start(name: &str, targets: &[std::net::SocketAddr]) -> Option<Prometheus> {
-        let Some(binary) = which("prometheus") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "prometheus is not installed: CI must `apt-get install -y prometheus`"
-            );
-            eprintln!("\n!!! SKIPPING {name}: no `prometheus` on PATH; CI runs it\n");
-            return None;
-        };
-        let dir = Scratch::new(name);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: strangler\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let url = format!("http://127.0.0.1:{port}");
-        let expected = targets.len();
-        let probe = format!("{url}/api/v1/query?query=strangler_config_info");
-        wait_for("Prometheus to scrape every proxy", || {
-            strangler_ops::fetch::get(&probe, Duration::from_secs(2))
-                .is_ok_and(|body| body.matches("\"sha256\"").count() == expected)
-        });
-        Some(Prometheus {
-            url,
-            child,
-            _dir: dir,
-        })
-    }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
 }
 
 /// Several replicas: the flip waits until every proxy Prometheus scrapes serves the fenced
@@ -433,18 +320,9 @@ async fn a_fleet_is_switched_only_when_every_replica_serves_the_fence() {
         .await
         .unwrap();
     s.start_follower();
-    let (code, out) = ops(&[
-        "shift",
-        "users",
-        "100",
-        "--methods",
-        "GET,HEAD",
-        "--config",
-        &s.config,
-        "--data-dir",
-        &s.data,
-    ])
-    .await;
+    let (code, out) = s
+        .run(&["shift", "users", "100", "--methods", "GET,HEAD"])
+        .await;
     assert_eq!(code, Some(0), "{out}");
     let stale_dir = Scratch::new("cutover-fleet-stale");
     let stale_file = stale_dir.join("routes.toml");

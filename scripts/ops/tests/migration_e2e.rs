@@ -22,13 +22,13 @@ use hyper_util::rt::TokioExecutor;
 use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
-use monolith::references::{LocalReferences, RemoteReferences};
+use monolith::references::RemoteReferences;
 use serde_json::{Value, json};
 use strangler_ops::sync::{self, Direction, SyncStage};
 use strangler_proxy::metrics::names;
 
 use common::Scratch;
-use common::stack::serve;
+use common::stack::monolith_waiting;
 
 /// How long the client load may run at most, whatever happens to the test.
 const LOAD_LIMIT: Duration = Duration::from_secs(50);
@@ -99,13 +99,8 @@ async fn stack() -> Stack {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
 
-    let db = Db::open(&data.join("monolith.db"), &Resource::ALL, Seed::Legacy).unwrap();
     // The bounded wait for a reference that reverse sync has not carried over yet.
-    let refs = Arc::new(LocalReferences::with_wait(
-        db.clone(),
-        Duration::from_secs(2),
-    ));
-    let monolith = serve(Board::new(db, &Resource::ALL, refs).router()).await;
+    let monolith = monolith_waiting(&data, Duration::from_secs(2)).await;
 
     // The services need the proxy's address and the proxy's file needs theirs: bind first.
     let mut listeners = Vec::new();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod prometheus;
 pub mod stack;
 
 use std::io::{BufRead as _, BufReader};

@@ -32,9 +32,15 @@ pub async fn serve(router: Router) -> SocketAddr {
 
 /// The monolith on its seeded database.
 pub async fn monolith(data: &Path) -> SocketAddr {
+    monolith_waiting(data, Duration::ZERO).await
+}
+
+/// The monolith waiting up to `wait` for a referenced row that reverse sync has not carried
+/// over yet (`--reference-wait`).
+pub async fn monolith_waiting(data: &Path, wait: Duration) -> SocketAddr {
     let db =
         Db::open(&data.join("monolith.db"), &Resource::ALL, Seed::Legacy).expect("monolith db");
-    let refs = Arc::new(LocalReferences::new(db.clone()));
+    let refs = Arc::new(LocalReferences::with_wait(db.clone(), wait));
     serve(Board::new(db, &Resource::ALL, refs).router()).await
 }
 
