@@ -148,11 +148,13 @@ struct CutoverArgs {
     /// Switch writes back from the service to the monolith.
     #[arg(long)]
     reverse: bool,
-    /// One proxy's metrics URL (default: the admin address in the config).
+    /// A proxy's admin or metrics URL; repeat it once per replica (default: the admin address
+    /// in the config). Read directly, so the fence is judged as soon as each replica serves it.
     #[arg(long, value_name = "URL", conflicts_with = "prometheus")]
-    metrics: Option<String>,
+    metrics: Vec<String>,
     /// A Prometheus server scraping every proxy replica; the fence and the flip count as
-    /// served when every replica reports the file's sha256.
+    /// served when every replica reports the file's sha256. Each wait lasts at least a scrape
+    /// interval or two: keep [proxy] hold_timeout above that.
     #[arg(long, value_name = "URL")]
     prometheus: Option<String>,
     /// How long every proxy may take to serve an edited routes file.
@@ -525,7 +527,18 @@ fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_cutover(args: CutoverArgs) -> anyhow::Result<ExitCode> {
-    let source = metrics_source(&args.metrics, &args.prometheus, &args.config.config)?;
+    let source = match args.metrics.as_slice() {
+        [_, _, ..] => Source::Proxies(
+            args.metrics
+                .iter()
+                .map(|m| match Source::proxy(m) {
+                    Source::Proxy(url) => url,
+                    _ => unreachable!("Source::proxy makes a proxy source"),
+                })
+                .collect(),
+        ),
+        one => metrics_source(&one.first().cloned(), &args.prometheus, &args.config.config)?,
+    };
     let options = CutoverOptions {
         resource: args.resource.into(),
         config: args.config.config,

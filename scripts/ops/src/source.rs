@@ -22,6 +22,9 @@ pub enum Source {
     Proxy(String),
     /// A Prometheus server's base URL.
     Prometheus(String),
+    /// Several proxies' `/metrics` URLs, read directly (`cutover` across a fleet without
+    /// waiting for Prometheus' scrape interval). Only the cutover readings accept it.
+    Proxies(Vec<String>),
 }
 
 /// The start of a window.
@@ -70,6 +73,16 @@ impl Source {
         match self {
             Source::Proxy(url) => format!("proxy metrics {url}"),
             Source::Prometheus(url) => format!("Prometheus {url}"),
+            Source::Proxies(urls) => format!("proxy metrics {}", urls.join(", ")),
+        }
+    }
+
+    /// One scrape per proxy, for the readings that accept several.
+    fn scrapes(&self) -> anyhow::Result<Vec<Scrape>> {
+        match self {
+            Source::Proxy(url) => Ok(vec![scrape(url)?]),
+            Source::Proxies(urls) => urls.iter().map(|u| scrape(u)).collect(),
+            Source::Prometheus(_) => bail!("Prometheus is queried, not scraped"),
         }
     }
 
@@ -78,6 +91,7 @@ impl Source {
         Ok(match self {
             Source::Proxy(url) => Mark::Scrape(scrape(url)?, Instant::now()),
             Source::Prometheus(_) => Mark::Time(Instant::now()),
+            Source::Proxies(_) => bail!("a rollout reads one proxy or Prometheus"),
         })
     }
 
@@ -96,6 +110,7 @@ impl Source {
                 (prometheus_increases(base, &names.route, seconds)?, seconds)
             }
             (Source::Proxy(_), Mark::Time(_)) => bail!("a proxy window needs a starting scrape"),
+            (Source::Proxies(_), _) => bail!("a rollout reads one proxy or Prometheus"),
         };
         Ok(RouteWindow::from_increases(
             &incs,
@@ -108,8 +123,10 @@ impl Source {
     /// The weight each proxy reports for `route` now (one value per replica).
     pub fn weights(&self, route: &str) -> anyhow::Result<Vec<f64>> {
         match self {
-            Source::Proxy(url) => Ok(scrape(url)?
-                .named(names::ROUTE_WEIGHT)
+            Source::Proxy(_) | Source::Proxies(_) => Ok(self
+                .scrapes()?
+                .iter()
+                .flat_map(|s| s.named(names::ROUTE_WEIGHT))
                 .filter(|s| s.label("route") == route)
                 .map(|s| s.value)
                 .collect()),
@@ -130,8 +147,10 @@ impl Source {
     pub fn served_files(&self) -> anyhow::Result<Vec<String>> {
         let info = names::CONFIG_INFO;
         Ok(match self {
-            Source::Proxy(url) => scrape(url)?
-                .named(info)
+            Source::Proxy(_) | Source::Proxies(_) => self
+                .scrapes()?
+                .iter()
+                .flat_map(|s| s.named(info))
                 .map(|s| s.label("sha256").to_string())
                 .collect(),
             Source::Prometheus(base) => prometheus_query(base, info)?
@@ -145,8 +164,10 @@ impl Source {
     pub fn writes_in_flight(&self, route: &str, backend: &str) -> anyhow::Result<f64> {
         let name = names::IN_FLIGHT;
         Ok(match self {
-            Source::Proxy(url) => scrape(url)?
-                .named(name)
+            Source::Proxy(_) | Source::Proxies(_) => self
+                .scrapes()?
+                .iter()
+                .flat_map(|s| s.named(name))
                 .filter(|s| {
                     s.label("route") == route
                         && s.label("backend") == backend
@@ -174,12 +195,11 @@ impl Source {
         let bucket = format!("{}_bucket", names::HOLD_DURATION);
         let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
         match self {
-            Source::Proxy(url) => {
-                for s in scrape(url)?
-                    .named(&bucket)
-                    .filter(|s| s.label("route") == route)
-                {
-                    *by_le.entry(s.label("le").to_string()).or_default() += s.value;
+            Source::Proxy(_) | Source::Proxies(_) => {
+                for scrape in self.scrapes()? {
+                    for s in scrape.named(&bucket).filter(|s| s.label("route") == route) {
+                        *by_le.entry(s.label("le").to_string()).or_default() += s.value;
+                    }
                 }
             }
             Source::Prometheus(base) => {

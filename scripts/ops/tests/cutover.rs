@@ -128,21 +128,18 @@ impl Stack {
         .await
     }
 
+    /// `cutover users EXTRA`, reading this stack's one proxy.
     async fn cutover(&self, extra: &[&str]) -> (Option<i32>, String) {
         let metrics = format!("http://{}/metrics", self.proxy.admin);
-        let mut args = vec![
-            "cutover",
-            "users",
-            "--config",
-            &self.config,
-            "--data-dir",
-            &self.data,
-        ];
-        if !extra.contains(&"--prometheus") {
-            args.extend_from_slice(&["--metrics", &metrics]);
-        }
+        self.cutover_via(&["--metrics", &metrics], extra).await
+    }
+
+    /// `cutover users SOURCE EXTRA`: `--prometheus URL` or one `--metrics URL` per replica.
+    async fn cutover_via(&self, source: &[&str], extra: &[&str]) -> (Option<i32>, String) {
+        let mut args = vec!["cutover", "users"];
+        args.extend_from_slice(source);
         args.extend_from_slice(extra);
-        ops(&args).await
+        self.run(&args).await
     }
 }
 
@@ -329,15 +326,32 @@ async fn a_fleet_is_switched_only_when_every_replica_serves_the_fence() {
     std::fs::copy(&s.config, &stale_file).unwrap();
     let stale = strangler_proxy::server::start(&stale_file).await.unwrap();
 
+    // Read directly, one --metrics per replica: the stale one stops the cutover.
+    let urls: Vec<String> = [s.proxy.admin, second.admin, stale.admin]
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    let before = std::fs::read_to_string(&s.config).unwrap();
+    let every: Vec<&str> = urls
+        .iter()
+        .flat_map(|u| ["--metrics", u.as_str()])
+        .collect();
+    let (code, out) = s.cutover_via(&every, &["--apply-timeout", "2s"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("not every proxy serves the edited file"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&s.config).unwrap(), before);
+
     let Some(all) = Prometheus::start(
         "cutover-fleet-all",
         &[s.proxy.admin, second.admin, stale.admin],
     ) else {
         return;
     };
-    let before = std::fs::read_to_string(&s.config).unwrap();
     let (code, out) = s
-        .cutover(&["--prometheus", &all.url, "--apply-timeout", "4s"])
+        .cutover_via(&["--prometheus", &all.url], &["--apply-timeout", "4s"])
         .await;
     println!("{out}");
     assert_eq!(code, Some(1), "{out}");
@@ -361,7 +375,7 @@ async fn a_fleet_is_switched_only_when_every_replica_serves_the_fence() {
         return;
     };
     let (code, out) = s
-        .cutover(&["--prometheus", &fleet.url, "--apply-timeout", "15s"])
+        .cutover_via(&["--prometheus", &fleet.url], &["--apply-timeout", "15s"])
         .await;
     println!("{out}");
     assert_eq!(code, Some(0), "{out}");
@@ -369,5 +383,13 @@ async fn a_fleet_is_switched_only_when_every_replica_serves_the_fence() {
         let url = format!("http://{}/api/users", proxy.public);
         let (status, backend, _) = post(&url, r#"{"username":"f","name":"F","bio":"b"}"#).await;
         assert_eq!((status, backend.as_str()), (201, "users"));
+    }
+    // And back, reading both replicas directly.
+    let (code, out) = s.cutover_via(&every[..4], &["--reverse"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    for proxy in [&s.proxy, &second] {
+        let url = format!("http://{}/api/users", proxy.public);
+        let (status, backend, _) = post(&url, r#"{"username":"g","name":"G","bio":"b"}"#).await;
+        assert_eq!((status, backend.as_str()), (201, "monolith"));
     }
 }
