@@ -1,12 +1,19 @@
 //! Response builders with the exact headers the original Koa app sent.
 //!
 //! Every body gets an explicit `content-length`, so a HEAD answer keeps it after its body is
-//! stripped, whether the router is served by hyper or called directly with `oneshot`.
+//! stripped, whether the router is served by hyper or called directly with `oneshot`. An answer
+//! without a body sends no `content-length` at all, as Koa did (RFC 9110 §8.6 forbids one in a
+//! 204).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
+use http_body::{Frame, SizeHint};
 use serde::Serialize;
 
 /// `content-type` of every JSON body.
@@ -43,7 +50,7 @@ pub fn text(status: StatusCode, body: &'static str) -> Response {
 
 /// An empty answer with no content headers (Koa's answer to a `null` body).
 pub fn empty(status: StatusCode) -> Response {
-    let mut response = Response::new(Body::empty());
+    let mut response = Response::new(no_body());
     *response.status_mut() = status;
     response
 }
@@ -59,7 +66,40 @@ pub fn with_allow(mut response: Response, allow: &'static str) -> Response {
 /// The answer to HEAD: the same status and headers, no body.
 pub fn strip_body(response: Response) -> Response {
     let (parts, _) = response.into_parts();
-    Response::from_parts(parts, Body::empty())
+    Response::from_parts(parts, no_body())
+}
+
+/// A body that is over before it starts and does not state its size.
+///
+/// axum's router writes `content-length` from a body's exact size hint whenever the header is
+/// missing, so `Body::empty()` (exactly 0) would put `content-length: 0` on every 204 and on
+/// HEAD answers we strip of content headers, and hyper sends a header it is given even where it
+/// would never add one. Without an exact hint axum adds nothing, and hyper, seeing the body
+/// already ended, writes no length either.
+fn no_body() -> Body {
+    Body::new(NoBody)
+}
+
+struct NoBody;
+
+impl http_body::Body for NoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }
 
 fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {

@@ -410,6 +410,7 @@ fn check(reply: &Reply, case: &Case, label: &str) {
         Shape::Empty => {
             assert!(reply.body.is_empty(), "{label}: body {body}");
             assert_eq!(reply.content_type, None, "{label}");
+            assert_eq!(reply.content_length, None, "{label}: RFC 9110 §8.6");
         }
         Shape::Head(content_type, get_length) => {
             assert!(reply.body.is_empty(), "{label}: body {body}");
