@@ -48,6 +48,19 @@ pub fn text(status: StatusCode, body: &'static str) -> Response {
     with_body(status, TEXT, Bytes::from_static(body.as_bytes()))
 }
 
+/// Koa's answer when no handler set a body (404, 405, 501): the status's reason phrase as
+/// text. Koa filled it in only when sending, after skipping HEAD, so a HEAD answer of this
+/// kind has no content headers at all (see [`strip_body`]).
+pub fn status_text(status: StatusCode) -> Response {
+    let mut response = text(status, status.canonical_reason().unwrap_or(""));
+    response.extensions_mut().insert(StatusText);
+    response
+}
+
+/// Marks a [`status_text`] answer.
+#[derive(Clone, Copy, Debug)]
+struct StatusText;
+
 /// An empty answer with no content headers (Koa's answer to a `null` body).
 pub fn empty(status: StatusCode) -> Response {
     let mut response = Response::new(no_body());
@@ -55,17 +68,23 @@ pub fn empty(status: StatusCode) -> Response {
     response
 }
 
-/// Adds the `Allow` header.
-pub fn with_allow(mut response: Response, allow: &'static str) -> Response {
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+/// Adds an `Allow` header line per method, as koa-router did.
+pub fn with_allow(mut response: Response, methods: &[&'static str]) -> Response {
+    let headers = response.headers_mut();
+    for method in methods {
+        headers.append(header::ALLOW, HeaderValue::from_static(method));
+    }
     response
 }
 
-/// The answer to HEAD: the same status and headers, no body.
+/// The answer to HEAD: the same status and headers, no body; a [`status_text`] answer also
+/// loses its content headers, as it did in Koa.
 pub fn strip_body(response: Response) -> Response {
-    let (parts, _) = response.into_parts();
+    let (mut parts, _) = response.into_parts();
+    if parts.extensions.get::<StatusText>().is_some() {
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     Response::from_parts(parts, no_body())
 }
 
