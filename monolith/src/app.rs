@@ -59,23 +59,32 @@ impl Board {
     }
 
     async fn answer(&self, verb: Option<Verb>, request: Request) -> Response {
-        // koa-router answers 501 for a method it does not implement, whatever the path.
-        let Some(verb) = verb else {
-            return response::text(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
-        };
         let (parts, body) = request.into_parts();
-        let endpoint = match Endpoint::parse(parts.uri.path()) {
-            Some(endpoint) if self.serves(&endpoint) => endpoint,
-            _ => return response::text(StatusCode::NOT_FOUND, "Not Found"),
+        let endpoint = Endpoint::parse(parts.uri.path())
+            .filter(|endpoint| self.serves(endpoint) && endpoint.known_to(verb));
+        // koa-router answers 501 for a method it does not implement, whatever the path, and
+        // lists the path's methods when it knows the path.
+        let Some(verb) = verb else {
+            let response = response::status_text(StatusCode::NOT_IMPLEMENTED);
+            return match endpoint {
+                Some(endpoint) => response::with_allow(response, endpoint.allowed().header_lines()),
+                None => response,
+            };
+        };
+        let Some(endpoint) = endpoint else {
+            return response::status_text(StatusCode::NOT_FOUND);
         };
         let allowed = endpoint.allowed();
         if verb == Verb::Options {
-            return response::with_allow(response::empty(StatusCode::NO_CONTENT), allowed.header());
+            return response::with_allow(
+                response::empty(StatusCode::NO_CONTENT),
+                allowed.header_lines(),
+            );
         }
         if !allowed.contains(verb) {
             return response::with_allow(
-                response::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
-                allowed.header(),
+                response::status_text(StatusCode::METHOD_NOT_ALLOWED),
+                allowed.header_lines(),
             );
         }
         self.dispatch(verb, endpoint, &parts.headers, body)

@@ -93,7 +93,7 @@ pub enum Endpoint<'a> {
     Thread(Cow<'a, str>),
     /// `/api/posts`
     Posts,
-    /// `/api/posts/{id}` (DELETE only: the original had no read of a single post)
+    /// `/api/posts/{id}` (DELETE only, ours: the original had no such path)
     Post(Cow<'a, str>),
     /// `/api/posts/in-thread/{id}`
     PostsInThread(Cow<'a, str>),
@@ -101,14 +101,14 @@ pub enum Endpoint<'a> {
     PostsByUser(Cow<'a, str>),
 }
 
-/// The methods an endpoint answers, in the one fixed order used for every `Allow` header.
+/// The methods an endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Allowed {
-    /// `GET, HEAD, OPTIONS`
+    /// GET and HEAD
     Read,
-    /// `GET, HEAD, POST, OPTIONS`
+    /// GET, HEAD and POST
     ReadCreate,
-    /// `DELETE, OPTIONS`
+    /// DELETE
     Delete,
 }
 
@@ -124,12 +124,13 @@ impl Allowed {
         }
     }
 
-    /// The value of the `Allow` header.
-    pub fn header(self) -> &'static str {
+    /// The `Allow` header as koa-router's `allowedMethods` sent it: one line per method, in the
+    /// order the routes were declared (HEAD before GET), never OPTIONS.
+    pub fn header_lines(self) -> &'static [&'static str] {
         match self {
-            Allowed::Read => "GET, HEAD, OPTIONS",
-            Allowed::ReadCreate => "GET, HEAD, POST, OPTIONS",
-            Allowed::Delete => "DELETE, OPTIONS",
+            Allowed::Read => &["HEAD", "GET"],
+            Allowed::ReadCreate => &["HEAD", "GET", "POST"],
+            Allowed::Delete => &["DELETE"],
         }
     }
 }
@@ -190,6 +191,17 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Post(_)
             | Endpoint::PostsInThread(_)
             | Endpoint::PostsByUser(_) => Some(Resource::Posts),
+        }
+    }
+
+    /// Whether a request with `verb` (`None`: a method the router does not implement) finds
+    /// this endpoint at all. `/api/posts/{id}` exists only for our DELETE: to every other
+    /// method it stays the unknown path the original answered 404 (or 501) to, so the new write
+    /// changes no answer a client of the original could get.
+    pub fn known_to(&self, verb: Option<Verb>) -> bool {
+        match self {
+            Endpoint::Post(_) => verb == Some(Verb::Delete),
+            _ => true,
         }
     }
 
@@ -450,5 +462,26 @@ mod tests {
         assert_eq!(Verb::from_method(&Method::CONNECT), None);
         let propfind = Method::from_bytes(b"PROPFIND").expect("valid token");
         assert_eq!(Verb::from_method(&propfind), None);
+    }
+
+    #[test]
+    fn only_delete_finds_a_single_post() {
+        let cases: &[(&str, Option<Verb>, bool)] = &[
+            ("/api/posts/1", Some(Verb::Delete), true),
+            ("/api/posts/1", Some(Verb::Get), false),
+            ("/api/posts/1", Some(Verb::Head), false),
+            ("/api/posts/1", Some(Verb::Options), false),
+            ("/api/posts/1", Some(Verb::Put), false),
+            ("/api/posts/in-thread", Some(Verb::Get), false),
+            ("/api/posts/1", None, false),
+            ("/api/posts", Some(Verb::Get), true),
+            ("/api/posts", None, true),
+            ("/api/users/1", Some(Verb::Options), true),
+            ("/", None, true),
+        ];
+        for (path, verb, known) in cases {
+            let endpoint = Endpoint::parse(path).expect("parses");
+            assert_eq!(endpoint.known_to(*verb), *known, "{verb:?} {path}");
+        }
     }
 }

@@ -1,12 +1,19 @@
 //! Response builders with the exact headers the original Koa app sent.
 //!
 //! Every body gets an explicit `content-length`, so a HEAD answer keeps it after its body is
-//! stripped, whether the router is served by hyper or called directly with `oneshot`.
+//! stripped, whether the router is served by hyper or called directly with `oneshot`. An answer
+//! without a body sends no `content-length` at all, as Koa did (RFC 9110 §8.6 forbids one in a
+//! 204).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
+use http_body::{Frame, SizeHint};
 use serde::Serialize;
 
 /// `content-type` of every JSON body.
@@ -41,25 +48,77 @@ pub fn text(status: StatusCode, body: &'static str) -> Response {
     with_body(status, TEXT, Bytes::from_static(body.as_bytes()))
 }
 
+/// Koa's answer when no handler set a body (404, 405, 501): the status's reason phrase as
+/// text. Koa filled it in only when sending, after skipping HEAD, so a HEAD answer of this
+/// kind has no content headers at all (see [`strip_body`]).
+pub fn status_text(status: StatusCode) -> Response {
+    let mut response = text(status, status.canonical_reason().unwrap_or(""));
+    response.extensions_mut().insert(StatusText);
+    response
+}
+
+/// Marks a [`status_text`] answer.
+#[derive(Clone, Copy, Debug)]
+struct StatusText;
+
 /// An empty answer with no content headers (Koa's answer to a `null` body).
 pub fn empty(status: StatusCode) -> Response {
-    let mut response = Response::new(Body::empty());
+    let mut response = Response::new(no_body());
     *response.status_mut() = status;
     response
 }
 
-/// Adds the `Allow` header.
-pub fn with_allow(mut response: Response, allow: &'static str) -> Response {
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+/// Adds an `Allow` header line per method, as koa-router did.
+pub fn with_allow(mut response: Response, methods: &[&'static str]) -> Response {
+    let headers = response.headers_mut();
+    for method in methods {
+        headers.append(header::ALLOW, HeaderValue::from_static(method));
+    }
     response
 }
 
-/// The answer to HEAD: the same status and headers, no body.
+/// The answer to HEAD: the same status and headers, no body; a [`status_text`] answer also
+/// loses its content headers, as it did in Koa.
 pub fn strip_body(response: Response) -> Response {
-    let (parts, _) = response.into_parts();
-    Response::from_parts(parts, Body::empty())
+    let (mut parts, _) = response.into_parts();
+    if parts.extensions.get::<StatusText>().is_some() {
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Response::from_parts(parts, no_body())
+}
+
+/// A body that is over before it starts and does not state its size.
+///
+/// axum's router writes `content-length` from a body's exact size hint whenever the header is
+/// missing, so `Body::empty()` (exactly 0) would put `content-length: 0` on every 204 and on
+/// HEAD answers we strip of content headers, and hyper sends a header it is given even where it
+/// would never add one. Without an exact hint axum adds nothing, and hyper, seeing the body
+/// already ended, writes no length either.
+fn no_body() -> Body {
+    Body::new(NoBody)
+}
+
+struct NoBody;
+
+impl http_body::Body for NoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }
 
 fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {

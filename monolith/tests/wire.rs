@@ -39,6 +39,36 @@ async fn head_keeps_get_headers_on_the_wire() {
     let unknown = client.send(addr, Method::HEAD, "/api/users/99", "").await;
     assert_eq!(unknown.status, StatusCode::NO_CONTENT);
     assert!(unknown.headers.get(header::CONTENT_TYPE).is_none());
+    assert!(unknown.headers.get(header::CONTENT_LENGTH).is_none());
+}
+
+/// RFC 9110 §8.6: no Content-Length in a 204. Read off the socket, because hyper may write a
+/// header our router left in while a client library would hide it.
+#[tokio::test]
+async fn no_204_carries_content_length_on_the_wire() {
+    let (router, _db) = support::monolith();
+    let addr = support::spawn(router).await;
+    let cases = [
+        ("GET", "/api/users/9"),
+        ("HEAD", "/api/users/9"),
+        ("GET", "/api/threads/abc"),
+        ("HEAD", "/api/threads/9"),
+        ("OPTIONS", "/api/users"),
+        ("OPTIONS", "/api/posts/in-thread/1"),
+        ("DELETE", "/api/posts/1"),
+    ];
+    for (method, path) in cases {
+        let reply = support::raw_exchange(addr, method, path).await;
+        assert_eq!(reply.status, 204, "{method} {path}");
+        for name in ["content-length", "content-type", "transfer-encoding"] {
+            assert!(
+                reply.all(name).is_empty(),
+                "{method} {path}: {name} in {:?}",
+                reply.headers
+            );
+        }
+        assert!(reply.body.is_empty(), "{method} {path}");
+    }
 }
 
 #[tokio::test]

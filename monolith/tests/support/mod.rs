@@ -112,3 +112,62 @@ impl HttpClient {
         }
     }
 }
+
+/// An answer read off the socket byte for byte: header lines as sent, names lower-cased.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// Every value of header `name`, in the order sent.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The values of header `name` joined with ", ", or `None` when it was not sent.
+    pub fn joined(&self, name: &str) -> Option<String> {
+        let values = self.all(name);
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+}
+
+/// Sends one bodiless HTTP/1.1 request over a raw TCP connection and reads the answer until the
+/// server closes, so no client library can add, drop or merge a header.
+pub async fn raw_exchange(addr: SocketAddr, method: &str, path: &str) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no end of head in {raw:?}"));
+    let head = String::from_utf8(raw[..end].to_vec()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("header line");
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    RawReply {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
