@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one subcommand of strangler-ops (the Rust binary behind scripts/migrate-data, shift,
-# rollout, rollback and status), building the release binary first when it is missing or
+# rollout, rollback, status, cutover and complete), building the release binary first when it is missing or
 # older than its sources. Paths given on the command line are read from the caller's directory.
 set -euo pipefail
 

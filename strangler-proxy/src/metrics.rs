@@ -39,6 +39,9 @@ pub mod names {
     pub const DOWNSTREAM_REJECTED: &str = "strangler_downstream_rejected_total";
     /// Gauge `{route}`: requests held behind the route's write fence now.
     pub const HELD_REQUESTS: &str = "strangler_held_requests";
+    /// Counter `{route, reason}`: held requests answered 503 without being forwarded, because
+    /// the fence outlasted `hold_timeout` (`timeout`) or `hold_max` were held (`full`).
+    pub const HOLD_REJECTIONS: &str = "strangler_hold_rejections_total";
     /// Histogram `{route}`, seconds: how long requests were held behind a write fence.
     pub const HOLD_DURATION: &str = "strangler_hold_duration_seconds";
     /// Gauge `{route, backend, class}`: requests forwarded and not yet answered (headers);
@@ -77,6 +80,8 @@ pub struct Metrics {
     pub held: IntGaugeVec,
     /// `strangler_hold_duration_seconds{route}`
     pub hold_duration: HistogramVec,
+    /// `strangler_hold_rejections_total{route, reason}`
+    pub hold_rejections: IntCounterVec,
     /// `strangler_in_flight_requests{route, backend, class}`
     pub in_flight: IntGaugeVec,
     /// `strangler_config_info{sha256}`
@@ -168,6 +173,11 @@ impl Metrics {
         registry
             .register(Box::new(revision.clone()))
             .expect("registered once");
+        let hold_rejections = counter(
+            names::HOLD_REJECTIONS,
+            "Held requests answered 503 without being forwarded, by reason (timeout, full).",
+            &["route", "reason"],
+        );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -220,6 +230,7 @@ impl Metrics {
             client_aborts,
             held,
             hold_duration,
+            hold_rejections,
             in_flight,
             config_info,
         }

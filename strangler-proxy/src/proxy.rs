@@ -77,6 +77,8 @@ pub enum ProxyError {
     Held {
         /// The fenced route.
         route: String,
+        /// `timeout` or `full`: the `reason` label of `strangler_hold_rejections_total`.
+        reason: &'static str,
         /// `the pause outlasted hold_timeout (5s)` or `hold_max (N) requests already wait`.
         why: String,
     },
@@ -271,7 +273,8 @@ impl Proxy {
             Ok(held) => held,
             Err(route) => {
                 let why = format!("hold_max ({max}) requests already wait");
-                return Err((table, ProxyError::Held { route, why }));
+                let reason = "full";
+                return Err((table, ProxyError::Held { route, reason, why }));
             }
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -287,7 +290,8 @@ impl Proxy {
                 _ => {
                     let why = format!("the pause outlasted hold_timeout ({timeout:?})");
                     let route = held.route.clone();
-                    return Err((table, ProxyError::Held { route, why }));
+                    let reason = "timeout";
+                    return Err((table, ProxyError::Held { route, reason, why }));
                 }
             }
         }
@@ -602,11 +606,15 @@ impl<'r> Exchange<'r> {
                     "client went away: {detail}"
                 );
             }
-            ProxyError::Held { .. } => tracing::warn!(
-                request_id,
-                route = decision.route_name(),
-                "write not forwarded: {error}"
-            ),
+            ProxyError::Held { route, reason, .. } => {
+                // Counted apart: no backend saw it, so it is no backend's error.
+                self.metrics
+                    .hold_rejections
+                    .with_label_values(&[route.as_str(), reason])
+                    .inc();
+                tracing::warn!(request_id, route, "write not forwarded: {error}");
+                return error.into_response(&self.request_id);
+            }
             _ => tracing::error!(request_id, "{error}"),
         }
         let response = error.into_response(&self.request_id);

@@ -127,9 +127,7 @@ async fn a_write_held_past_hold_timeout_gets_503_and_never_reaches_a_backend() {
     let text = proxy.metrics().await;
     assert!(text.contains(&format!("{HELD} 0")), "{text}");
     assert!(
-        text.contains(
-            "strangler_requests_total{backend=\"monolith\",code=\"503\",route=\"users\"} 1"
-        ),
+        text.contains("strangler_hold_rejections_total{reason=\"timeout\",route=\"users\"} 1"),
         "{text}"
     );
 }

@@ -41,7 +41,8 @@ fn trigger_name(table: Table, event: &str) -> String {
     format!("_strangler_capture_{}_{event}", table.name())
 }
 
-fn exists(conn: &Connection, side: Side, kind: &str, name: &str) -> rusqlite::Result<bool> {
+/// Whether `side` has an object `name` of `kind` (`table`, `trigger`) in its catalogue.
+pub fn exists(conn: &Connection, side: Side, kind: &str, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         &format!(
             "SELECT count(*) FROM {}.sqlite_master WHERE type = ?1 AND name = ?2",

@@ -85,13 +85,25 @@ pub fn guard_writes(data_dir: &Path, route: &RouteConfig) -> Result<(), String> 
         return Ok(());
     };
     let state = match sync::read_state(data_dir, resource) {
-        Ok(Some(state)) if state.stage != SyncStage::Complete => state,
+        Ok(Some(state)) => state,
         _ => return Ok(()),
     };
     let name = resource.name();
+    if state.stage == SyncStage::Complete {
+        if route.sends_writes() && route.weight == 100 {
+            return Ok(());
+        }
+        return Err(format!(
+            "the migration of {name} is complete: the monolith's copy of {name} is stale (no sync \
+             runs any more), and route {:?} would send some requests of {name} back to it, \
+             where writes would take ids the service has already given out. Keep the route at \
+             weight 100 for every method",
+            route.name
+        ));
+    }
     match state.direction {
         Direction::Forward if route.sends_writes() => Err(format!(
-            "route {:?} would send {name}'s writes to its service while change capture copies \
+            "route {:?} would send writes of {name} to its service while change capture copies \
              the monolith's writes into it (sync {}, stage {}): an acknowledged write on either \
              side could be overwritten. Keep writes on the monolith (--methods GET,HEAD) and \
              switch them with `scripts/cutover {name}`",
@@ -100,7 +112,7 @@ pub fn guard_writes(data_dir: &Path, route: &RouteConfig) -> Result<(), String> 
             state.stage.as_str()
         )),
         Direction::Reverse if !(route.sends_writes() && route.weight == 100) => Err(format!(
-            "route {:?} would send some of {name}'s writes back to the monolith while the \
+            "route {:?} would send some writes of {name} back to the monolith while the \
              service owns them (sync {}, stage {}): switch them back with `scripts/cutover \
              {name} --reverse`",
             route.name,
@@ -149,7 +161,7 @@ pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         fenced_at: None,
         holds_before: Vec::new(),
     };
-    if let Err(why) = run.preconditions(&route) {
+    if let Err(why) = run.preconditions(&route, &loaded.config) {
         writeln!(run.out, "refused: {why}")?;
         return Ok(Ending::NotSwitched(why));
     }
@@ -192,7 +204,7 @@ impl Run<'_> {
 
     /// Reads at 100 % on the service, writes where `from` says, change capture installed on
     /// both sides and followed, no conflict, the last verification good.
-    fn preconditions(&self, route: &RouteConfig) -> Result<(), String> {
+    fn preconditions(&self, route: &RouteConfig, config: &Config) -> Result<(), String> {
         let name = self.resource().name();
         let reads_on_service = route.weight == 100
             && route
@@ -209,13 +221,13 @@ impl Run<'_> {
         match self.from {
             Direction::Forward if route.sends_writes() => {
                 return Err(format!(
-                    "route {:?} already sends {name}'s writes to the service",
+                    "route {:?} already sends the writes of {name} to the service",
                     route.name
                 ));
             }
             Direction::Reverse if !route.sends_writes() => {
                 return Err(format!(
-                    "route {:?} does not send {name}'s writes to the service: nothing to reverse",
+                    "route {:?} does not send the writes of {name} to the service: nothing to reverse",
                     route.name
                 ));
             }
@@ -258,12 +270,9 @@ impl Run<'_> {
                 state.capture_installed.0, state.capture_installed.1
             ));
         }
-        if state
-            .follower_heartbeat_age
-            .is_none_or(|age| age > sync::LIVE)
-        {
+        if !state.follower_alive() {
             return Err(format!(
-                "no follower applies {name}'s changes (lag not measurable): start \
+                "no follower applies the changes of {name} (lag not measurable): start \
                  `scripts/migrate-data {name} --follow`"
             ));
         }
@@ -280,7 +289,11 @@ impl Run<'_> {
                  --verify-only`"
             ));
         }
-        Ok(())
+        match reference_order(&self.options.data_dir, config, self.resource(), self.from) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            Err(e) => Err(format!("{e:#}")),
+        }
     }
 
     fn check_stop(&self) -> Result<(), Stop_> {
@@ -620,37 +633,108 @@ pub fn complete(
     Ok(Ok(()))
 }
 
-/// A resource whose rows the monolith still writes and that refers to `resource` (a foreign
-/// key in the monolith's own catalogue): once capture stops, the monolith's copy of `resource`
-/// goes stale and those writes would be refused for rows created on the service.
-fn still_referenced(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<String>> {
+/// The references between resources as the monolith's own catalogue declares them: `(from,
+/// to)` for every foreign key of table `from` that points at table `to` in `monolith.db`.
+fn foreign_keys(data_dir: &Path) -> anyhow::Result<Vec<(Resource, Resource)>> {
     let monolith = data_dir.join("monolith.db");
     let conn = rusqlite::Connection::open_with_flags(
         &monolith,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .with_context(|| format!("opening {}", monolith.display()))?;
-    let name = resource.name();
-    for other in Resource::ALL.into_iter().filter(|r| *r != resource) {
-        let mut stmt = conn.prepare("SELECT \"table\" FROM pragma_foreign_key_list(?1)")?;
-        let refers = stmt
-            .query_map([other.name()], |row| row.get::<_, String>(0))?
-            .filter_map(Result::ok)
-            .any(|t| t == name);
-        if !refers {
-            continue;
+    let mut stmt = conn.prepare("SELECT \"table\" FROM pragma_foreign_key_list(?1)")?;
+    let mut edges = Vec::new();
+    for from in Resource::ALL {
+        let targets: Vec<String> = stmt
+            .query_map([from.name()], |row| row.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        for to in Resource::ALL {
+            if to != from && targets.iter().any(|t| t == to.name()) && !edges.contains(&(from, to))
+            {
+                edges.push((from, to));
+            }
         }
-        let writes_moved = sync::read_state(data_dir, other)?
-            .is_some_and(|s| s.direction == Direction::Reverse || s.stage == SyncStage::Complete);
-        if !writes_moved {
+    }
+    Ok(edges)
+}
+
+/// Whether the service owns `resource`'s writes: they were switched (reverse sync) or the
+/// migration is complete.
+fn writes_moved(data_dir: &Path, resource: Resource) -> anyhow::Result<bool> {
+    Ok(sync::read_state(data_dir, resource)?
+        .is_some_and(|s| s.direction == Direction::Reverse || s.stage == SyncStage::Complete))
+}
+
+/// A resource whose rows the monolith still writes and that refers to `resource`: once
+/// capture stops, the monolith's copy of `resource` goes stale and those writes would be
+/// refused for rows created on the service.
+fn still_referenced(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<String>> {
+    let name = resource.name();
+    for (other, _) in foreign_keys(data_dir)?
+        .into_iter()
+        .filter(|(_, to)| *to == resource)
+    {
+        if !writes_moved(data_dir, other)? {
             return Ok(Some(format!(
-                "the monolith still takes writes of {other} (table {other} in {} refers to \
-                 {name}): once {name}'s reverse sync stops, it would refuse {other} naming a \
-                 {name} created on the service. Cut {other}'s writes over first \
-                 (scripts/cutover {other}), then complete {name}",
-                monolith.display(),
+                "the monolith still takes writes of {other} (its table {other} refers to {name}): \
+                 once the reverse sync of {name} stops, the monolith would refuse {other} naming \
+                 a {name} row created on the service. Cut {other} over first (scripts/cutover \
+                 {other}), then complete {name}",
                 other = other.name()
             )));
+        }
+    }
+    Ok(None)
+}
+
+/// Why switching `resource`'s writes (`from` the current writer) now would make a reference
+/// race the sync, if it would.
+///
+/// Forward: a service checks the rows it refers to through the proxy. If a referenced
+/// resource's reads are on its service while its writes are still on the monolith, a row
+/// created an instant earlier may not have reached that service yet: 422. So the referenced
+/// resource goes first. Reverse: the same race seen from the other end, for a resource whose
+/// writes are on its service and that refers to this one.
+fn reference_order(
+    data_dir: &Path,
+    config: &Config,
+    resource: Resource,
+    from: Direction,
+) -> anyhow::Result<Option<String>> {
+    let name = resource.name();
+    for (from_table, to_table) in foreign_keys(data_dir)? {
+        match from {
+            Direction::Forward if from_table == resource => {
+                let other = to_table;
+                let reads_on_service = route_of(config, other).is_ok_and(|r| {
+                    r.weight > 0
+                        && r.methods
+                            .as_ref()
+                            .is_none_or(|m| m.contains(&http::Method::GET))
+                });
+                if reads_on_service && !writes_moved(data_dir, other)? {
+                    return Ok(Some(format!(
+                        "{name} refers to {other}, whose reads are on its service while its \
+                         writes are still on the monolith: the {name} service would look up a \
+                         {other} row created an instant earlier before the sync carried it over \
+                         (422). Cut {other} over first (scripts/cutover {other})",
+                        other = other.name()
+                    )));
+                }
+            }
+            Direction::Reverse if to_table == resource => {
+                let other = from_table;
+                if writes_moved(data_dir, other)? {
+                    return Ok(Some(format!(
+                        "the writes of {other} are on its service and refer to {name}: with the \
+                         writes of {name} back on the monolith, the {other} service would look up a {name} \
+                         row created an instant earlier before the sync carried it over (422). \
+                         Switch {other} back first (scripts/cutover {other} --reverse)",
+                        other = other.name()
+                    )));
+                }
+            }
+            _ => {}
         }
     }
     Ok(None)

@@ -26,7 +26,7 @@ use strangler_proxy::config::RouteConfig;
 #[command(
     name = "strangler-ops",
     version,
-    about = "Operator scripts: move a resource's data to its service, shift and roll out traffic, roll back, show status"
+    about = "Operator scripts: move a resource's data to its service, shift and roll out traffic, roll back, switch writes over (cutover), finish (complete), show status"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -106,9 +106,13 @@ enum Command {
     Cutover(CutoverArgs),
     /// End a resource's migration: stop reverse sync and remove change capture on both sides.
     ///
-    /// Refuses unless the route sends every method of the resource to its service. Applies the
-    /// service's last changes to the monolith, then drops triggers and change tables from both
-    /// databases; says what the monolith no longer needs.
+    /// Refuses unless the route sends every method of the resource to its service, while a
+    /// resource the monolith still writes refers to it (its foreign keys), while a conflict
+    /// stands, or while the monolith holds changes made after the switch that were never
+    /// carried over. Applies the service's last changes to the monolith, then drops triggers
+    /// and change tables from both databases; says what the monolith no longer needs. Afterwards
+    /// shift and rollback refuse to send the resource anywhere but its service.
+    /// Exit status: 0 complete; 1 refused, nothing changed (the reason on the last line).
     Complete(CompleteArgs),
 }
 
@@ -574,7 +578,7 @@ fn admin_from_config(path: &Path) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| {
             format!(
-                "reading [proxy] admin from {} (or pass --admin URL)",
+                "reading [proxy] admin from {} (or name the proxy with --admin or --metrics URL)",
                 path.display()
             )
         })?;

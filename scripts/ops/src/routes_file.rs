@@ -309,6 +309,46 @@ pub fn edit_file_checked(
     change: &Change,
     check: &dyn Fn(&RouteConfig) -> Result<(), String>,
 ) -> Result<Edited, EditError> {
+    // Scripts editing the same file at once (two rollouts, a cutover beside a rollout) take
+    // turns; an editor saving meanwhile is caught by `write_atomically`, and the edit is made
+    // again on what it saved.
+    let _turn = lock_beside(path)?;
+    let mut attempt = 0;
+    loop {
+        match edit_once(path, route, change, check) {
+            Err(EditError::Raced { .. }) if attempt < 3 => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// An exclusive lock on the file itself (flock), held until dropped; nothing is left beside
+/// it (a ConfigMap directory stays as it was). Every edit replaces the file by rename, so a
+/// lock taken on the inode being replaced is retaken on the new one.
+fn lock_beside(path: &Path) -> Result<std::fs::File, EditError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |source| EditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    loop {
+        let real = std::fs::canonicalize(path).map_err(io)?;
+        let file = std::fs::File::open(&real).map_err(io)?;
+        file.lock().map_err(io)?;
+        let held = file.metadata().map_err(io)?;
+        let now = std::fs::metadata(&real).map_err(io)?;
+        if (held.dev(), held.ino()) == (now.dev(), now.ino()) {
+            return Ok(file);
+        }
+    }
+}
+
+fn edit_once(
+    path: &Path,
+    route: &str,
+    change: &Change,
+    check: &dyn Fn(&RouteConfig) -> Result<(), String>,
+) -> Result<Edited, EditError> {
     let io = |source| EditError::Io {
         path: path.to_owned(),
         source,
@@ -596,5 +636,45 @@ weight = 5
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn scripts_editing_one_file_at_once_take_turns_and_lose_no_edit() {
+        let dir = std::env::temp_dir().join(format!("strangler-turns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("routes.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let editors: Vec<_> = [("users", 0i64), ("other", 1i64)]
+            .into_iter()
+            .map(|(route, parity)| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for step in 0..40i64 {
+                        let change = Change {
+                            weight: Some(2 * step + parity),
+                            ..Change::default()
+                        };
+                        edit_file(&path, route, &change)
+                            .unwrap_or_else(|e| panic!("{route} step {step}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for e in editors {
+            e.join().unwrap();
+        }
+        let config = config::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let weight = |name: &str| {
+            config
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap()
+                .weight
+        };
+        // Each editor's last edit survived the other's.
+        assert_eq!((weight("users"), weight("other")), (78, 79));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -105,7 +105,7 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
         "lag",
         "follower",
         "conflicts",
-        "fence",
+        "write fence",
     ]);
     let mut notes = Vec::new();
     let mut any = false;
@@ -120,9 +120,7 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
             Direction::Forward => state.forward_backlog,
             Direction::Reverse => state.reverse_backlog,
         };
-        let alive = state
-            .follower_heartbeat_age
-            .is_some_and(|age| age <= sync::LIVE);
+        let alive = state.follower_alive();
         let follower = match (alive, state.follower_pid) {
             (true, Some(pid)) => format!("running (pid {pid})"),
             (true, None) => "running".to_string(),
@@ -131,8 +129,18 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
         };
         if !alive && state.stage != SyncStage::Complete && state.capture_installed != (false, false)
         {
+            let remedy = if state.direction == Direction::Reverse {
+                // The service takes the writes: only a follower carries them to the monolith.
+                format!("start `scripts/migrate-data {name} --follow`; it resumes where it stopped")
+            } else {
+                format!(
+                    "`scripts/migrate-data {name} --follow` resumes; `scripts/migrate-data {name} \
+                     --remove-capture` removes the capture instead"
+                )
+            };
             notes.push(format!(
-                "{name}: change capture is installed but no follower runs; {} change(s) wait.                  `scripts/migrate-data {name} --follow` resumes; `--remove-capture` removes it",
+                "{name}: change capture is installed but no follower runs; {} change(s) wait. \
+                 {remedy}",
                 state.forward_backlog.changes + state.reverse_backlog.changes
             ));
         }

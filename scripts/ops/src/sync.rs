@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use monolith::legacy::Resource;
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::capture::{self, now_ms};
 use crate::conflicts;
@@ -183,6 +183,30 @@ pub struct Backlog {
     pub oldest_age: Duration,
 }
 
+/// Whether the follower `pid` with a heartbeat `age` old is running: a fresh heartbeat (under
+/// [`LIVE`]) and, where `/proc` can tell, a process by that id (a follower killed with -9 is
+/// seen as gone at once instead of after [`LIVE`]).
+fn alive(pid: Option<u32>, age: Option<Duration>) -> bool {
+    let Some(pid) = pid else {
+        return false;
+    };
+    let proc = Path::new("/proc");
+    // A process killed with -9 and not yet reaped by its parent is a zombie: gone too.
+    let gone = proc.join("self").exists()
+        && std::fs::read_to_string(proc.join(pid.to_string()).join("stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        });
+    age.is_some_and(|a| a < LIVE) && !gone
+}
+
+impl SyncState {
+    /// Whether a follower is running now (see [`Record::follower_alive`]).
+    pub fn follower_alive(&self) -> bool {
+        alive(self.follower_pid, self.follower_heartbeat_age)
+    }
+}
+
 /// A resource's sync state as [`read_state`] finds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncState {
@@ -233,15 +257,10 @@ impl Record {
     /// Whether a follower heartbeat is fresher than [`LIVE`] and, where `/proc` tells, its
     /// process still exists (so a follower restarted right after a kill -9 is not refused).
     pub fn follower_alive(&self) -> bool {
-        let Some(pid) = self.follower_pid else {
-            return false;
-        };
-        let fresh = self
+        let age = self
             .heartbeat_ms
-            .is_some_and(|hb| now_ms().saturating_sub(hb) < LIVE.as_millis() as i64);
-        let proc = Path::new("/proc");
-        let gone = proc.join("self").exists() && !proc.join(pid.to_string()).exists();
-        fresh && !gone
+            .map(|hb| Duration::from_millis(now_ms().saturating_sub(hb).unsigned_abs()));
+        alive(self.follower_pid, age)
     }
 
     /// "pid 123, heartbeat 0.2s ago" or "no follower ever ran".
@@ -532,8 +551,9 @@ pub fn drain(
         if !standing.is_empty() {
             let lines: Vec<String> = standing.iter().map(|c| c.describe()).collect();
             bail!(
-                "draining {} {}: {} unresolved conflict(s):\n{}\nrepair the rows on the side \
-                 that takes writes, then `scripts/migrate-data {} --resolve-conflicts`",
+                "draining {} {}: {} unresolved conflict(s):\n{}\nmake each row the same on \
+                 both sides (the right version), then `scripts/migrate-data {} \
+                 --resolve-conflicts`",
                 resource.name(),
                 direction.arrow(),
                 standing.len(),
@@ -856,8 +876,9 @@ pub fn complete(data_dir: &Path, resource: Resource) -> anyhow::Result<Completed
     if !open.is_empty() {
         let lines: Vec<String> = open.iter().map(|c| c.describe()).collect();
         bail!(
-            "cannot complete {name}: {} unresolved conflict(s):\n{}\nrepair the rows on the \
-             service, then `scripts/migrate-data {name} --resolve-conflicts`",
+            "cannot complete {name}: {} unresolved conflict(s):\n{}\nmake each row the same on \
+             both sides (the right version), then `scripts/migrate-data {name} \
+             --resolve-conflicts`",
             open.len(),
             lines.join("\n")
         );
@@ -1005,6 +1026,49 @@ pub fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyho
 ///
 /// Errors: a database that cannot be opened or written.
 pub fn resolve_conflicts(data_dir: &Path, resource: Resource) -> anyhow::Result<u64> {
-    let conn = connect(data_dir, resource)?;
-    Ok(conflicts::resolve_all(&conn, Table::of(resource))?)
+    let mut conn = connect(data_dir, resource)?;
+    let table = Table::of(resource);
+    let name = table.name();
+    let open = conflicts::unresolved(&conn, table)?;
+    let mut ids: Vec<i64> = open.iter().map(|c| c.row_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut differ = Vec::new();
+    for id in &ids {
+        let monolith = capture::row_json(&conn, Side::Monolith, table, *id)?;
+        let service = capture::row_json(&conn, Side::Service, table, *id)?;
+        if monolith != service {
+            differ.push(format!(
+                "id {id}: monolith {}, service {}",
+                monolith.as_deref().unwrap_or("(none)"),
+                service.as_deref().unwrap_or("(none)")
+            ));
+        }
+    }
+    if !differ.is_empty() {
+        bail!(
+            "the rows in conflict still differ between the two sides:\n{}\nmake each row the \
+             same on both sides (the version that is right, or deleted on both), then run \
+             `scripts/migrate-data {name} --resolve-conflicts` again",
+            differ.join("\n")
+        );
+    }
+    // Equal rows: the changes still captured for them on either side carry nothing, and left
+    // in place they would raise the same conflict again.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for side in [Side::Monolith, Side::Service] {
+        if capture::exists(&tx, side, "table", capture::CHANGES)? {
+            let mut forget = tx.prepare(&format!(
+                "DELETE FROM {}.{} WHERE resource = ?1 AND row_id = ?2",
+                side.schema(),
+                capture::CHANGES
+            ))?;
+            for id in &ids {
+                forget.execute(params![name, id])?;
+            }
+        }
+    }
+    let resolved = conflicts::resolve_all(&tx, table)?;
+    tx.commit()?;
+    Ok(resolved)
 }

@@ -353,6 +353,10 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
         "{}",
         stdout(&o)
     );
+    // Not resolved while the rows still differ: that would leave the difference for good.
+    let o = dir.migrate(&["posts", "--resolve-conflicts"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("still differ"), "{}", stderr(&o));
     // Repaired and resolved, it verifies again.
     sqlite(&m)
         .execute(
