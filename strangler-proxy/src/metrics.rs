@@ -127,7 +127,8 @@ impl Metrics {
         );
         let rejected = counter(
             names::DOWNSTREAM_REJECTED,
-            "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large).",
+            "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large, \
+             bad_host).",
             &["reason"],
         );
         let client_aborts = counter(

@@ -58,6 +58,9 @@ pub enum ProxyError {
     /// Downstream: header block over `max_header_bytes`.
     #[error("the request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// Downstream: an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: answer 400).
+    #[error("an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2); it had {0}")]
+    BadHost(usize),
     /// Downstream: the client's request body failed while being sent (the client went away).
     #[error("the request body ended early: {0}")]
     ClientAborted(String),
@@ -109,7 +112,9 @@ impl ProxyError {
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::AmbiguousSlash => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::AmbiguousSlash | ProxyError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Upstream {
@@ -149,6 +154,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::AmbiguousSlash => Some("bad_path"),
             ProxyError::UriTooLong(_) => Some("uri_too_long"),
             ProxyError::HeadersTooLarge(_) => Some("headers_too_large"),
+            ProxyError::BadHost(_) => Some("bad_host"),
             _ => None,
         }
     }
@@ -447,9 +453,10 @@ impl<'r> Exchange<'r> {
         }
     }
 
-    /// Size limits, then the normalized path: nothing unsafe is ever routed.
+    /// Size limits, `Host`, then the normalized path: nothing unsafe is ever routed.
     fn admit(&mut self, parts: &Parts, path: &'r str) -> Result<(), ProxyError> {
         check_limits(parts, self.table)?;
+        check_host(parts)?;
         self.path = route_path(self.table, path)?;
         Ok(())
     }
@@ -711,6 +718,18 @@ fn check_limits(req: &http::request::Parts, table: &RouteTable) -> Result<(), Pr
         return Err(ProxyError::HeadersTooLarge(settings.max_header_bytes));
     }
     Ok(())
+}
+
+/// An HTTP/1.1 request carries exactly one `Host`, even with an absolute-form target (RFC 9112
+/// §3.2); HTTP/1.0 may omit it and HTTP/2 sends `:authority` instead.
+fn check_host(req: &Parts) -> Result<(), ProxyError> {
+    if req.version != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    match req.headers.get_all(header::HOST).iter().count() {
+        1 => Ok(()),
+        n => Err(ProxyError::BadHost(n)),
+    }
 }
 
 /// The normalized path to route on and forward. An encoded '/' or a backslash is forwarded as it
