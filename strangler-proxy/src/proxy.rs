@@ -32,6 +32,7 @@ use crate::forward::{self, Downstream, Failure, FailureKind};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::near_miss;
 use crate::path::{self, PathError};
 use crate::routes::{Decision, RouteTable};
 use crate::shadow::{self, Captured, Shadows, Tee};
@@ -467,6 +468,10 @@ impl<'r> Exchange<'r> {
         let decision = self
             .table
             .resolve(&parts.method, &self.path, &parts.headers);
+        // Only a request that falls to the default pays for near-miss detection.
+        if decision.route.is_none() {
+            self.near_missed();
+        }
         if let Some(name) = &self.table.config.proxy.override_header {
             parts.headers.remove(name);
         }
@@ -474,6 +479,31 @@ impl<'r> Exchange<'r> {
         // Only a request that can be sent again unchanged may fall back: no body either.
         self.fallback = decision.fallback && body_is_empty;
         self.decision = Some(decision);
+    }
+
+    /// The event of a near miss (see [`crate::near_miss`]): counted per route, logged once
+    /// per path shape.
+    fn near_missed(&self) {
+        let Some(route) = self.table.near_miss(&self.path) else {
+            return;
+        };
+        let name = route.config.name.as_str();
+        self.metrics.near_misses.with_label_values(&[name]).inc();
+        let shape = near_miss::shape(&self.path);
+        if route.near_miss_shapes.first_sighting(&shape) {
+            tracing::warn!(
+                request_id = self.request_id.to_str().unwrap_or(""),
+                route = %name,
+                prefix = %route.config.prefix,
+                method = %self.method,
+                shape = %shape,
+                "near miss: the path matches route {name:?} only when letter case is ignored, \
+                 so the default serves it; a legacy router that ignores case serves it as the \
+                 route's, and the route's writes would split between the two. Set [proxy] \
+                 ignore_case = true if the default's router ignores case (logged once per path \
+                 shape; strangler_route_near_misses_total counts them all)"
+            );
+        }
     }
 
     fn decision(&self) -> &Decision<'r> {
