@@ -4,7 +4,7 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::headers::{
-    HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    FORWARDED, HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
     X_STRANGLER_SHADOW,
 };
 use crate::upstream::{Upstream, UpstreamBody};
@@ -83,7 +83,16 @@ pub struct Downstream<'a> {
 }
 
 /// Rewrites a downstream request for `upstream`: absolute URI on the upstream with exactly the
-/// routed path, hop-by-hop headers removed, `x-forwarded-*` added, HTTP/1.1 on the wire.
+/// routed path, then the header steps below in this order, then HTTP/1.1 on the wire.
+///
+/// 1. [`strip_hop_by_hop`] (keeping a WebSocket upgrade aside), [`drop_shadow_marker`],
+///    the request id, the upgrade restored: connection-level headers go first, so no later
+///    step's header can be named away by `Connection`.
+/// 2. [`set_host`]: the target's authority wins over `Host` (RFC 9112 §3.2.2, RFC 9113
+///    §8.3.1); the `host` later steps report is this one.
+/// 3. [`append_x_forwarded_for`], [`append_forwarded`] (RFC 7239), [`set_x_forwarded`]
+///    (`-proto`, `-host`): this hop added after every prior one.
+/// 4. [`join_cookies`]: HTTP/2's split `cookie` fields become one line (RFC 9113 §8.2.3).
 pub fn rewrite(
     req: &mut Request<UpstreamBody>,
     upstream: &Upstream,
@@ -110,44 +119,132 @@ pub fn rewrite(
         None
     };
     strip_hop_by_hop(headers);
-    // Only the proxy marks shadows; a client's marker could make a service skip a real write.
-    headers.remove(&X_STRANGLER_SHADOW);
+    drop_shadow_marker(headers);
     headers.insert(&X_REQUEST_ID, downstream.request_id.clone());
     if let Some(protocol) = upgrade {
         // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // HTTP/2 clients send :authority instead of Host; keep the host the client asked for.
-    let host = match headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => original
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    if let Some(host) = host {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-        headers.insert(header::HOST, host);
-    }
-    let ip = downstream.client.ip().to_string();
-    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
-        // Every prior line, in order, then this hop: a list split over lines is one list.
-        let mut v = Vec::new();
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
-            v.extend_from_slice(prior.as_bytes());
-            v.extend_from_slice(b", ");
-        }
-        v.extend_from_slice(ip.as_bytes());
-        HeaderValue::from_bytes(&v)
-    } else {
-        HeaderValue::from_str(&ip)
-    };
-    if let Ok(v) = forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let host = set_host(headers, &original);
+    append_x_forwarded_for(headers, downstream.client.ip());
+    append_forwarded(headers, downstream.client.ip(), host.as_ref());
+    set_x_forwarded(headers, host);
+    join_cookies(headers);
     *req.version_mut() = Version::HTTP_11;
     Ok(())
+}
+
+/// Only the proxy marks shadows; a client's marker could make a service skip a real write.
+pub fn drop_shadow_marker(headers: &mut HeaderMap) {
+    headers.remove(&X_STRANGLER_SHADOW);
+}
+
+/// Sets `Host` to the authority of the request target when it has one (absolute form in
+/// HTTP/1.1, RFC 9112 §3.2.2; `:authority` in HTTP/2, RFC 9113 §8.3.1), without userinfo;
+/// otherwise keeps the client's `Host`. Returns the host the upstream gets.
+pub fn set_host(headers: &mut HeaderMap, target: &Uri) -> Option<HeaderValue> {
+    let from_target = target.authority().and_then(|a| {
+        let host = a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h);
+        HeaderValue::from_str(host).ok()
+    });
+    match from_target {
+        Some(host) => {
+            headers.insert(header::HOST, host.clone());
+            Some(host)
+        }
+        None => headers.get(header::HOST).cloned(),
+    }
+}
+
+/// Appends the client's address to `x-forwarded-for`: every prior line, in order, then this
+/// hop (a list split over lines is one list).
+pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let ip = client.to_string();
+    let value = append_to_list(headers, &X_FORWARDED_FOR, ip.as_bytes());
+    if let Ok(v) = value {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+/// Appends this hop to `Forwarded` (RFC 7239 §4) as `for=…;proto=http;host=…`, keeping every
+/// prior element; an IPv6 address is bracketed and quoted, any value that is not a token is
+/// quoted (§6).
+pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+    let node = match client {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let mut element = format!("for={};proto=http", forwarded_value(&node));
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
+    }
+    if let Ok(v) = append_to_list(headers, &FORWARDED, element.as_bytes()) {
+        headers.insert(&FORWARDED, v);
+    }
+}
+
+/// `x-forwarded-proto: http` and `x-forwarded-host` (the host the upstream gets).
+pub fn set_x_forwarded(headers: &mut HeaderMap, host: Option<HeaderValue>) {
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// Joins several `cookie` fields into one, separated by `; ` (RFC 9113 §8.2.3): an HTTP/2
+/// client may send each cookie as its own field, and an HTTP/1.1 server may read only the
+/// first `Cookie` line (Rack does).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, field) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The lines of a comma-separated list header joined into one, with `item` appended.
+fn append_to_list(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    item: &[u8],
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = Vec::new();
+    for prior in headers.get_all(name) {
+        v.extend_from_slice(prior.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(item);
+    HeaderValue::from_bytes(&v)
+}
+
+/// A `Forwarded` parameter value: the token itself, or a quoted string (RFC 7239 §4, RFC 9110
+/// §5.6.2, §5.6.4).
+fn forwarded_value(value: &str) -> String {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !value.is_empty() && value.bytes().all(tchar) {
+        return value.to_string();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// A bodiless copy of a rewritten request, to send again elsewhere (fallback, shadow).
@@ -277,5 +374,137 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["traceparent", "content-type"]);
+    }
+
+    fn values(h: &HeaderMap, name: &HeaderName) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn several_cookie_fields_become_one_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1".parse().unwrap());
+        h.append(header::COOKIE, "b=2; c=3".parse().unwrap());
+        h.append(header::COOKIE, "d=4".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(values(&h, &header::COOKIE), ["a=1; b=2; c=3; d=4"]);
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, "a=1, b".parse().unwrap());
+        join_cookies(&mut one);
+        assert_eq!(
+            values(&one, &header::COOKIE),
+            ["a=1, b"],
+            "one line is left alone"
+        );
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
+    }
+
+    /// One line per case: the request target, the client's Host, then the Host sent upstream.
+    #[test]
+    fn the_target_authority_replaces_host() {
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            ("/api/users", Some("shop.example"), Some("shop.example")),
+            ("/api/users", None, None),
+            (
+                "http://target.example:8080/api",
+                Some("other.example"),
+                Some("target.example:8080"),
+            ),
+            ("http://target.example/api", None, Some("target.example")),
+            (
+                "http://user:pw@target.example/api",
+                Some("x"),
+                Some("target.example"),
+            ),
+        ];
+        for (target, host, expected) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(host) = host {
+                h.insert(header::HOST, host.parse().unwrap());
+            }
+            let uri: Uri = target.parse().unwrap();
+            let returned = set_host(&mut h, &uri);
+            let sent = h.get(header::HOST).map(|v| v.to_str().unwrap());
+            assert_eq!(sent, *expected, "{target} with Host {host:?}");
+            assert_eq!(returned.as_ref().map(|v| v.to_str().unwrap()), *expected);
+        }
+    }
+
+    #[test]
+    fn x_forwarded_for_appends_this_hop_to_every_prior_line() {
+        let mut h = HeaderMap::new();
+        append_x_forwarded_for(&mut h, "10.0.0.9".parse().unwrap());
+        assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.9"]);
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
+        append_x_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(
+            values(&h, &X_FORWARDED_FOR),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"]
+        );
+    }
+
+    /// One line per case: prior `Forwarded` lines, client, host, then the line sent upstream.
+    #[test]
+    fn forwarded_appends_this_hop_quoting_what_is_not_a_token() {
+        let cases: &[(&[&str], &str, Option<&str>, &str)] = &[
+            (&[], "10.0.0.9", None, "for=10.0.0.9;proto=http"),
+            (
+                &[],
+                "10.0.0.9",
+                Some("shop.example"),
+                "for=10.0.0.9;proto=http;host=shop.example",
+            ),
+            (
+                &[],
+                "2001:db8::7",
+                Some("127.0.0.1:8080"),
+                "for=\"[2001:db8::7]\";proto=http;host=\"127.0.0.1:8080\"",
+            ),
+            (
+                &["for=192.0.2.43", "for=198.51.100.17;by=203.0.113.60"],
+                "10.0.0.9",
+                None,
+                "for=192.0.2.43, for=198.51.100.17;by=203.0.113.60, for=10.0.0.9;proto=http",
+            ),
+            (
+                &["for=\"_gazonk\""],
+                "10.0.0.9",
+                Some("a\"b"),
+                "for=\"_gazonk\", for=10.0.0.9;proto=http;host=\"a\\\"b\"",
+            ),
+        ];
+        for (prior, client, host, expected) in cases {
+            let mut h = HeaderMap::new();
+            for p in *prior {
+                h.append(&FORWARDED, p.parse().unwrap());
+            }
+            let host = host.map(|v| HeaderValue::from_str(v).unwrap());
+            append_forwarded(&mut h, client.parse().unwrap(), host.as_ref());
+            assert_eq!(values(&h, &FORWARDED), [*expected], "{prior:?} {client}");
+        }
+    }
+
+    #[test]
+    fn a_client_shadow_marker_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_STRANGLER_SHADOW, "1".parse().unwrap());
+        drop_shadow_marker(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn x_forwarded_proto_and_host_are_set() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_HOST, "forged".parse().unwrap());
+        set_x_forwarded(&mut h, Some(HeaderValue::from_static("shop.example")));
+        assert_eq!(values(&h, &X_FORWARDED_HOST), ["shop.example"]);
+        assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
     }
 }

@@ -21,6 +21,9 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `x-forwarded-host`: the host the client asked for.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// `forwarded` (RFC 7239): every hop as `for=…;proto=…;host=…`, this hop's element last.
+pub static FORWARDED: HeaderName = header::FORWARDED;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), removed both ways
 /// together with those `Connection` names and `Upgrade`.
 pub const HOP_BY_HOP: [HeaderName; 8] = [

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod headers;
 pub mod live;
 pub mod metrics;
+pub mod near_miss;
 pub mod path;
 pub mod proxy;
 pub mod random;

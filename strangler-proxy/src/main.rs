@@ -23,7 +23,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a routes.toml: every error as FILE:LINE:COL: message, exit 1 if any.
+    /// Validate a routes.toml: every error as FILE:LINE:COL: message, exit 1 if any; warnings
+    /// (same form, on stderr) leave the exit code alone.
     Check {
         /// The file to check.
         file: PathBuf,
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
                     c.routes.len(),
                     c.proxy.default
                 );
+                if !loaded.warnings.errors.is_empty() {
+                    eprintln!("{}", loaded.warnings);
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -51,6 +51,9 @@ pub mod names {
     /// Gauge `{sha256}`, always 1: the digest of the file the table in service came from, so
     /// a fleet's replicas can be compared.
     pub const CONFIG_INFO: &str = "strangler_config_info";
+    /// Counter `{route}`: requests no route claimed that match the route when letter case is
+    /// ignored (a case-insensitive legacy router would serve them as the route's).
+    pub const ROUTE_NEAR_MISSES: &str = "strangler_route_near_misses_total";
 }
 
 /// The proxy's metric families.
@@ -86,6 +89,8 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// `strangler_config_info{sha256}`
     pub config_info: IntGaugeVec,
+    /// `strangler_route_near_misses_total{route}`
+    pub near_misses: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -132,13 +137,21 @@ impl Metrics {
         );
         let rejected = counter(
             names::DOWNSTREAM_REJECTED,
-            "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large).",
+            "Requests refused before routing, by reason (bad_path, uri_too_long, headers_too_large, \
+             bad_host).",
             &["reason"],
         );
         let client_aborts = counter(
             names::CLIENT_ABORTS,
             "Requests whose client went away before the backend answered (a downstream event, \
              not counted against the backend).",
+            &["route"],
+        );
+        let near_misses = counter(
+            names::ROUTE_NEAR_MISSES,
+            "Requests the default served that match the route only when letter case is ignored \
+             ([proxy] ignore_case is off); a case-insensitive legacy router serves them as the \
+             route's.",
             &["route"],
         );
         let duration = HistogramVec::new(
@@ -233,6 +246,7 @@ impl Metrics {
             hold_rejections,
             in_flight,
             config_info,
+            near_misses,
         }
     }
 

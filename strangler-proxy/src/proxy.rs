@@ -32,6 +32,7 @@ use crate::forward::{self, Downstream, Failure, FailureKind};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::near_miss;
 use crate::path::{self, PathError};
 use crate::routes::{Decision, RouteTable};
 use crate::shadow::{self, Captured, Shadows, Tee};
@@ -58,6 +59,9 @@ pub enum ProxyError {
     /// Downstream: header block over `max_header_bytes`.
     #[error("the request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// Downstream: an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2: answer 400).
+    #[error("an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2); it had {0}")]
+    BadHost(usize),
     /// Downstream: the client's request body failed while being sent (the client went away).
     #[error("the request body ended early: {0}")]
     ClientAborted(String),
@@ -111,7 +115,9 @@ impl ProxyError {
     /// The status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::AmbiguousSlash => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::AmbiguousSlash | ProxyError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Upstream {
@@ -151,6 +157,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::AmbiguousSlash => Some("bad_path"),
             ProxyError::UriTooLong(_) => Some("uri_too_long"),
             ProxyError::HeadersTooLarge(_) => Some("headers_too_large"),
+            ProxyError::BadHost(_) => Some("bad_host"),
             _ => None,
         }
     }
@@ -451,9 +458,10 @@ impl<'r> Exchange<'r> {
         }
     }
 
-    /// Size limits, then the normalized path: nothing unsafe is ever routed.
+    /// Size limits, `Host`, then the normalized path: nothing unsafe is ever routed.
     fn admit(&mut self, parts: &Parts, path: &'r str) -> Result<(), ProxyError> {
         check_limits(parts, self.table)?;
+        check_host(parts)?;
         self.path = route_path(self.table, path)?;
         Ok(())
     }
@@ -464,6 +472,10 @@ impl<'r> Exchange<'r> {
         let decision = self
             .table
             .resolve(&parts.method, &self.path, &parts.headers);
+        // Only a request that falls to the default pays for near-miss detection.
+        if decision.route.is_none() {
+            self.near_missed();
+        }
         if let Some(name) = &self.table.config.proxy.override_header {
             parts.headers.remove(name);
         }
@@ -471,6 +483,31 @@ impl<'r> Exchange<'r> {
         // Only a request that can be sent again unchanged may fall back: no body either.
         self.fallback = decision.fallback && body_is_empty;
         self.decision = Some(decision);
+    }
+
+    /// The event of a near miss (see [`crate::near_miss`]): counted per route, logged once
+    /// per path shape.
+    fn near_missed(&self) {
+        let Some(route) = self.table.near_miss(&self.path) else {
+            return;
+        };
+        let name = route.config.name.as_str();
+        self.metrics.near_misses.with_label_values(&[name]).inc();
+        let shape = near_miss::shape(&self.path);
+        if route.near_miss_shapes.first_sighting(&shape) {
+            tracing::warn!(
+                request_id = self.request_id.to_str().unwrap_or(""),
+                route = %name,
+                prefix = %route.config.prefix,
+                method = %self.method,
+                shape = %shape,
+                "near miss: the path matches route {name:?} only when letter case is ignored, \
+                 so the default serves it; a legacy router that ignores case serves it as the \
+                 route's, and the route's writes would split between the two. Set [proxy] \
+                 ignore_case = true if the default's router ignores case (logged once per path \
+                 shape; strangler_route_near_misses_total counts them all)"
+            );
+        }
     }
 
     fn decision(&self) -> &Decision<'r> {
@@ -719,6 +756,18 @@ fn check_limits(req: &http::request::Parts, table: &RouteTable) -> Result<(), Pr
         return Err(ProxyError::HeadersTooLarge(settings.max_header_bytes));
     }
     Ok(())
+}
+
+/// An HTTP/1.1 request carries exactly one `Host`, even with an absolute-form target (RFC 9112
+/// §3.2); HTTP/1.0 may omit it and HTTP/2 sends `:authority` instead.
+fn check_host(req: &Parts) -> Result<(), ProxyError> {
+    if req.version != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    match req.headers.get_all(header::HOST).iter().count() {
+        1 => Ok(()),
+        n => Err(ProxyError::BadHost(n)),
+    }
 }
 
 /// The normalized path to route on and forward. An encoded '/' or a backslash is forwarded as it

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::{Config, RouteConfig, StickyKey};
 use crate::metrics::PairMetrics;
+use crate::near_miss::Shapes;
 use crate::upstream::{Upstream, Upstreams};
 
 /// Label of requests no route claims.
@@ -27,6 +28,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// The service taking the peeled-off share.
     pub service: Arc<Upstream>,
+    /// Path shapes of this route's near misses already logged.
+    pub near_miss_shapes: Shapes,
     /// [`sticky_seed`] of the route's name, computed once.
     sticky_seed: u64,
     to_service: PairMetrics,
@@ -114,6 +117,7 @@ impl RouteTable {
             max_depth = max_depth.max(depth(&route.prefix));
             routes.push(Route {
                 sticky_seed: sticky_seed(&route.name),
+                near_miss_shapes: Shapes::default(),
                 to_service: PairMetrics::new(&route.name, service.name()),
                 to_default: PairMetrics::new(&route.name, default.name()),
                 config: route.clone(),
@@ -142,6 +146,20 @@ impl RouteTable {
 
     /// The route whose prefix is the longest segment-aware prefix of `path` (normalized).
     pub fn lookup(&self, path: &str) -> Option<&Route> {
+        self.lookup_with(path, self.ignore_case)
+    }
+
+    /// For a request no route claims: the route it would match if letter case were ignored
+    /// (see [`crate::near_miss`]). `None` when the table ignores case already. Allocates
+    /// nothing, but only requests that fall to the default should pay for it.
+    pub fn near_miss(&self, path: &str) -> Option<&Route> {
+        if self.ignore_case {
+            return None;
+        }
+        self.lookup_with(path, true)
+    }
+
+    fn lookup_with(&self, path: &str, ignore_case: bool) -> Option<&Route> {
         // Ignore a trailing slash: `/api/users/` is under `/api/users`.
         let path = match path.strip_suffix('/') {
             Some("") | None => path,
@@ -164,7 +182,7 @@ impl RouteTable {
         }
         loop {
             let candidate = if end == 0 { "/" } else { &path[..end] };
-            if let Some(route) = self.probe(candidate) {
+            if let Some(route) = self.probe(candidate, ignore_case) {
                 return Some(route);
             }
             if end == 0 {
@@ -225,11 +243,11 @@ impl RouteTable {
 }
 
 impl RouteTable {
-    fn probe(&self, candidate: &str) -> Option<&Route> {
+    fn probe(&self, candidate: &str, ignore_case: bool) -> Option<&Route> {
         let indices = self.by_prefix.get(&prefix_hash(candidate))?;
         indices.iter().map(|i| &self.routes[*i]).find(|r| {
             let prefix = r.config.prefix.as_str();
-            if self.ignore_case {
+            if ignore_case {
                 prefix.eq_ignore_ascii_case(candidate)
             } else {
                 prefix == candidate
@@ -727,6 +745,33 @@ mod tests {
                 proptest::prop_assert!(at(high), "key {} left the service going {} -> {}", key, low, high);
             }
         }
+    }
+
+    /// One line per case: the path (normalized) as a request no route claimed, then the route
+    /// it nearly matched, or `-`.
+    #[test]
+    fn near_misses_are_matches_only_when_case_is_ignored() {
+        let t = table(ROUTES);
+        let cases = [
+            ("/API/USERS", "users"),
+            ("/API/USERS/", "users"),
+            ("/Api/Users/7", "users"),
+            ("/api/POSTS/1", "posts"),
+            ("/api/POSTS/by-user/2", "posts-reads"),
+            ("/API/usersX", "-"),
+            ("/api/threads", "-"),
+            ("/", "-"),
+        ];
+        for (path, expected) in cases {
+            assert!(
+                t.lookup(path).is_none(),
+                "{path} is claimed: never a near miss"
+            );
+            let got = t.near_miss(path).map_or("-", |r| r.config.name.as_str());
+            assert_eq!(got, expected, "{path}");
+        }
+        let insensitive = table_with_proxy("ignore_case = true\n", ROUTES);
+        assert!(insensitive.near_miss("/API/USERS").is_none());
     }
 
     #[test]

@@ -50,4 +50,15 @@ async fn resolving_and_counting_a_request_allocates_nothing() {
     });
     assert_eq!(seen, vec![true, true, true, false]);
     assert_eq!(info.count_total, 0, "the hot path allocated: {info:?}");
+    // What a request that falls to the default pays on top: the near-miss lookup, no more.
+    let info = allocation_counter::measure(|| {
+        let near = table
+            .near_miss("/API/R7/Items/3")
+            .map(|r| r.config.name.as_str());
+        assert_eq!(near, Some("r7"));
+    });
+    assert_eq!(
+        info.count_total, 0,
+        "the near-miss lookup allocated: {info:?}"
+    );
 }

@@ -41,10 +41,12 @@ fn fixture(routes: &str) -> Fixture {
     Fixture { proxy, metrics }
 }
 
+/// An HTTP/1.1 request (the builder's default version) carries its Host, as a client sends it.
 fn get(path: &str) -> Request<Empty<Bytes>> {
     Request::builder()
         .method(Method::GET)
         .uri(path)
+        .header("host", "proxy.test")
         .body(Empty::new())
         .unwrap()
 }
@@ -137,6 +139,7 @@ async fn a_safe_request_falls_back_to_the_default_and_a_write_never_does() {
     let post = Request::builder()
         .method(Method::POST)
         .uri("/api/users")
+        .header("host", "proxy.test")
         .body(Empty::new())
         .unwrap();
     let (status, _, body) = call(&f, post).await;

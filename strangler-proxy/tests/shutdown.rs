@@ -304,6 +304,20 @@ fn check_accepts_a_valid_file_with_a_one_line_summary() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.lines().count(), 1, "stdout:\n{stdout}");
+    // The route takes writes with ignore_case off: a warning naming its prefix's position.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("prefix = \"/api/users\""))
+        .unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:{line}:10: warning: route \"users\" takes writes and [proxy] ignore_case is off",
+            path.display()
+        )),
+        "stderr:\n{stderr}"
+    );
     let summary = stdout.trim_end();
     assert!(
         summary.starts_with(&format!("{}: ok", path.display())),

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use monolith::legacy::Resource;
 use strangler_proxy::config::{self, Config, RouteConfig};
 
+use crate::figures::names;
 use crate::routes_file::{self, Change};
 use crate::signals::Stop;
 use crate::source::Source;
@@ -165,6 +166,7 @@ pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
         writeln!(run.out, "refused: {why}")?;
         return Ok(Ending::NotSwitched(why));
     }
+    run.warn_of_near_misses(&route);
     match run.before_flip() {
         Ok(()) => {}
         Err(Stop_::Interrupted) => {
@@ -294,6 +296,30 @@ impl Run<'_> {
             Ok(Some(why)) => Err(why),
             Err(e) => Err(format!("{e:#}")),
         }
+    }
+
+    /// A warning, not a refusal: requests that match the route only when letter case is
+    /// ignored reach the default, and a case-insensitive legacy router serves them as the
+    /// route's, so some writes would stay on the monolith after the switch.
+    fn warn_of_near_misses(&mut self, route: &RouteConfig) {
+        let line = match self.options.source.near_misses(&route.name) {
+            Ok(n) if n > 0.0 => format!(
+                "WARNING: {n:.0} request(s) matched route {:?} only when letter case is ignored \
+                 ({}); they go to the default, which may serve them as {} (writes included) \
+                 after the switch: set [proxy] ignore_case = true if the default's router \
+                 ignores case",
+                route.name,
+                names::ROUTE_NEAR_MISSES,
+                route.prefix
+            ),
+            Ok(_) => return,
+            Err(e) => format!(
+                "WARNING: could not read near misses of route {:?} from {}: {e:#}",
+                route.name,
+                self.options.source.describe()
+            ),
+        };
+        self.say(&line);
     }
 
     fn check_stop(&self) -> Result<(), Stop_> {

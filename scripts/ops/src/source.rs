@@ -160,6 +160,28 @@ impl Source {
         })
     }
 
+    /// Requests that matched `route` only when letter case is ignored
+    /// (`strangler_route_near_misses_total`), since each proxy started, summed over proxies.
+    pub fn near_misses(&self, route: &str) -> anyhow::Result<f64> {
+        let name = names::ROUTE_NEAR_MISSES;
+        Ok(match self {
+            Source::Proxy(_) | Source::Proxies(_) => self
+                .scrapes()?
+                .iter()
+                .flat_map(|s| s.named(name))
+                .filter(|s| s.label("route") == route)
+                .map(|s| s.value)
+                .sum(),
+            Source::Prometheus(base) => {
+                let query = format!("sum({name}{{route={}}})", quote(route));
+                prometheus_query(base, &query)?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .sum()
+            }
+        })
+    }
+
     /// Writes of `route` forwarded to `backend` and not answered yet, summed over proxies.
     pub fn writes_in_flight(&self, route: &str, backend: &str) -> anyhow::Result<f64> {
         let name = names::IN_FLIGHT;

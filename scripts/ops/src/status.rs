@@ -11,7 +11,7 @@ use strangler_proxy::admin::{RouteDoc, RoutesDoc};
 
 use crate::exposition::Scrape;
 use crate::fetch;
-use crate::figures::{RouteWindow, Side, increases};
+use crate::figures::{RouteWindow, Side, increases, names};
 use crate::source::scrape;
 use crate::sync::{self, Direction, SyncStage, SyncState};
 use crate::text_table::TextTable;
@@ -89,6 +89,7 @@ pub fn run(
         "{}",
         render(&doc.routes, &doc.default, &first, &second, seconds)
     )?;
+    write!(out, "{}", near_miss_notes(&doc.routes, &first, &second))?;
     if let Some(data_dir) = &options.data_dir {
         write!(out, "{}", migrations(data_dir, &doc.routes)?)?;
     }
@@ -293,6 +294,42 @@ pub fn render(
     let mut out = format!("over the last {seconds:.1}s:\n{}", t.render());
     if starred {
         out.push_str("* no traffic in the window: figure since the proxy started\n");
+    }
+    out
+}
+
+/// One note per route with near misses (`strangler_route_near_misses_total`): requests the
+/// default served that match the route only when letter case is ignored, which a
+/// case-insensitive legacy router serves as the route's.
+pub fn near_miss_notes(routes: &[RouteDoc], first: &Scrape, second: &Scrape) -> String {
+    let count = |scrape: &Scrape, route: &str| -> f64 {
+        scrape
+            .named(names::ROUTE_NEAR_MISSES)
+            .filter(|s| s.label("route") == route)
+            .map(|s| s.value)
+            .sum()
+    };
+    let mut out = String::new();
+    for r in routes {
+        let (before, now) = (count(first, &r.name), count(second, &r.name));
+        if now <= 0.0 {
+            continue;
+        }
+        // A counter that shrank was reset (the proxy restarted): all of it is new.
+        let window = if now >= before { now - before } else { now };
+        out.push_str(&format!(
+            "NOTE: route {}: {window:.0} near miss(es) in the window ({now:.0} since the proxy \
+             started): requests matching {} only when letter case is ignored went to the \
+             default, which a case-insensitive legacy router serves as the route's{}; see the \
+             proxy's log (\"near miss\") or set [proxy] ignore_case = true\n",
+            r.name,
+            r.prefix,
+            if r.sends_writes {
+                " (its writes are split)"
+            } else {
+                ""
+            },
+        ));
     }
     out
 }

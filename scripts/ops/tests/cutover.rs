@@ -211,10 +211,26 @@ async fn writes_switch_to_the_service_back_and_again_then_the_migration_complete
     .await;
     assert_eq!((status, backend.as_str()), (201, "monolith"), "{user}");
 
+    // A near miss: the case-insensitive monolith serves /API/USERS/1 as users' resource, but
+    // the proxy (ignore_case off) sends it to the default. The cutover warns, and goes on.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let res = client
+        .get(s.url("/API/USERS/1").parse().unwrap())
+        .await
+        .expect("proxy answers");
+    assert_eq!(res.headers()["x-strangler-backend"], "monolith");
+
     // Forward cutover: writes to the service.
     let (code, out) = s.cutover(&[]).await;
     println!("{out}");
     assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "WARNING: 1 request(s) matched route \"users\" only when letter case is ignored"
+        ),
+        "{out}"
+    );
     assert!(out.contains("longest hold a client saw"), "{out}");
     assert_eq!(s.state().direction, Direction::Reverse);
     assert_eq!(s.state().stage, SyncStage::WritesSwitched);

@@ -95,6 +95,36 @@ fn status_shows_every_route_with_both_sides() {
 }
 
 #[test]
+fn near_misses_are_noted_per_route() {
+    let dir = OpsTest::new("status-near-miss").routes(SHIPPED).start();
+    let o = dir.run(&[
+        "status",
+        "--admin",
+        &dir.fake(Behaviour::default()).url,
+        "--window",
+        "100ms",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("near miss"), "{}", stdout(&o));
+    let fake = dir.fake(Behaviour {
+        near_misses: 3,
+        ..Behaviour::default()
+    });
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "100ms"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    // Two scrapes: 3 new in the window, 6 since the (fake) proxy started.
+    assert!(
+        out.contains(
+            "NOTE: route users: 3 near miss(es) in the window (6 since the proxy started): \
+             requests matching /api/users only when letter case is ignored"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("set [proxy] ignore_case = true"), "{out}");
+}
+
+#[test]
 fn a_saved_file_the_proxy_does_not_serve_is_pointed_out() {
     let dir = OpsTest::new("status-stale")
         .routes(&SHIPPED.replacen("weight  = 0", "weight  = 5", 1))

@@ -56,6 +56,8 @@ pub struct Loaded {
     pub config: Config,
     /// Lower-case hex sha256 of the file's bytes.
     pub sha256: String,
+    /// What the file allows but an operator should hear about (`check` prints them).
+    pub warnings: ConfigErrors,
 }
 
 /// Lower-case hex sha256 of `bytes`.
@@ -100,8 +102,19 @@ pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, ConfigErrors> {
             }],
         }
     })?;
-    let config = parse(&text).map_err(|errors| ConfigErrors { file, errors })?;
-    Ok(Loaded { config, sha256 })
+    let config = parse(&text).map_err(|errors| ConfigErrors {
+        file: file.clone(),
+        errors,
+    })?;
+    let warnings = ConfigErrors {
+        errors: validate::warnings(&text, &config),
+        file,
+    };
+    Ok(Loaded {
+        config,
+        sha256,
+        warnings,
+    })
 }
 
 /// Parses and validates `text`, returning every error found.

@@ -25,6 +25,38 @@ pub(super) fn validate(text: &str, file: RoutesFile) -> Result<Config, Vec<Confi
     .run(file)
 }
 
+/// What a valid file allows but an operator should hear about, each at the position of the
+/// value it is about, its message starting `warning:`. `config` is what `text` validated to.
+pub(super) fn warnings(text: &str, config: &Config) -> Vec<ConfigError> {
+    let Ok(file) = toml::from_str::<RoutesFile>(text) else {
+        return Vec::new();
+    };
+    let lines = Lines::new(text);
+    let mut warnings = Vec::new();
+    if !config.proxy.ignore_case {
+        for (route, entry) in config.routes.iter().zip(&file.routes) {
+            if !route.claims_writes() {
+                continue;
+            }
+            let (line, column) = lines.position(entry.get_ref().prefix.span().start);
+            warnings.push(ConfigError {
+                line,
+                column,
+                message: format!(
+                    "warning: route {:?} takes writes and [proxy] ignore_case is off: a legacy \
+                     router that ignores case serves {} as the route's, but the proxy sends it \
+                     to the default, so writes could split between the two; set ignore_case = \
+                     true if the default's router ignores case \
+                     (strangler_route_near_misses_total counts such requests)",
+                    route.name,
+                    route.prefix.to_ascii_uppercase()
+                ),
+            });
+        }
+    }
+    warnings
+}
+
 /// Methods a route may name.
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -660,7 +692,7 @@ mod tests {
 
     use http::Method;
 
-    use super::parse_duration;
+    use super::{parse_duration, warnings};
     use crate::config::{Stage, parse};
 
     const BASE: &str = r#"
@@ -939,5 +971,30 @@ request_timeout = "30s"
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// One line per case: `[proxy]` extra, route extra, whether `check` warns about case.
+    #[test]
+    fn routes_taking_writes_without_ignore_case_are_warned_about() {
+        let cases = [
+            ("", "", true),
+            ("", "methods = [\"GET\", \"POST\"]\n", true),
+            ("", "methods = [\"GET\", \"HEAD\"]\n", false),
+            ("ignore_case = true\n", "", false),
+        ];
+        for (proxy, route, warns) in cases {
+            let text = format!(
+                "[proxy]\ndefault = \"m\"\n{proxy}[services.m]\nurl = \"http://127.0.0.1:1\"\n\
+                 [[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"m\"\nweight = 0\n{route}"
+            );
+            let config = super::super::parse(&text).expect("valid");
+            let found = warnings(&text, &config);
+            assert_eq!(!found.is_empty(), warns, "{proxy:?} {route:?}: {found:?}");
+            if warns {
+                assert_eq!((found[0].line, found[0].column), (7, 10), "{found:?}");
+                assert!(found[0].message.starts_with("warning: route \"users\""));
+                assert!(found[0].message.contains("/API/USERS"));
+            }
+        }
     }
 }

@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub shadow_mismatch: f64,
     /// Each service failure is retried on the default (fallback) instead of answered 500.
     pub fallback: bool,
+    /// Near misses (`strangler_route_near_misses_total`) per route per scrape.
+    pub near_misses: u64,
 }
 
 impl Default for Behaviour {
@@ -44,6 +46,7 @@ impl Default for Behaviour {
             default_latency: 0.004,
             shadow_mismatch: 0.0,
             fallback: false,
+            near_misses: 0,
         }
     }
 }
@@ -155,6 +158,12 @@ impl Sim {
             };
             shadow("match", t.compared - t.mismatched);
             shadow("mismatch", t.mismatched);
+            if self.behaviour.near_misses > 0 {
+                metrics
+                    .near_misses
+                    .with_label_values(&[&name])
+                    .inc_by(self.behaviour.near_misses);
+            }
         }
     }
 
