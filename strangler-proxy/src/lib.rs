@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod compare;
 pub mod config;
+pub mod decode;
 pub mod drain;
 pub mod forward;
 pub mod headers;
