@@ -32,8 +32,9 @@ pub mod names {
     /// Counter `{route, result}`: shadowed requests by verdict ([`super::shadow_result`]).
     /// Coverage is compared ÷ shadowed: (`match` + `mismatch` + `error`) ÷ all results.
     pub const SHADOW_COMPARISONS: &str = "strangler_shadow_comparisons_total";
-    /// Counter `{route, reason}`: why shadowed requests were `skipped` (`too_large`,
-    /// `client_aborted`, `body_error`, `timeout`, `undecodable`); sums to the `skipped` result.
+    /// Why shadowed requests were `skipped` (`too_large`, `client_aborted`, `body_error`,
+    /// `timeout`, `undecodable`); sums to the `skipped` result.
+    /// Counter `{route, reason}`.
     pub const SHADOW_SKIPPED: &str = "strangler_shadow_skipped_total";
     /// Gauge `{route, service, stage}`: percent of a route's requests its service serves.
     pub const ROUTE_WEIGHT: &str = "strangler_route_weight";
