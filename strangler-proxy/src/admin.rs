@@ -15,9 +15,10 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::compare::HeaderRules;
 use crate::config::{RouteConfig, Stage, StickyKey};
 use crate::drain::Draining;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ShadowCounts, shadow_result};
 use crate::reload::Reloader;
 use crate::shadow::Shadows;
 
@@ -96,6 +97,55 @@ pub struct RouteDoc {
     /// Of those, writes (non-safe methods), by backend.
     #[serde(default)]
     pub writes_in_flight: BTreeMap<String, i64>,
+    /// Response headers compared besides the defaults (`shadow_headers`).
+    #[serde(default)]
+    pub shadow_headers: Vec<String>,
+    /// Default response headers not compared (`shadow_ignore_headers`).
+    #[serde(default)]
+    pub shadow_ignore_headers: Vec<String>,
+    /// The response headers the shadow comparison compares, sorted.
+    #[serde(default)]
+    pub compared_headers: Vec<String>,
+    /// Shadowed requests since the proxy started, by verdict, and the coverage they give.
+    #[serde(default)]
+    pub shadow_counts: ShadowDoc,
+}
+
+/// A route's shadow verdicts since the proxy started (`strangler_shadow_comparisons_total`
+/// and `strangler_shadow_skipped_total`), in [`RouteDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowDoc {
+    /// Count per result (`match`, `mismatch`, `error`, `skipped`, `dropped`); absent is 0.
+    pub results: BTreeMap<String, u64>,
+    /// `skipped`, per reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Compared (`match` + `mismatch` + `error`: an error is a verdict against the service)
+    /// over shadowed (every result); `None` before anything was shadowed.
+    pub coverage: Option<f64>,
+    /// `match` over compared; `None` before anything was compared.
+    pub match_ratio: Option<f64>,
+}
+
+impl ShadowDoc {
+    fn of(counts: &ShadowCounts, route: &str) -> Self {
+        let pick = |map: &BTreeMap<(String, String), u64>| -> BTreeMap<String, u64> {
+            map.iter()
+                .filter(|((r, _), _)| r == route)
+                .map(|((_, k), v)| (k.clone(), *v))
+                .collect()
+        };
+        let results = pick(&counts.results);
+        let count = |r: &str| results.get(r).copied().unwrap_or(0);
+        let shadowed: u64 = shadow_result::ALL.iter().map(|r| count(r)).sum();
+        let compared: u64 = shadow_result::COMPARED.iter().map(|r| count(r)).sum();
+        let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
+        ShadowDoc {
+            coverage: ratio(compared, shadowed),
+            match_ratio: ratio(count(shadow_result::MATCH), compared),
+            skipped: pick(&counts.skipped),
+            results,
+        }
+    }
 }
 
 impl RouteDoc {
@@ -122,6 +172,17 @@ impl RouteDoc {
             held: 0,
             in_flight: BTreeMap::new(),
             writes_in_flight: BTreeMap::new(),
+            shadow_headers: c.shadow_headers.iter().map(|h| h.to_string()).collect(),
+            shadow_ignore_headers: c
+                .shadow_ignore_headers
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            compared_headers: HeaderRules::new(&c.shadow_headers, &c.shadow_ignore_headers)
+                .names()
+                .map(String::from)
+                .collect(),
+            shadow_counts: ShadowDoc::default(),
         }
     }
 }
@@ -179,6 +240,7 @@ impl Admin {
     pub fn routes(&self) -> RoutesDoc {
         let table = self.reloader.live().table();
         let default = &table.config.proxy.default;
+        let shadow_counts = self.metrics.shadow_counts();
         let routes = table
             .routes()
             .iter()
@@ -186,6 +248,7 @@ impl Admin {
                 let mut doc = RouteDoc::of(&r.config);
                 let name = r.config.name.as_str();
                 doc.held = self.metrics.held.with_label_values(&[name]).get();
+                doc.shadow_counts = ShadowDoc::of(&shadow_counts, name);
                 for backend in [r.service.name(), default.as_str()] {
                     let count = |class| {
                         let labels = [name, backend, class];
@@ -237,6 +300,11 @@ impl Admin {
                     "default_status": m.default_status,
                     "service_status": m.service_status,
                     "diff": m.diff,
+                    "differences": m.differences.iter().map(|d| json!({
+                        "at": d.at,
+                        "default": d.default,
+                        "service": d.service,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -1,22 +1,241 @@
-//! Comparing the default's answer with the service's: status, content type and body, JSON
-//! structurally, with ignored and learned-noisy fields left out. Pure, so it is tested with
-//! tables.
+//! Comparing the default's answer with the service's: status, a set of response headers,
+//! and the body (decoded beforehand, see `decode`), JSON structurally, with ignored and
+//! learned-noisy fields left out. Pure, so it is tested with tables.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{self, HeaderName};
 use serde_json::Value;
+
+use crate::decode;
 
 /// One side's answer, as captured for comparison.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// Status code.
     pub status: u16,
-    /// `content-type`, if any.
-    pub content_type: Option<String>,
-    /// The whole body (bounded by the capture limit).
+    /// Response headers as received.
+    pub headers: HeaderMap,
+    /// The whole body with its content codings undone (bounded by the capture limit).
     pub body: Bytes,
+}
+
+impl Answer {
+    /// `content-type`, if any.
+    pub fn content_type(&self) -> Option<&str> {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the client asked, where that changes what counts as the same answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// A HEAD request: both answers are bodiless whatever their status.
+    pub head: bool,
+    /// The request's `accept-encoding`: any coding it accepts is as good as another.
+    pub accept_encoding: Option<String>,
+}
+
+/// Response headers compared unless a route's `shadow_ignore_headers` removes them; a route's
+/// `shadow_headers` adds others. How each is compared is in [`HeaderRules`].
+pub const DEFAULT_HEADERS: [&str; 7] = [
+    "allow",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "location",
+    "set-cookie",
+];
+
+/// The response headers a route compares, and how:
+///
+/// - `content-type`: the media type (parameters such as `charset` left out);
+/// - `allow`: the set of methods, in any order or case;
+/// - `content-encoding`: only when one side used a coding the client did not accept (bodies
+///   are compared decoded, so gzip against identity is the same answer);
+/// - `cache-control`: the set of directives, in any order or case;
+/// - `set-cookie`: the names of the cookies set (values are per session);
+/// - `content-length`: whether it is present, on bodiless answers only (HEAD, or no body on
+///   either side), where it is the one framing detail a client can see;
+/// - anything else (`location`, a route's own): the values, comma-joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Sorted by name, each once.
+    names: Vec<HeaderName>,
+}
+
+impl Default for HeaderRules {
+    fn default() -> Self {
+        Self::new(&[], &[])
+    }
+}
+
+impl HeaderRules {
+    /// The defaults with `add` added and `remove` removed.
+    pub fn new(add: &[HeaderName], remove: &[HeaderName]) -> Self {
+        let mut names: Vec<HeaderName> = DEFAULT_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .chain(add.iter().cloned())
+            .filter(|n| !remove.contains(n))
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Self { names }
+    }
+
+    /// The compared names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(HeaderName::as_str)
+    }
+
+    /// Every difference between the two answers' compared headers.
+    pub fn differences(
+        &self,
+        default: &Answer,
+        service: &Answer,
+        asked: &Asked,
+    ) -> Vec<Difference> {
+        let mut out = Vec::new();
+        // content-type first: it is what a reader of a diff looks at after the status.
+        if self.names.contains(&header::CONTENT_TYPE) {
+            let (d, s) = (
+                media_type(default.content_type()),
+                media_type(service.content_type()),
+            );
+            if d != s {
+                out.push(Difference {
+                    at: "content-type".into(),
+                    default: format!("{:?}", default.content_type().unwrap_or("")),
+                    service: format!("{:?}", service.content_type().unwrap_or("")),
+                });
+            }
+        }
+        let bodiless = asked.head || (default.body.is_empty() && service.body.is_empty());
+        for name in self.names.iter().filter(|n| **n != header::CONTENT_TYPE) {
+            let view = |a: &Answer| -> Option<String> {
+                match name.as_str() {
+                    "allow" => tokens(&a.headers, name, |t| t.to_ascii_uppercase()),
+                    "cache-control" => tokens(&a.headers, name, |t| t.to_ascii_lowercase()),
+                    "set-cookie" => cookie_names(&a.headers),
+                    "content-length" if !bodiless => None,
+                    "content-length" => Some(presence(&a.headers, name)),
+                    "content-encoding" => None,
+                    _ => joined(&a.headers, name),
+                }
+            };
+            let (d, s) = if name == header::CONTENT_ENCODING {
+                encoding_views(default, service, asked)
+            } else {
+                (view(default), view(service))
+            };
+            if d != s {
+                let show =
+                    |v: Option<String>| v.map_or_else(|| "(missing)".into(), |v| format!("{v:?}"));
+                out.push(Difference {
+                    at: format!("header {name}"),
+                    default: show(d),
+                    service: show(s),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Each side's codings, or `None` for both when the client accepts both (the usual case: a
+/// client asking for gzip takes identity too).
+fn encoding_views(
+    default: &Answer,
+    service: &Answer,
+    asked: &Asked,
+) -> (Option<String>, Option<String>) {
+    let codings = |a: &Answer| {
+        let list: Vec<String> = a
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(decode::codings)
+            .collect();
+        list
+    };
+    let (d, s) = (codings(default), codings(service));
+    let accepted = |list: &[String]| {
+        if list.is_empty() {
+            decode::accepts(asked.accept_encoding.as_deref(), "identity")
+        } else {
+            list.iter()
+                .all(|c| decode::accepts(asked.accept_encoding.as_deref(), c))
+        }
+    };
+    if d == s || (accepted(&d) && accepted(&s)) {
+        return (None, None);
+    }
+    let show = |l: Vec<String>| {
+        if l.is_empty() {
+            "identity".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    (Some(show(d)), Some(show(s)))
+}
+
+/// Comma-separated tokens of every value of `name`, normalized by `norm`, as a sorted set.
+fn tokens(headers: &HeaderMap, name: &HeaderName, norm: impl Fn(&str) -> String) -> Option<String> {
+    if !headers.contains_key(name) {
+        return None;
+    }
+    let set: BTreeSet<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .flat_map(|v| v.split(',').map(|t| norm(t.trim())).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .collect();
+    Some(set.into_iter().collect::<Vec<_>>().join(", "))
+}
+
+fn cookie_names(headers: &HeaderMap) -> Option<String> {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let names: BTreeSet<String> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            v.split(['=', ';']).next().unwrap_or("").trim().to_string()
+        })
+        .collect();
+    Some(names.into_iter().collect::<Vec<_>>().join(", "))
+}
+
+fn presence(headers: &HeaderMap, name: &HeaderName) -> String {
+    if headers.contains_key(name) {
+        "present".into()
+    } else {
+        "absent".into()
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    if !headers.contains_key(name) {
+        return None;
+    }
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        .collect();
+    Some(values.join(", "))
 }
 
 /// One difference, at a JSON pointer (or `status`, `content-type`, `body`).
@@ -98,8 +317,15 @@ pub fn generalize(pointer: &str) -> String {
         .join("/")
 }
 
-/// Every difference between two answers that `ignored` does not cover.
-pub fn compare(default: &Answer, service: &Answer, ignored: &Ignored) -> Vec<Difference> {
+/// Every difference between two answers that `ignored` (JSON pointers) and `headers` (the
+/// compared header set) do not leave out.
+pub fn compare(
+    default: &Answer,
+    service: &Answer,
+    ignored: &Ignored,
+    headers: &HeaderRules,
+    asked: &Asked,
+) -> Vec<Difference> {
     let mut out = Vec::new();
     if default.status != service.status {
         out.push(Difference {
@@ -108,13 +334,14 @@ pub fn compare(default: &Answer, service: &Answer, ignored: &Ignored) -> Vec<Dif
             service: service.status.to_string(),
         });
     }
-    if media_type(&default.content_type) != media_type(&service.content_type) {
-        out.push(Difference {
-            at: "content-type".into(),
-            default: format!("{:?}", default.content_type.as_deref().unwrap_or("")),
-            service: format!("{:?}", service.content_type.as_deref().unwrap_or("")),
-        });
-    }
+    out.extend(headers.differences(default, service, asked));
+    out.extend(compare_bodies(default, service, ignored));
+    out
+}
+
+/// Differences between the two bodies alone (also how noise in the default is learned).
+pub fn compare_bodies(default: &Answer, service: &Answer, ignored: &Ignored) -> Vec<Difference> {
+    let mut out = Vec::new();
     let as_json = |a: &Answer| -> Option<Value> {
         if a.body.is_empty() {
             return None;
@@ -146,8 +373,8 @@ pub fn render(differences: &[Difference]) -> String {
     out
 }
 
-fn media_type(ct: &Option<String>) -> Option<String> {
-    ct.as_ref().map(|c| {
+fn media_type(ct: Option<&str>) -> Option<String> {
+    ct.map(|c| {
         c.split(';')
             .next()
             .unwrap_or("")
@@ -230,12 +457,37 @@ fn excerpt(body: &Bytes) -> String {
 mod tests {
     use super::*;
 
-    fn json(status: u16, body: &str) -> Answer {
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
         Answer {
             status,
-            content_type: Some("application/json; charset=utf-8".into()),
+            headers: map,
             body: Bytes::from(body.to_string()),
         }
+    }
+
+    fn json(status: u16, body: &str) -> Answer {
+        answer(
+            status,
+            &[("content-type", "application/json; charset=utf-8")],
+            body,
+        )
+    }
+
+    fn all(default: &Answer, service: &Answer) -> Vec<Difference> {
+        compare(
+            default,
+            service,
+            &Ignored::default(),
+            &HeaderRules::default(),
+            &Asked::default(),
+        )
     }
 
     /// One line per case: default body, service body, ignored patterns, differences expected.
@@ -298,7 +550,7 @@ mod tests {
         ];
         for (d, s, ignore, expected) in cases {
             let ignored = Ignored::new(ignore.iter().map(|p| p.to_string()));
-            let diffs = compare(&json(200, d), &json(200, s), &ignored);
+            let diffs = compare_bodies(&json(200, d), &json(200, s), &ignored);
             let got: Vec<String> = render(&diffs).lines().map(String::from).collect();
             assert_eq!(got, *expected, "{d} vs {s}");
         }
@@ -306,19 +558,24 @@ mod tests {
 
     #[test]
     fn status_content_type_and_text_bodies_are_compared() {
-        let text = |status, body: &str| Answer {
-            status,
-            content_type: Some("text/plain; charset=utf-8".into()),
-            body: Bytes::from(body.to_string()),
+        let text = |status, body: &str| {
+            answer(
+                status,
+                &[("content-type", "text/plain; charset=utf-8")],
+                body,
+            )
         };
-        assert!(compare(&text(200, "ok"), &text(200, "ok"), &Ignored::default()).is_empty());
-        let diffs = compare(&text(200, "ok"), &json(500, "{}"), &Ignored::default());
+        assert!(all(&text(200, "ok"), &text(200, "ok")).is_empty());
+        let diffs = all(&text(200, "ok"), &json(500, "{}"));
         let at: Vec<&str> = diffs.iter().map(|d| d.at.as_str()).collect();
         assert_eq!(at, vec!["status", "content-type", "body"]);
         // A charset difference alone is not a different media type.
-        let mut latin = text(204, "");
-        latin.content_type = Some("text/plain".into());
-        assert!(compare(&text(204, ""), &latin, &Ignored::default()).is_empty());
+        let latin = answer(204, &[("content-type", "text/plain")], "");
+        assert!(all(&text(204, ""), &latin).is_empty());
+        // The legacy 204 against a body: both the status and the body differ.
+        let diffs = all(&answer(204, &[], ""), &text(200, "hello"));
+        let at: Vec<&str> = diffs.iter().map(|d| d.at.as_str()).collect();
+        assert_eq!(at, vec!["status", "content-type", "body"]);
     }
 
     #[test]
@@ -329,5 +586,317 @@ mod tests {
         let ignored = Ignored::new([generalize("/0/at")]);
         assert!(ignored.covers("/7/at"));
         assert!(!ignored.covers("/7/id"));
+    }
+
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+
+    /// One line per case: request (HEAD?, accept-encoding), default headers and body, service
+    /// headers and body, extra compared headers, removed headers, the differences expected.
+    #[test]
+    fn header_rules_table() {
+        #[allow(clippy::type_complexity)]
+        let cases: &[(
+            bool,
+            Option<&str>,
+            Headers,
+            &str,
+            Headers,
+            &str,
+            &[&str],
+            &[&str],
+            &[&str],
+        )] = &[
+            // Allow: a set of methods, order and case free.
+            (
+                false,
+                None,
+                &[("allow", "GET, HEAD, OPTIONS")],
+                "",
+                &[("allow", "options,get, head")],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                None,
+                &[("allow", "GET, HEAD, OPTIONS")],
+                "",
+                &[("allow", "GET, HEAD")],
+                "",
+                &[],
+                &[],
+                &["header allow: default \"GET, HEAD, OPTIONS\" | service \"GET, HEAD\""],
+            ),
+            (
+                false,
+                None,
+                &[("allow", "GET")],
+                "",
+                &[],
+                "",
+                &[],
+                &[],
+                &["header allow: default \"GET\" | service (missing)"],
+            ),
+            (
+                false,
+                None,
+                &[("allow", "GET")],
+                "",
+                &[],
+                "",
+                &[],
+                &["allow"],
+                &[],
+            ),
+            // Content-Length: presence, on bodiless answers only.
+            (
+                true,
+                None,
+                &[("content-length", "12")],
+                "",
+                &[],
+                "",
+                &[],
+                &[],
+                &["header content-length: default \"present\" | service \"absent\""],
+            ),
+            (
+                true,
+                None,
+                &[("content-length", "12")],
+                "",
+                &[("content-length", "40")],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                None,
+                &[("content-length", "0")],
+                "",
+                &[],
+                "",
+                &[],
+                &[],
+                &["header content-length: default \"present\" | service \"absent\""],
+            ),
+            (
+                false,
+                None,
+                &[("content-length", "2")],
+                "ok",
+                &[],
+                "ok",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                true,
+                None,
+                &[("content-length", "12")],
+                "",
+                &[],
+                "",
+                &[],
+                &["content-length"],
+                &[],
+            ),
+            // Content-Encoding: any coding the client accepts is as good as another.
+            (
+                false,
+                Some("gzip"),
+                &[("content-encoding", "gzip")],
+                "x",
+                &[],
+                "x",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                Some("gzip, br"),
+                &[("content-encoding", "gzip")],
+                "x",
+                &[("content-encoding", "br")],
+                "x",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                Some("gzip"),
+                &[("content-encoding", "gzip")],
+                "x",
+                &[("content-encoding", "br")],
+                "x",
+                &[],
+                &[],
+                &["header content-encoding: default \"gzip\" | service \"br\""],
+            ),
+            (
+                false,
+                None,
+                &[],
+                "x",
+                &[("content-encoding", "gzip")],
+                "x",
+                &[],
+                &[],
+                &["header content-encoding: default \"identity\" | service \"gzip\""],
+            ),
+            // Cache-Control: directives as a set.
+            (
+                false,
+                None,
+                &[("cache-control", "no-cache, Max-Age=0")],
+                "",
+                &[("cache-control", "max-age=0,no-cache")],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                None,
+                &[("cache-control", "no-store")],
+                "",
+                &[("cache-control", "max-age=60")],
+                "",
+                &[],
+                &[],
+                &["header cache-control: default \"no-store\" | service \"max-age=60\""],
+            ),
+            (
+                false,
+                None,
+                &[("cache-control", "no-store")],
+                "",
+                &[],
+                "",
+                &[],
+                &["cache-control"],
+                &[],
+            ),
+            // Set-Cookie: names only.
+            (
+                false,
+                None,
+                &[
+                    ("set-cookie", "sid=abc; Path=/"),
+                    ("set-cookie", "theme=dark"),
+                ],
+                "",
+                &[
+                    ("set-cookie", "theme=light"),
+                    ("set-cookie", "sid=xyz; HttpOnly"),
+                ],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                None,
+                &[("set-cookie", "sid=abc")],
+                "",
+                &[("set-cookie", "session=abc")],
+                "",
+                &[],
+                &[],
+                &["header set-cookie: default \"sid\" | service \"session\""],
+            ),
+            // Location and any header a route adds: the values.
+            (
+                false,
+                None,
+                &[("location", "/api/users/7")],
+                "",
+                &[("location", "/api/users/8")],
+                "",
+                &[],
+                &[],
+                &["header location: default \"/api/users/7\" | service \"/api/users/8\""],
+            ),
+            (
+                false,
+                None,
+                &[("x-api-version", "1")],
+                "",
+                &[("x-api-version", "2")],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+            (
+                false,
+                None,
+                &[("x-api-version", "1")],
+                "",
+                &[("x-api-version", "2")],
+                "",
+                &["x-api-version"],
+                &[],
+                &["header x-api-version: default \"1\" | service \"2\""],
+            ),
+            // Headers outside the set are never compared.
+            (
+                false,
+                None,
+                &[("date", "Mon")],
+                "",
+                &[("date", "Tue")],
+                "",
+                &[],
+                &[],
+                &[],
+            ),
+        ];
+        let names = |l: &[&str]| -> Vec<HeaderName> {
+            l.iter()
+                .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+                .collect()
+        };
+        for (i, (head, accept, dh, db, sh, sb, add, remove, expected)) in cases.iter().enumerate() {
+            let rules = HeaderRules::new(&names(add), &names(remove));
+            let asked = Asked {
+                head: *head,
+                accept_encoding: accept.map(String::from),
+            };
+            let diffs = rules.differences(&answer(200, dh, db), &answer(200, sh, sb), &asked);
+            let got: Vec<String> = render(&diffs).lines().map(String::from).collect();
+            assert_eq!(got, *expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn the_default_header_set_can_be_extended_and_narrowed() {
+        let rules = HeaderRules::new(
+            &[HeaderName::from_static("x-api-version")],
+            &[HeaderName::from_static("cache-control")],
+        );
+        let names: Vec<&str> = rules.names().collect();
+        assert_eq!(
+            names,
+            [
+                "allow",
+                "content-encoding",
+                "content-length",
+                "content-type",
+                "location",
+                "set-cookie",
+                "x-api-version"
+            ]
+        );
     }
 }

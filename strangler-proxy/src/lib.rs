@@ -4,11 +4,12 @@
 //! replaces, `proxy` answers requests with `forward` (and `shadow`), `metrics` and `admin` make
 //! it observable, and `server` builds the per-process state and ties the listeners and signals
 //! together. Imports run one way, down this list: server → admin, reload, proxy → shadow →
-//! forward → upstream, routes → config, metrics, path, headers.
+//! forward → upstream, routes → config → compare → decode, metrics, path, headers.
 
 pub mod admin;
 pub mod compare;
 pub mod config;
+pub mod decode;
 pub mod drain;
 pub mod forward;
 pub mod headers;

@@ -5,8 +5,10 @@
 //! series count. The request path takes per-route handles resolved once (see [`PairMetrics`]),
 //! so counting a request is an atomic add, not a label lookup under a lock.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,8 +29,13 @@ pub mod names {
     pub const CLIENT_ABORTS: &str = "strangler_client_aborts_total";
     /// Counter `{route}`: service failures retried on the default.
     pub const FALLBACKS: &str = "strangler_fallbacks_total";
-    /// Counter `{route, result}`: shadow comparisons.
+    /// Counter `{route, result}`: shadowed requests by verdict ([`super::shadow_result`]).
+    /// Coverage is compared ÷ shadowed: (`match` + `mismatch` + `error`) ÷ all results.
     pub const SHADOW_COMPARISONS: &str = "strangler_shadow_comparisons_total";
+    /// Why shadowed requests were `skipped` (`too_large`, `client_aborted`, `body_error`,
+    /// `timeout`, `undecodable`); sums to the `skipped` result.
+    /// Counter `{route, reason}`.
+    pub const SHADOW_SKIPPED: &str = "strangler_shadow_skipped_total";
     /// Gauge `{route, service, stage}`: percent of a route's requests its service serves.
     pub const ROUTE_WEIGHT: &str = "strangler_route_weight";
     /// Counter `{result}`: reloads of `routes.toml`.
@@ -56,6 +63,28 @@ pub mod names {
     pub const ROUTE_NEAR_MISSES: &str = "strangler_route_near_misses_total";
 }
 
+/// The `result` label values of [`names::SHADOW_COMPARISONS`].
+///
+/// An `error` (the service failed to answer) is a verdict against the service: it counts as
+/// compared and as not matching. `skipped` and `dropped` are not comparisons: they lower
+/// coverage, never the match ratio.
+pub mod shadow_result {
+    /// Same answer from both.
+    pub const MATCH: &str = "match";
+    /// Different answers.
+    pub const MISMATCH: &str = "mismatch";
+    /// The service failed to answer.
+    pub const ERROR: &str = "error";
+    /// Could not be compared; the reason is in `strangler_shadow_skipped_total`.
+    pub const SKIPPED: &str = "skipped";
+    /// Not mirrored: the bound on shadow work was reached.
+    pub const DROPPED: &str = "dropped";
+    /// Every result, in that order.
+    pub const ALL: [&str; 5] = [MATCH, MISMATCH, ERROR, SKIPPED, DROPPED];
+    /// The results that are comparisons (the numerator of coverage).
+    pub const COMPARED: [&str; 3] = [MATCH, MISMATCH, ERROR];
+}
+
 /// The proxy's metric families.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +98,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `strangler_shadow_comparisons_total{route, result}`
     pub shadow_comparisons: IntCounterVec,
+    /// `strangler_shadow_skipped_total{route, reason}`
+    pub shadow_skipped: IntCounterVec,
     /// `strangler_route_weight{route, service, stage}`
     pub route_weight: IntGaugeVec,
     /// `strangler_config_reloads_total{result}`
@@ -127,8 +158,14 @@ impl Metrics {
         );
         let shadow_comparisons = counter(
             names::SHADOW_COMPARISONS,
-            "Shadow comparisons, by result (match, mismatch, error, dropped).",
+            "Shadowed requests, by result (match, mismatch, error, skipped, dropped).",
             &["route", "result"],
+        );
+        let shadow_skipped = counter(
+            names::SHADOW_SKIPPED,
+            "Shadowed requests that could not be compared, by reason (too_large, client_aborted, \
+             body_error, timeout, undecodable).",
+            &["route", "reason"],
         );
         let reloads = counter(
             names::CONFIG_RELOADS,
@@ -236,6 +273,7 @@ impl Metrics {
             upstream_errors,
             fallbacks,
             shadow_comparisons,
+            shadow_skipped,
             route_weight,
             reloads,
             revision,
@@ -248,6 +286,33 @@ impl Metrics {
             config_info,
             near_misses,
         }
+    }
+
+    /// Per route, the count of each shadow result and of each skip reason since start-up,
+    /// read without creating series (a route with no shadow traffic has none).
+    pub fn shadow_counts(&self) -> ShadowCounts {
+        let mut out = ShadowCounts::default();
+        let read =
+            |vec: &IntCounterVec, label: &str, into: &mut BTreeMap<(String, String), u64>| {
+                for family in vec.collect() {
+                    for m in family.get_metric() {
+                        let value = |name: &str| {
+                            m.get_label()
+                                .iter()
+                                .find(|l| l.name() == name)
+                                .map(|l| l.value().to_string())
+                                .unwrap_or_default()
+                        };
+                        into.insert(
+                            (value("route"), value(label)),
+                            m.get_counter().get_value() as u64,
+                        );
+                    }
+                }
+            };
+        read(&self.shadow_comparisons, "result", &mut out.results);
+        read(&self.shadow_skipped, "reason", &mut out.skipped);
+        out
     }
 
     /// The Prometheus text exposition of every family.
@@ -265,6 +330,15 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// [`Metrics::shadow_counts`]: `(route, result)` and `(route, reason)` to counts.
+#[derive(Debug, Default, Clone)]
+pub struct ShadowCounts {
+    /// `(route, result)` → count.
+    pub results: BTreeMap<(String, String), u64>,
+    /// `(route, reason)` → count.
+    pub skipped: BTreeMap<(String, String), u64>,
 }
 
 /// Status codes that get a pre-resolved counter; others take the labelled lookup.

@@ -27,11 +27,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::compare::Ignored;
+use crate::compare::{HeaderRules, Ignored};
 use crate::forward::{self, Downstream, Failure, FailureKind};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, shadow_result};
 use crate::near_miss;
 use crate::path::{self, PathError};
 use crate::routes::{Decision, RouteTable};
@@ -313,14 +313,15 @@ impl Proxy {
             self.shared
                 .metrics
                 .shadow_comparisons
-                .with_label_values(&[decision.route_name(), "dropped"])
+                .with_label_values(&[decision.route_name(), shadow_result::DROPPED])
                 .inc();
         }
         permit
     }
 
     /// Copies the default's answer as it streams to the client and compares it with the
-    /// service's off the request path.
+    /// service's off the request path. A body hyper will never poll (a HEAD answer, 204, 304,
+    /// `content-length: 0`) is not teed: its capture is complete, and empty, at once.
     fn mirror(
         &self,
         ex: &Exchange<'_>,
@@ -332,13 +333,19 @@ impl Proxy {
         let Some(route) = ex.decision.as_ref().and_then(|d| d.route) else {
             return response.map(|b| Either::Left(Tee::passthrough(b)));
         };
-        let default_head = (response.status().as_u16(), shadow::content_type(&response));
+        let default_head = (response.status().as_u16(), response.headers().clone());
         let (parts, body) = response.into_parts();
-        let (tee, default_body) = Tee::capture(body);
+        let (tee, default_body) = if ex.method == Method::HEAD || body.is_end_stream() {
+            (Tee::passthrough(body), shadow::captured_empty())
+        } else {
+            Tee::capture(body)
+        };
+        let config = &route.config;
         shadow::spawn(
             shadow::Job {
-                route: route.config.name.clone(),
-                ignore: Ignored::new(route.config.shadow_ignore.iter().cloned()),
+                route: config.name.clone(),
+                ignore: Ignored::new(config.shadow_ignore.iter().cloned()),
+                headers: HeaderRules::new(&config.shadow_headers, &config.shadow_ignore_headers),
                 // The noise check sends the request to the default a second time: only a
                 // request that may be sent twice qualifies.
                 noise_check: route.config.shadow_noise_check

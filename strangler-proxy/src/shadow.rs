@@ -7,6 +7,13 @@
 //! dropped and counted, never queued. Mismatches are kept per route, the latest
 //! [`MAX_MISMATCHES`], for `/diffs`.
 //!
+//! Every shadowed request ends in one verdict ([`Verdict`]): `match`, `mismatch`, `error`
+//! (the service failed to answer: a verdict against it), `skipped` (the two answers cannot be
+//! compared, with a bounded [`Skip`] reason) or, counted by the proxy before any work,
+//! `dropped`. Bodies are compared decoded (`decode`), empty ones included: a HEAD, a 204 or a
+//! zero-length answer never reaches the [`Tee`]'s capture, since hyper never polls such a body,
+//! so it is handed over as complete at once.
+//!
 //! Noise cancellation (after Twitter's Diffy): with `shadow_noise_check`, some requests go to
 //! the default twice; JSON fields that differ between two answers of the default are learned as
 //! noise for the route and not held against the service.
@@ -21,18 +28,20 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::compare::{self, Answer, Difference, Ignored};
+use crate::compare::{self, Answer, Asked, Difference, HeaderRules, Ignored};
+use crate::decode::{self, DecodeError};
 use crate::forward;
 use crate::headers::X_STRANGLER_SHADOW;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, shadow_result};
 use crate::upstream::{BoxError, Upstream, UpstreamBody};
 
-/// Largest body captured for comparison; larger answers are counted as `skipped`.
+/// Largest body captured for comparison, before and after decoding; larger answers are
+/// `skipped{reason="too_large"}`.
 pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 /// Mismatches kept per route.
 pub const MAX_MISMATCHES: usize = 100;
@@ -58,6 +67,81 @@ pub struct Mismatch {
     pub service_status: u16,
     /// Readable differences, one per line.
     pub diff: String,
+    /// The same differences, one per field.
+    pub differences: Vec<Difference>,
+}
+
+/// How one shadowed request ended (the `result` label of `strangler_shadow_comparisons_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same answer from both.
+    Match,
+    /// Different answers.
+    Mismatch,
+    /// The service failed to answer: compared, and not matching.
+    Error,
+    /// The answers could not be compared, and why.
+    Skipped(Skip),
+}
+
+impl Verdict {
+    /// The `result` label.
+    pub fn result(self) -> &'static str {
+        match self {
+            Verdict::Match => shadow_result::MATCH,
+            Verdict::Mismatch => shadow_result::MISMATCH,
+            Verdict::Error => shadow_result::ERROR,
+            Verdict::Skipped(_) => shadow_result::SKIPPED,
+        }
+    }
+}
+
+/// Why a shadowed request was not compared (the `reason` label of
+/// `strangler_shadow_skipped_total`): a fixed set, so the series count stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A body (request, default's or service's answer) over [`CAPTURE_LIMIT`], before or after
+    /// decoding.
+    TooLarge,
+    /// The client went away before the default's answer (or its own request body) was whole.
+    ClientAborted,
+    /// The default's answer or the request body failed mid-stream.
+    BodyError,
+    /// The comparison outlived the service's deadline plus the client grace.
+    Timeout,
+    /// An answer in a content coding this proxy cannot undo (or the default's does not decode).
+    Undecodable,
+}
+
+impl Skip {
+    /// Every reason, for dashboards and tests.
+    pub const ALL: [Skip; 5] = [
+        Skip::TooLarge,
+        Skip::ClientAborted,
+        Skip::BodyError,
+        Skip::Timeout,
+        Skip::Undecodable,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::TooLarge => "too_large",
+            Skip::ClientAborted => "client_aborted",
+            Skip::BodyError => "body_error",
+            Skip::Timeout => "timeout",
+            Skip::Undecodable => "undecodable",
+        }
+    }
+
+    fn of(captured: Captured) -> Result<Bytes, Skip> {
+        match captured {
+            Captured::Complete(bytes) => Ok(bytes),
+            Captured::TooLarge => Err(Skip::TooLarge),
+            Captured::Aborted => Err(Skip::ClientAborted),
+            Captured::Failed => Err(Skip::BodyError),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -130,8 +214,18 @@ pub enum Captured {
     Complete(Bytes),
     /// Larger than [`CAPTURE_LIMIT`].
     TooLarge,
-    /// The stream failed or was dropped before its end.
-    Incomplete,
+    /// Dropped before its end: the client went away.
+    Aborted,
+    /// The stream failed.
+    Failed,
+}
+
+/// A capture that is already complete and empty: for a body hyper will never poll (HEAD, 204,
+/// 304, `content-length: 0`), whose [`Tee`] would otherwise never say it ended.
+pub fn captured_empty() -> oneshot::Receiver<Captured> {
+    let (done, rx) = oneshot::channel();
+    let _ = done.send(Captured::Complete(Bytes::new()));
+    rx
 }
 
 pin_project! {
@@ -148,7 +242,7 @@ pin_project! {
             // Dropped before the end (client went away): say so instead of leaving the
             // comparison waiting.
             if let Some(capture) = this.project().capture.take() {
-                let _ = capture.done.send(Captured::Incomplete);
+                let _ = capture.done.send(Captured::Aborted);
             }
         }
     }
@@ -221,7 +315,7 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
                 Poll::Ready(None) => ended = true,
                 Poll::Ready(Some(Err(_))) => {
                     if let Some(capture) = this.capture.take() {
-                        let _ = capture.done.send(Captured::Incomplete);
+                        let _ = capture.done.send(Captured::Failed);
                     }
                 }
                 Poll::Pending => {}
@@ -253,14 +347,16 @@ pub struct Job {
     pub route: String,
     /// Pointers the route's config ignores.
     pub ignore: Ignored,
+    /// Response headers the route compares.
+    pub headers: HeaderRules,
     /// Learn noise (only ever set for safe, bodiless requests: they are sent twice).
     pub noise_check: bool,
     /// The request as sent to the default (body replaced below).
     pub template: Request<()>,
     /// The request body's capture, or `None` for an empty body.
     pub request_body: Option<oneshot::Receiver<Captured>>,
-    /// The default's status and content type.
-    pub default_head: (u16, Option<String>),
+    /// The default's status and headers.
+    pub default_head: (u16, http::HeaderMap),
     /// The default's body capture.
     pub default_body: oneshot::Receiver<Captured>,
     /// The service being compared.
@@ -273,38 +369,38 @@ pub struct Job {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// The `content-type` of a response, as a string.
-pub fn content_type<B>(response: &Response<B>) -> Option<String> {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-}
-
-/// Runs a comparison in its own task.
+/// Runs a comparison in its own task; its verdict is counted (and, when skipped, logged with
+/// its reason) once, at the end.
 pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let route = job.route.clone();
+        let request_id = job.request_id.clone();
         let deadline = job.service.config.request_timeout + CLIENT_GRACE;
-        let result = tokio::time::timeout(deadline, run(job, &shadows))
+        let verdict = tokio::time::timeout(deadline, run(job, &shadows))
             .await
-            .unwrap_or("skipped");
+            .unwrap_or(Verdict::Skipped(Skip::Timeout));
         metrics
             .shadow_comparisons
-            .with_label_values(&[&route, result])
+            .with_label_values(&[&route, verdict.result()])
             .inc();
+        if let Verdict::Skipped(skip) = verdict {
+            tracing::debug!(route, request_id, reason = skip.as_str(), "shadow skipped");
+            metrics
+                .shadow_skipped
+                .with_label_values(&[&route, skip.as_str()])
+                .inc();
+        }
     });
 }
 
-async fn run(job: Job, shadows: &Shadows) -> &'static str {
+async fn run(job: Job, shadows: &Shadows) -> Verdict {
     let started = Instant::now();
     let _permit = job.permit;
     let request_body = match job.request_body {
         None => Bytes::new(),
-        Some(rx) => match rx.await {
-            Ok(Captured::Complete(bytes)) => bytes,
-            _ => return "skipped",
+        Some(rx) => match rx.await.map_or(Err(Skip::ClientAborted), Skip::of) {
+            Ok(bytes) => bytes,
+            Err(skip) => return Verdict::Skipped(skip),
         },
     };
     let to_service = ask(&job.service, &job.template, request_body.clone(), true);
@@ -323,34 +419,80 @@ async fn run(job: Job, shadows: &Shadows) -> &'static str {
         }
     };
     let (service, again) = tokio::join!(to_service, again);
-    let default_body = match job.default_body.await {
-        Ok(Captured::Complete(bytes)) => bytes,
-        _ => return "skipped",
+    let default_body = match job
+        .default_body
+        .await
+        .map_or(Err(Skip::ClientAborted), Skip::of)
+    {
+        Ok(bytes) => bytes,
+        Err(skip) => return Verdict::Skipped(skip),
     };
-    let default = Answer {
-        status: job.default_head.0,
-        content_type: job.default_head.1,
-        body: default_body,
+    let (status, headers) = job.default_head;
+    let default = match decoded(status, headers, default_body) {
+        Ok(answer) => answer,
+        Err(DecodeError::TooLarge) => return Verdict::Skipped(Skip::TooLarge),
+        Err(_) => return Verdict::Skipped(Skip::Undecodable),
     };
     let service = match service {
-        Ok(answer) => answer,
-        Err(why) => {
+        Ok(raw) => raw,
+        Err(Asking::TooLarge) => return Verdict::Skipped(Skip::TooLarge),
+        Err(Asking::Failed(why)) => {
             tracing::debug!(
                 route = job.route,
                 request_id = job.request_id,
                 "shadow failed: {why}"
             );
-            return "error";
+            return Verdict::Error;
         }
     };
-    if let Some(Ok(second)) = again {
-        learn_noise(shadows, &job.route, &default, &second);
-    }
-    let mut ignored = job.ignore;
-    shadows.with_record(&job.route, |r| ignored.extend(&r.noise));
-    let differences = compare::compare(&default, &service, &ignored);
+    let asked = Asked {
+        head: job.template.method() == http::Method::HEAD,
+        accept_encoding: job
+            .template
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    };
+    let (service_status, service_headers, service_body) = service;
+    let differences = match decoded(service_status, service_headers.clone(), service_body) {
+        Ok(service) => {
+            if let Some(Ok((status, headers, body))) = again
+                && let Ok(second) = decoded(status, headers, body)
+            {
+                learn_noise(shadows, &job.route, &default, &second);
+            }
+            let mut ignored = job.ignore;
+            shadows.with_record(&job.route, |r| ignored.extend(&r.noise));
+            compare::compare(&default, &service, &ignored, &job.headers, &asked)
+        }
+        Err(DecodeError::TooLarge) => return Verdict::Skipped(Skip::TooLarge),
+        Err(DecodeError::Unknown(_)) => return Verdict::Skipped(Skip::Undecodable),
+        // A known coding that does not decode: the client would have got garbage from the
+        // service, which is a difference, not something that cannot be compared.
+        Err(corrupt @ DecodeError::Corrupt { .. }) => {
+            let service = Answer {
+                status: service_status,
+                headers: service_headers,
+                body: Bytes::new(),
+            };
+            let mut out = compare::compare(
+                &default,
+                &service,
+                &Ignored::new([String::new()]),
+                &job.headers,
+                &asked,
+            );
+            out.push(Difference {
+                at: "body".into(),
+                default: format!("{} bytes", default.body.len()),
+                service: corrupt.to_string(),
+            });
+            out
+        }
+    };
     if differences.is_empty() {
-        return "match";
+        return Verdict::Match;
     }
     let path = job
         .template
@@ -358,13 +500,13 @@ async fn run(job: Job, shadows: &Shadows) -> &'static str {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    let diff = compare::render(&differences);
     tracing::info!(
         route = job.route,
         request_id = job.request_id,
         path,
         took_ms = started.elapsed().as_millis() as u64,
-        "shadow mismatch:\n{}",
-        compare::render(&differences)
+        "shadow mismatch:\n{diff}"
     );
     shadows.record(
         &job.route,
@@ -374,15 +516,29 @@ async fn run(job: Job, shadows: &Shadows) -> &'static str {
             path,
             request_id: job.request_id,
             default_status: default.status,
-            service_status: service.status,
-            diff: compare::render(&differences),
+            service_status,
+            diff,
+            differences,
         },
     );
-    "mismatch"
+    Verdict::Mismatch
+}
+
+/// An answer with its body's content codings undone, bounded by [`CAPTURE_LIMIT`].
+fn decoded(status: u16, headers: http::HeaderMap, body: Bytes) -> Result<Answer, DecodeError> {
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = decode::decode(&body, coding.as_deref(), CAPTURE_LIMIT)?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn learn_noise(shadows: &Shadows, route: &str, first: &Answer, second: &Answer) {
-    let noisy: Vec<Difference> = compare::compare(first, second, &Ignored::default());
+    let noisy: Vec<Difference> = compare::compare_bodies(first, second, &Ignored::default());
     let learned: Vec<String> = noisy
         .iter()
         .filter(|d| d.at.starts_with('/'))
@@ -397,41 +553,52 @@ fn learn_noise(shadows: &Shadows, route: &str, first: &Answer, second: &Answer) 
     });
 }
 
-/// Sends a copy of the request to `upstream` and reads the whole answer (bounded).
+/// Why [`ask`] has no answer to compare.
+enum Asking {
+    /// The body is over [`CAPTURE_LIMIT`] (still encoded).
+    TooLarge,
+    /// No answer: refused, reset, timed out.
+    Failed(String),
+}
+
+/// Sends a copy of the request to `upstream` and reads the whole answer (bounded), as it came:
+/// status, headers and still-encoded body.
 async fn ask(
     upstream: &Upstream,
     template: &Request<()>,
     body: Bytes,
     mark_shadow: bool,
-) -> Result<Answer, String> {
+) -> Result<(u16, http::HeaderMap, Bytes), Asking> {
     let body = if body.is_empty() {
         boxed(Empty::new())
     } else {
         boxed(Full::new(body))
     };
-    let mut req = forward::from_template(template, body, upstream).map_err(|e| e.to_string())?;
+    let mut req = forward::from_template(template, body, upstream)
+        .map_err(|e| Asking::Failed(e.to_string()))?;
     if mark_shadow {
         req.headers_mut()
             .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
     }
     let response: Response<Incoming> = forward::send(upstream, req)
         .await
-        .map_err(|f| format!("{}: {}", f.kind.as_str(), f.detail))?;
-    let status = response.status().as_u16();
-    let content_type = content_type(&response);
+        .map_err(|f| Asking::Failed(format!("{}: {}", f.kind.as_str(), f.detail)))?;
+    let (parts, body) = response.into_parts();
     let body = tokio::time::timeout(
         upstream.config.request_timeout,
-        Limited::new(response.into_body(), CAPTURE_LIMIT).collect(),
+        Limited::new(body, CAPTURE_LIMIT).collect(),
     )
     .await
-    .map_err(|_| "body timed out".to_string())?
-    .map_err(|e| format!("body: {e}"))?
+    .map_err(|_| Asking::Failed("body timed out".to_string()))?
+    .map_err(|e| {
+        if e.is::<LengthLimitError>() {
+            Asking::TooLarge
+        } else {
+            Asking::Failed(format!("body: {e}"))
+        }
+    })?
     .to_bytes();
-    Ok(Answer {
-        status,
-        content_type,
-        body,
-    })
+    Ok((parts.status.as_u16(), parts.headers, body))
 }
 
 fn boxed<B>(body: B) -> UpstreamBody

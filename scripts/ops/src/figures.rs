@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::exposition::{Sample, Scrape};
 
 /// The metric names the figures read: the proxy's own constants, so a rename breaks this build.
-pub use strangler_proxy::metrics::names;
+pub use strangler_proxy::metrics::{names, shadow_result};
 
 /// How much a counter series grew over the window, with the labels that matter.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +39,7 @@ pub fn increases(start: &Scrape, end: &Scrape, route: &str) -> Vec<Increase> {
                 names::REQUEST_DURATION_BUCKET,
                 names::FALLBACKS,
                 names::SHADOW_COMPARISONS,
+                names::SHADOW_SKIPPED,
             ]
             .contains(&s.name.as_str())
         })
@@ -80,21 +81,69 @@ impl Side {
     }
 }
 
-/// Shadow comparison results over the window.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Shadow verdicts over the window.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shadow {
     /// Same answer from both.
     pub matched: f64,
     /// Different answers.
     pub mismatched: f64,
-    /// The service failed to answer.
+    /// The service failed to answer (a verdict against it: compared, not matching).
     pub errors: f64,
+    /// Could not be compared.
+    pub skipped: f64,
+    /// Not mirrored at all: the proxy's bound on shadow work was reached.
+    pub dropped: f64,
+    /// `skipped`, by reason (`too_large`, `client_aborted`, ...).
+    pub skipped_by_reason: BTreeMap<String, f64>,
 }
 
 impl Shadow {
-    /// Comparisons made (dropped ones are not comparisons).
+    /// Comparisons made: matches, mismatches and errors.
     pub fn compared(&self) -> f64 {
         self.matched + self.mismatched + self.errors
+    }
+
+    /// Every shadowed request, whatever became of it.
+    pub fn shadowed(&self) -> f64 {
+        self.compared() + self.skipped + self.dropped
+    }
+
+    /// Compared over shadowed: how much of the shadowed traffic the match ratio speaks for.
+    pub fn coverage(&self) -> Option<f64> {
+        let n = self.shadowed();
+        (n > 0.0).then(|| self.compared() / n)
+    }
+
+    /// What was not compared, and why, for messages: `9 skipped (too_large 5, timeout 4), 2
+    /// dropped`.
+    pub fn uncompared(&self) -> String {
+        let mut parts = Vec::new();
+        if self.skipped > 0.0 {
+            let reasons: Vec<String> = self
+                .skipped_by_reason
+                .iter()
+                .filter(|(_, n)| **n > 0.0)
+                .map(|(r, n)| format!("{r} {n:.0}"))
+                .collect();
+            if reasons.is_empty() {
+                parts.push(format!("{:.0} skipped", self.skipped));
+            } else {
+                parts.push(format!(
+                    "{:.0} skipped ({})",
+                    self.skipped,
+                    reasons.join(", ")
+                ));
+            }
+        }
+        if self.dropped > 0.0 {
+            parts.push(format!("{:.0} dropped", self.dropped));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
     }
 
     /// Matches over comparisons, if any were made.
@@ -164,11 +213,19 @@ impl RouteWindow {
                 }
                 names::FALLBACKS => w.fallbacks += inc.value,
                 names::SHADOW_COMPARISONS => match label("result") {
-                    "match" => w.shadow.matched += inc.value,
-                    "mismatch" => w.shadow.mismatched += inc.value,
-                    "error" => w.shadow.errors += inc.value,
+                    shadow_result::MATCH => w.shadow.matched += inc.value,
+                    shadow_result::MISMATCH => w.shadow.mismatched += inc.value,
+                    shadow_result::ERROR => w.shadow.errors += inc.value,
+                    shadow_result::SKIPPED => w.shadow.skipped += inc.value,
+                    shadow_result::DROPPED => w.shadow.dropped += inc.value,
                     _ => {}
                 },
+                names::SHADOW_SKIPPED => {
+                    *w.shadow
+                        .skipped_by_reason
+                        .entry(label("reason").to_string())
+                        .or_default() += inc.value;
+                }
                 _ => {}
             }
         }
@@ -274,6 +331,9 @@ mod tests {
             inc(names::SHADOW_COMPARISONS, &[("result", "mismatch")], 1.0),
             inc(names::SHADOW_COMPARISONS, &[("result", "error")], 1.0),
             inc(names::SHADOW_COMPARISONS, &[("result", "dropped")], 50.0),
+            inc(names::SHADOW_COMPARISONS, &[("result", "skipped")], 50.0),
+            inc(names::SHADOW_SKIPPED, &[("reason", "too_large")], 30.0),
+            inc(names::SHADOW_SKIPPED, &[("reason", "timeout")], 20.0),
             inc(
                 names::REQUEST_DURATION_BUCKET,
                 &[("backend", "users"), ("le", "+Inf")],
@@ -293,6 +353,13 @@ mod tests {
         assert_eq!(w.default.error_ratio(), Some(3.0 / 303.0));
         assert_eq!(w.shadow.compared(), 100.0);
         assert_eq!(w.shadow.match_ratio(), Some(0.98));
+        // Coverage: 100 compared of 200 shadowed (50 dropped, 50 skipped).
+        assert_eq!(w.shadow.shadowed(), 200.0);
+        assert_eq!(w.shadow.coverage(), Some(0.5));
+        assert_eq!(
+            w.shadow.uncompared(),
+            "50 skipped (timeout 20, too_large 30), 50 dropped"
+        );
         assert_eq!(w.service.buckets, vec![(0.01, 94.0), (f64::INFINITY, 94.0)]);
         assert_eq!(w.default.p99(), None);
     }

@@ -287,6 +287,10 @@ struct RolloutArgs {
     /// Lowest acceptable share of shadow comparisons that match.
     #[arg(long, default_value_t = 0.999)]
     min_shadow_match: f64,
+    /// Lowest share of shadowed requests that must have been compared (not skipped or
+    /// dropped) for the match ratio to promote a step; below it the step holds.
+    #[arg(long, default_value_t = 0.95)]
+    min_shadow_coverage: f64,
     /// Fewest requests (or shadow comparisons) an interval needs to prove a step safe;
     /// fewer holds the step.
     #[arg(long, default_value_t = 20)]
@@ -624,6 +628,7 @@ fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
             max_latency_ratio: args.max_latency_ratio,
             latency_floor: args.latency_floor,
             min_shadow_match: args.min_shadow_match,
+            min_shadow_coverage: args.min_shadow_coverage,
             min_requests: args.min_requests,
         },
         source,

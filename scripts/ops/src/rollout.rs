@@ -32,6 +32,9 @@ pub struct Gates {
     pub latency_floor: Duration,
     /// Lowest acceptable share of shadow comparisons that matched.
     pub min_shadow_match: f64,
+    /// Lowest share of shadowed requests that must have been compared for the match ratio to
+    /// count: below it the step holds, as the ratio speaks for too little of the traffic.
+    pub min_shadow_coverage: f64,
     /// Fewest requests (or comparisons) a window needs before it proves a step safe.
     pub min_requests: u64,
 }
@@ -65,20 +68,19 @@ pub fn judge(
     let service_expected = weight > 0;
     let svc = &w.service;
     if service_expected || svc.requests > 0.0 {
-        // With fewer requests than the minimum, count the missing ones as successes: a breach
-        // that shows even then is real, anything else is too little to judge.
-        let ratio = svc.errors / svc.requests.max(min).max(1.0);
-        if ratio > gates.max_error_ratio {
+        // Too few requests say nothing either way: one failure in two is not a 50 % error
+        // ratio, so neither errors nor latency are judged below the minimum.
+        if svc.requests < min || svc.requests <= 0.0 {
+            holds.push(format!(
+                "the service answered {:.0} requests in the interval, fewer than --min-requests {}",
+                svc.requests, gates.min_requests
+            ));
+        } else if svc.errors / svc.requests > gates.max_error_ratio {
             failures.push(format!(
                 "error ratio: service {} > --max-error-ratio {} (default {})",
                 side_errors(svc),
                 gates.max_error_ratio,
                 side_errors(&w.default)
-            ));
-        } else if svc.requests < min {
-            holds.push(format!(
-                "the service answered {:.0} requests in the interval, fewer than --min-requests {}",
-                svc.requests, gates.min_requests
             ));
         }
     }
@@ -108,8 +110,9 @@ pub fn judge(
         }
     }
     let compared = w.shadow.compared();
+    let shadowed = w.shadow.shadowed();
     let shadow_expected = shadow && weight < 100;
-    if shadow_expected || compared > 0.0 {
+    if shadow_expected || shadowed > 0.0 {
         let unmatched = compared - w.shadow.matched;
         // As above: missing comparisons are counted as matches before declaring a breach.
         let worst_ratio = 1.0 - unmatched / compared.max(min).max(1.0);
@@ -128,6 +131,20 @@ pub fn judge(
             holds.push(format!(
                 "{compared:.0} shadow comparisons in the interval, fewer than --min-requests {}",
                 gates.min_requests
+            ));
+        }
+        // A match ratio over a fraction of the traffic proves nothing about the rest (the
+        // answers skipped are often exactly the odd ones: empty, huge, compressed oddly).
+        if let Some(coverage) = w.shadow.coverage()
+            && shadowed >= min
+            && coverage < gates.min_shadow_coverage
+        {
+            holds.push(format!(
+                "shadow coverage {coverage:.4} ({compared:.0} of {shadowed:.0} shadowed requests \
+                 compared; not compared: {}) < --min-shadow-coverage {}: the match ratio speaks \
+                 for too little of the traffic to promote on",
+                w.shadow.uncompared(),
+                gates.min_shadow_coverage
             ));
         }
     }
@@ -174,6 +191,15 @@ pub fn describe_window(w: &RouteWindow) -> String {
             100.0 * r,
             w.shadow.matched,
             w.shadow.compared()
+        );
+    }
+    if let Some(c) = w.shadow.coverage() {
+        let _ = write!(
+            line,
+            ", coverage {:.2}% ({:.0}/{:.0})",
+            100.0 * c,
+            w.shadow.compared(),
+            w.shadow.shadowed()
         );
     }
     if w.fallbacks > 0.0 {
@@ -669,6 +695,7 @@ mod tests {
         max_latency_ratio: 2.0,
         latency_floor: Duration::from_millis(10),
         min_shadow_match: 0.99,
+        min_shadow_coverage: 0.95,
         min_requests: 20,
     };
 
@@ -694,7 +721,16 @@ mod tests {
         Shadow {
             matched,
             mismatched,
-            errors: 0.0,
+            ..Shadow::default()
+        }
+    }
+
+    fn skipping(matched: f64, skipped: f64) -> Shadow {
+        Shadow {
+            matched,
+            skipped,
+            skipped_by_reason: [("client_aborted".to_string(), skipped)].into(),
+            ..Shadow::default()
         }
     }
 
@@ -711,13 +747,13 @@ mod tests {
     #[test]
     fn gates_table() {
         use Verdict::*;
-        let none = Shadow::default();
+        let none = Shadow::default;
         let fast = 0.005;
         let slow = 0.5;
         // (window, weight, shadow, baseline, expected verdict kind, text in the message)
         let cases: Vec<Case> = vec![
             (
-                window(side(100.0, 0.0, fast), side(100.0, 0.0, fast), none),
+                window(side(100.0, 0.0, fast), side(100.0, 0.0, fast), none()),
                 5,
                 false,
                 None,
@@ -725,7 +761,7 @@ mod tests {
                 "",
             ),
             (
-                window(side(100.0, 2.0, fast), side(100.0, 0.0, fast), none),
+                window(side(100.0, 2.0, fast), side(100.0, 0.0, fast), none()),
                 5,
                 false,
                 None,
@@ -733,24 +769,66 @@ mod tests {
                 "error ratio: service 0.0200 (2 of 100 requests)",
             ),
             (
-                window(side(5.0, 0.0, fast), side(500.0, 0.0, fast), none),
+                window(side(5.0, 0.0, fast), side(500.0, 0.0, fast), none()),
                 1,
                 false,
                 None,
                 "hold",
                 "answered 5 requests",
             ),
-            // Five failures out of five is a breach even below the minimum.
+            // Below the minimum errors are not judged: five failures of five hold the step.
             (
-                window(side(5.0, 5.0, fast), side(500.0, 0.0, fast), none),
+                window(side(5.0, 5.0, fast), side(500.0, 0.0, fast), none()),
                 1,
                 false,
                 None,
-                "breach",
-                "error ratio",
+                "hold",
+                "answered 5 requests in the interval, fewer than --min-requests 20",
+            ),
+            // Nor latency.
+            (
+                window(side(5.0, 0.0, slow), side(500.0, 0.0, 0.001), none()),
+                1,
+                false,
+                None,
+                "hold",
+                "answered 5 requests",
+            ),
+            // 15 of 24 shadowed compared, all matching: held, not promoted.
+            (
+                window(Side::default(), side(100.0, 0.0, fast), skipping(15.0, 9.0)),
+                0,
+                true,
+                None,
+                "hold",
+                "shadow coverage 0.6250 (15 of 24 shadowed requests compared; not compared: 9 skipped (client_aborted 9)) < --min-shadow-coverage 0.95",
             ),
             (
-                window(side(100.0, 0.0, slow), side(100.0, 0.0, 0.1), none),
+                window(Side::default(), side(100.0, 0.0, fast), skipping(96.0, 4.0)),
+                0,
+                true,
+                None,
+                "pass",
+                "",
+            ),
+            // Mismatches are a breach whatever the coverage.
+            (
+                window(
+                    Side::default(),
+                    side(100.0, 0.0, fast),
+                    Shadow {
+                        mismatched: 20.0,
+                        ..skipping(0.0, 80.0)
+                    },
+                ),
+                0,
+                true,
+                None,
+                "breach",
+                "shadow match ratio",
+            ),
+            (
+                window(side(100.0, 0.0, slow), side(100.0, 0.0, 0.1), none()),
                 50,
                 false,
                 None,
@@ -759,7 +837,7 @@ mod tests {
             ),
             // Under the floor the ratio does not matter.
             (
-                window(side(100.0, 0.0, 0.008), side(100.0, 0.0, 0.001), none),
+                window(side(100.0, 0.0, 0.008), side(100.0, 0.0, 0.001), none()),
                 50,
                 false,
                 None,
@@ -768,7 +846,7 @@ mod tests {
             ),
             // At 100% the default has no traffic; the baseline from earlier steps is used.
             (
-                window(side(100.0, 0.0, slow), Side::default(), none),
+                window(side(100.0, 0.0, slow), Side::default(), none()),
                 100,
                 false,
                 Some(0.1),
@@ -776,7 +854,7 @@ mod tests {
                 "p99 latency",
             ),
             (
-                window(side(100.0, 0.0, slow), Side::default(), none),
+                window(side(100.0, 0.0, slow), Side::default(), none()),
                 100,
                 false,
                 None,
@@ -808,7 +886,7 @@ mod tests {
                 "3 shadow comparisons",
             ),
             (
-                window(Side::default(), side(100.0, 0.0, fast), none),
+                window(Side::default(), side(100.0, 0.0, fast), none()),
                 0,
                 false,
                 None,

@@ -284,6 +284,13 @@ fn prometheus_increases(base: &str, route: &str, seconds: f64) -> anyhow::Result
                 names::SHADOW_COMPARISONS
             ),
         ),
+        (
+            names::SHADOW_SKIPPED,
+            format!(
+                "sum by (reason) (increase({}{{route={r}}}[{range}]))",
+                names::SHADOW_SKIPPED
+            ),
+        ),
     ];
     let mut out = Vec::new();
     for (name, query) in queries {

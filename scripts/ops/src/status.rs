@@ -1,5 +1,6 @@
 //! `status`: one line per route of what the running proxy serves — stage, weight, requests/s,
-//! error ratio and p99 for the service and the default, shadow match ratio, fallbacks — from
+//! error ratio and p99 for the service and the default, shadow match ratio and the coverage
+//! it speaks for, fallbacks — from
 //! its admin endpoint (`/routes`, and `/metrics` scraped twice a window apart).
 
 use std::io::Write;
@@ -11,7 +12,7 @@ use strangler_proxy::admin::{RouteDoc, RoutesDoc};
 
 use crate::exposition::Scrape;
 use crate::fetch;
-use crate::figures::{RouteWindow, Side, increases, names};
+use crate::figures::{RouteWindow, Shadow, Side, increases, names};
 use crate::source::scrape;
 use crate::sync::{self, Direction, SyncStage, SyncState};
 use crate::text_table::TextTable;
@@ -244,6 +245,7 @@ pub fn render(
     ]);
     let empty = Scrape::default();
     let mut starred = false;
+    let mut notes = Vec::new();
     for r in routes {
         let window = RouteWindow::from_increases(
             &increases(first, second, &r.name),
@@ -269,14 +271,30 @@ pub fn render(
         };
         let (svc, svc_mark) = pick(&window.service, &life.service);
         let (def, def_mark) = pick(&window.default, &life.default);
-        let shadow = if window.shadow.compared() > 0.0 {
-            ratio_cell(window.shadow.matched, window.shadow.compared(), "")
-        } else if life.shadow.compared() > 0.0 {
+        let shadow = if window.shadow.shadowed() > 0.0 {
+            shadow_cell(&window.shadow, "")
+        } else if life.shadow.shadowed() > 0.0 {
             starred = true;
-            ratio_cell(life.shadow.matched, life.shadow.compared(), "*")
+            shadow_cell(&life.shadow, "*")
         } else {
             "-".into()
         };
+        let seen = if window.shadow.shadowed() > 0.0 {
+            &window.shadow
+        } else {
+            &life.shadow
+        };
+        if seen.coverage().is_some_and(|c| c < LOW_COVERAGE) {
+            notes.push(format!(
+                "{}: the shadow match ratio speaks for {:.2}% of shadowed requests only ({:.0} of \
+                 {:.0} compared; not compared: {}); see strangler_shadow_skipped_total",
+                r.name,
+                100.0 * seen.coverage().unwrap_or(0.0),
+                seen.compared(),
+                seen.shadowed(),
+                seen.uncompared()
+            ));
+        }
         t.row([
             r.name.clone(),
             stage_cell(r),
@@ -294,6 +312,9 @@ pub fn render(
     let mut out = format!("over the last {seconds:.1}s:\n{}", t.render());
     if starred {
         out.push_str("* no traffic in the window: figure since the proxy started\n");
+    }
+    for note in notes {
+        out.push_str(&format!("NOTE: {note}\n"));
     }
     out
 }
@@ -332,6 +353,20 @@ pub fn near_miss_notes(routes: &[RouteDoc], first: &Scrape, second: &Scrape) -> 
         ));
     }
     out
+}
+
+/// Coverage under which `status` explains what was not compared (`rollout`'s default
+/// `--min-shadow-coverage`).
+pub const LOW_COVERAGE: f64 = 0.95;
+
+/// `98.00% (49/50), covers 80.00% (50/62)`: the match ratio over what was compared, then how
+/// much of the shadowed traffic that was.
+fn shadow_cell(s: &Shadow, mark: &str) -> String {
+    format!(
+        "{}, covers {}",
+        ratio_cell(s.matched, s.compared(), ""),
+        ratio_cell(s.compared(), s.shadowed(), mark)
+    )
 }
 
 /// The route's stage, saying so when a `live` route still sends writes to the default, or when

@@ -8,6 +8,12 @@ mod common;
 use common::stack::{Load, Stack, prepare, stack};
 
 /// `rollout users` in four steps of 1 s, reading the proxy's own `/metrics`.
+///
+/// The latency gate's floor is 1 s here: both sides are debug builds sharing the machine's
+/// cores with the client load, and their p99 over a 1 s window is scheduling noise (a service
+/// at 45.7 ms against a default at 17.9 ms failed the default 2x gate now and then). The
+/// gate's judgement is tested on fixed latencies in `tests/rollout.rs` and the gates table;
+/// here it stays armed against a service slower than the whole interval.
 async fn rollout(s: &Stack) -> (Option<i32>, String) {
     let metrics = format!("http://{}/metrics", s.proxy.admin);
     s.run_async(&[
@@ -21,6 +27,8 @@ async fn rollout(s: &Stack) -> (Option<i32>, String) {
         "1s",
         "--min-requests",
         "5",
+        "--latency-floor",
+        "1s",
         "--max-holds",
         "10",
     ])
@@ -48,6 +56,17 @@ async fn users_move_to_their_service_with_no_failed_request() {
         out.contains("shadow 100.00% matched"),
         "shadowed answers matched: {out}"
     );
+    assert!(
+        out.contains("coverage 100.00%"),
+        "every shadowed answer was compared: {out}"
+    );
+    // At 50 % latency was measured on both sides, so the gate had figures to judge.
+    let half = out
+        .lines()
+        .find(|l| l.starts_with("step 3/4 (50%): ") && l.contains(" req, "))
+        .unwrap_or_else(|| panic!("no window line at 50%: {out}"));
+    assert_eq!(half.matches("p99 ").count(), 2, "{half}");
+    assert!(!half.contains("p99 -"), "{half}");
     // The last step's window: everything on the users route was served by the service.
     let last = out
         .lines()
@@ -82,10 +101,15 @@ async fn a_failing_service_is_rolled_back_by_the_rollout_itself() {
     assert_eq!(code, Some(1), "{out}");
     // A third of the canary's requests failed; the proxy retried them on the monolith, and the
     // rollout counted them against the service all the same.
-    assert!(
-        out.contains("step 2/4 (5%): GATE FAILED: error ratio: service 0.3"),
-        "{out}"
-    );
+    // About a third: where the window cuts the every-third pattern moves it a little (5 of 17
+    // is 0.2941).
+    let ratio: f64 = out
+        .split("step 2/4 (5%): GATE FAILED: error ratio: service ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no error-ratio breach at 5%: {out}"));
+    assert!((0.25..=0.4).contains(&ratio), "{ratio}: {out}");
     assert!(out.contains("fallbacks"), "{out}");
     assert!(
         out.contains("wrote the last safe weight back: route users: weight 5 → 0"),

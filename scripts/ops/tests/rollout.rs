@@ -173,6 +173,46 @@ fn shadow_mismatches_stop_the_rollout_before_any_traffic_moves() {
 }
 
 #[test]
+fn a_perfect_match_ratio_over_too_little_coverage_does_not_promote() {
+    let dir = reads_only("rollout-coverage", true);
+    // Every compared answer matches, but a quarter of the shadowed requests are skipped.
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            shadow_skipped: 0.25,
+            ..Behaviour::default()
+        },
+        &["--max-holds", "2"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(
+        out.contains("shadow 100.00% matched (1500/1500), coverage 75.00% (1500/2000)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "step 1/6 (0%): holding at 0%: shadow coverage 0.7500 (1500 of 2000 shadowed requests \
+             compared; not compared: 500 skipped (too_large 500)) < --min-shadow-coverage 0.95"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("step 2/6"), "{out}");
+    assert_eq!(dir.weight("users"), 0);
+
+    // The operator may accept less coverage, knowingly.
+    let (o, out) = rollout_against(
+        &dir,
+        Behaviour {
+            shadow_skipped: 0.25,
+            ..Behaviour::default()
+        },
+        &["--min-shadow-coverage", "0.7", "--steps", "0,100"],
+    );
+    assert!(o.status.success(), "{out}");
+    assert_eq!(dir.weight("users"), 100);
+}
+
+#[test]
 fn too_little_traffic_holds_the_step_until_traffic_comes() {
     let dir = reads_only("rollout-hold", false);
     let fake = dir.fake(Behaviour {

@@ -60,7 +60,7 @@ fn status_shows_every_route_with_both_sides() {
             "0.00% (0/150)",
             "5.0 ms",
             "5.0 ms",
-            "100.00% (150/150)",
+            "100.00% (150/150), covers 100.00% (150/150)",
             "0 (0 in all)"
         ],
         "{users}"
@@ -122,6 +122,37 @@ fn near_misses_are_noted_per_route() {
         "{out}"
     );
     assert!(out.contains("set [proxy] ignore_case = true"), "{out}");
+}
+
+#[test]
+fn shadow_coverage_stands_next_to_the_match_ratio_and_low_coverage_is_explained() {
+    let dir = OpsTest::new("status-coverage")
+        .routes(&SHIPPED.replacen("weight  = 0\n", "weight  = 0\nshadow  = true\n", 1))
+        .start();
+    // 200 shadowed per scrape, 75 of them too large to compare: every compared one matched.
+    let fake = dir.fake(Behaviour {
+        per_scrape: 200,
+        shadow_skipped: 0.375,
+        ..Behaviour::default()
+    });
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "200ms"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let users = out
+        .lines()
+        .find(|l| l.starts_with("users "))
+        .expect("users row");
+    assert!(
+        users.contains("100.00% (125/125), covers 62.50% (125/200)"),
+        "{users}"
+    );
+    assert!(
+        out.contains(
+            "NOTE: users: the shadow match ratio speaks for 62.50% of shadowed requests only \
+             (125 of 200 compared; not compared: 75 skipped (too_large 75))"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

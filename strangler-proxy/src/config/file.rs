@@ -71,6 +71,8 @@ pub struct RouteEntry {
     pub(super) fallback: bool,
     pub(super) shadow_methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) shadow_ignore: Option<Vec<Spanned<String>>>,
+    pub(super) shadow_headers: Option<Vec<Spanned<String>>>,
+    pub(super) shadow_ignore_headers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) shadow_noise_check: bool,
     #[serde(default)]

@@ -95,6 +95,10 @@ pub struct RouteConfig {
     pub shadow_methods: Vec<Method>,
     /// JSON pointers ignored when comparing shadow answers.
     pub shadow_ignore: Vec<String>,
+    /// Response headers compared besides the defaults (`compare::DEFAULT_HEADERS`).
+    pub shadow_headers: Vec<HeaderName>,
+    /// Default response headers not compared.
+    pub shadow_ignore_headers: Vec<HeaderName>,
     /// Learn noisy fields by asking the default twice.
     pub shadow_noise_check: bool,
     /// The write fence (SPEC §7): requests with non-safe methods are held, not forwarded,
@@ -179,6 +183,8 @@ mod tests {
             hold_writes: false,
             shadow_methods: vec![Method::GET, Method::HEAD, Method::OPTIONS],
             shadow_ignore: Vec::new(),
+            shadow_headers: Vec::new(),
+            shadow_ignore_headers: Vec::new(),
             shadow_noise_check: false,
         }
     }

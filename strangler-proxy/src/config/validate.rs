@@ -398,6 +398,7 @@ impl Validator<'_> {
         );
         let sticky = r.sticky.as_ref().and_then(|s| self.sticky(s));
         let shadow_ignore = self.shadow_ignore(r.shadow_ignore.iter().flatten());
+        let (shadow_headers, shadow_ignore_headers) = self.shadow_headers(r);
         if self.errors.len() != before {
             return None;
         }
@@ -412,6 +413,8 @@ impl Validator<'_> {
             fallback: r.fallback,
             shadow_methods,
             shadow_ignore,
+            shadow_headers,
+            shadow_ignore_headers,
             shadow_noise_check: r.shadow_noise_check,
             hold_writes: r.hold_writes,
         })
@@ -602,6 +605,53 @@ impl Validator<'_> {
             }
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    /// `shadow_headers` (compared besides the defaults) and `shadow_ignore_headers` (defaults
+    /// not compared): valid header names, each listed once, stored lower-cased; adding a
+    /// default, or removing what is not compared, is a mistake worth naming.
+    fn shadow_headers(&mut self, r: &RouteEntry) -> (Vec<HeaderName>, Vec<HeaderName>) {
+        let defaults = crate::compare::DEFAULT_HEADERS;
+        let mut add: Vec<HeaderName> = Vec::new();
+        let mut remove: Vec<HeaderName> = Vec::new();
+        for (key, list, adding) in [
+            ("shadow_headers", &r.shadow_headers, true),
+            ("shadow_ignore_headers", &r.shadow_ignore_headers, false),
+        ] {
+            for value in list.iter().flatten() {
+                let text = value.get_ref();
+                let Ok(name) = HeaderName::from_bytes(text.as_bytes()) else {
+                    self.error(
+                        value.span(),
+                        format!("{key}: {text:?} is not a valid header name"),
+                    );
+                    continue;
+                };
+                let is_default = defaults.contains(&name.as_str());
+                let why = if add.contains(&name) || remove.contains(&name) {
+                    Some("is listed twice (in shadow_headers or shadow_ignore_headers)".to_string())
+                } else if adding && is_default {
+                    Some("is compared by default: remove it from shadow_headers".to_string())
+                } else if !adding && !is_default {
+                    Some(format!(
+                        "is not compared by default, so there is nothing to ignore (the defaults are {})",
+                        defaults.join(", ")
+                    ))
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => {
+                        self.error(value.span(), format!("{key}: {:?} {why}", name.as_str()))
+                    }
+                    None if adding => add.push(name),
+                    None => remove.push(name),
+                }
+            }
+        }
+        (add, remove)
     }
 }
 
@@ -811,6 +861,22 @@ request_timeout = "30s"
                 "not a JSON pointer",
             ),
             (
+                "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nshadow_headers = [\"x api\"]",
+                "shadow_headers: \"x api\" is not a valid header name",
+            ),
+            (
+                "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nshadow_headers = [\"Allow\"]",
+                "shadow_headers: \"allow\" is compared by default",
+            ),
+            (
+                "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nshadow_headers = [\"x-v\", \"X-V\"]",
+                "shadow_headers: \"x-v\" is listed twice",
+            ),
+            (
+                "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nshadow_ignore_headers = [\"date\"]",
+                "shadow_ignore_headers: \"date\" is not compared by default, so there is nothing to ignore",
+            ),
+            (
                 "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nwieght = 2",
                 "unknown field `wieght`",
             ),
@@ -962,6 +1028,27 @@ request_timeout = "30s"
         assert_eq!(super::did_you_mean("psts", &names), Some("posts"));
         assert_eq!(super::did_you_mean("threads", &names), None);
         assert_eq!(super::did_you_mean("usr", &[]), None);
+    }
+
+    #[test]
+    fn shadow_headers_are_stored_lower_cased_with_their_positions_on_errors() {
+        let text = with_route(
+            "prefix = \"/api/users\"\nservice = \"users\"\nweight = 0\nshadow = true\nshadow_headers = [\"X-Api-Version\"]\nshadow_ignore_headers = [\"Cache-Control\"]",
+        );
+        let config = parse(&text).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.shadow_headers, ["x-api-version"]);
+        assert_eq!(route.shadow_ignore_headers, ["cache-control"]);
+        let bad = with_route(
+            "prefix = \"/api/users\"\nservice = \"users\"\nweight = 0\nshadow_headers = [\"ok\", \"b@d\"]",
+        );
+        let line = bad.lines().position(|l| l.contains("b@d")).unwrap() + 1;
+        assert_eq!(
+            errors(&bad),
+            [format!(
+                "{line}:25: shadow_headers: \"b@d\" is not a valid header name"
+            )]
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub default_latency: f64,
     /// Share of shadow comparisons that differ.
     pub shadow_mismatch: f64,
+    /// Share of shadowed requests that cannot be compared (`skipped{reason="too_large"}`).
+    pub shadow_skipped: f64,
     /// Each service failure is retried on the default (fallback) instead of answered 500.
     pub fallback: bool,
     /// Near misses (`strangler_route_near_misses_total`) per route per scrape.
@@ -45,6 +47,7 @@ impl Default for Behaviour {
             service_latency: 0.004,
             default_latency: 0.004,
             shadow_mismatch: 0.0,
+            shadow_skipped: 0.0,
             fallback: false,
             near_misses: 0,
         }
@@ -72,6 +75,7 @@ struct Traffic {
     default: u64,
     compared: u64,
     mismatched: u64,
+    skipped: u64,
 }
 
 impl Sim {
@@ -99,8 +103,11 @@ impl Sim {
             _ => 0,
         };
         let default = b.per_scrape - service;
-        let compared = if shadow { default } else { 0 };
+        let shadowed = if shadow { default } else { 0 };
+        let skipped = (shadowed as f64 * b.shadow_skipped).round() as u64;
+        let compared = shadowed - skipped;
         Traffic {
+            skipped,
             service_ok: service - failed,
             service_failed: failed,
             default,
@@ -163,6 +170,13 @@ impl Sim {
                     .near_misses
                     .with_label_values(&[&name])
                     .inc_by(self.behaviour.near_misses);
+            }
+            if t.skipped > 0 {
+                shadow("skipped", t.skipped);
+                metrics
+                    .shadow_skipped
+                    .with_label_values(&[&name, "too_large"])
+                    .inc_by(t.skipped);
             }
         }
     }
@@ -274,7 +288,10 @@ impl Sim {
                     (t.compared - t.mismatched) as f64,
                 ),
                 sample(json!({"result": "mismatch"}), t.mismatched as f64),
+                sample(json!({"result": "skipped"}), t.skipped as f64),
             ]
+        } else if q.contains("strangler_shadow_skipped_total") {
+            vec![sample(json!({"reason": "too_large"}), t.skipped as f64)]
         } else {
             return json!({"status": "error", "errorType": "bad_data", "error": "unknown query"});
         };
