@@ -284,7 +284,12 @@ impl Proxy {
                 return Err((table, ProxyError::Held { route, reason, why }));
             }
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        // Checked: `check` bounds hold_timeout, but a configured value must never panic a
+        // request; past the longest timeout a file may set, waiting longer changes nothing.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + crate::config::defaults::TIMEOUT_MAX);
         let mut stored = live.subscribe();
         loop {
             let table = live.table();

@@ -375,7 +375,13 @@ pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let route = job.route.clone();
         let request_id = job.request_id.clone();
-        let deadline = job.service.config.request_timeout + CLIENT_GRACE;
+        // Saturating: `check` bounds request_timeout, but a configured value must never be
+        // able to panic this task.
+        let deadline = job
+            .service
+            .config
+            .request_timeout
+            .saturating_add(CLIENT_GRACE);
         let verdict = tokio::time::timeout(deadline, run(job, &shadows))
             .await
             .unwrap_or(Verdict::Skipped(Skip::Timeout));

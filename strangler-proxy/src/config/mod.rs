@@ -2,14 +2,15 @@
 //! table.
 //!
 //! `file` holds what the file may contain, `validate` turns it into the `model`, and `error`
-//! says what is wrong and where. Parse errors (TOML syntax, unknown keys, wrong types) stop at
-//! the first one because the file cannot be read further; every semantic error after that is
-//! collected, so an operator fixes a file in one pass. Every error carries the line and column
-//! of the value it is about.
+//! says what is wrong and where. `syntax` reads the TOML: every syntax error, unknown key and
+//! wrong type, each named by its key; the semantic errors of what remains are collected too, so
+//! an operator fixes a file in one pass. Every error carries the line and column of the value it
+//! is about.
 
 mod error;
 mod file;
 mod model;
+mod syntax;
 mod validate;
 
 use std::path::Path;
@@ -24,6 +25,9 @@ pub use validate::parse_duration;
 
 /// Defaults an operator may leave out of `[proxy]` and `[services.*]`.
 pub mod defaults {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
     /// The public side.
     pub const LISTEN: &str = "127.0.0.1:8080";
     /// The admin side: loopback, never public unless the operator says so.
@@ -47,6 +51,25 @@ pub mod defaults {
     pub const HOLD_TIMEOUT: &str = "5s";
     /// Most requests held behind fences at once; more get 503 at once.
     pub const HOLD_MAX: i64 = 10_000;
+
+    /// Shortest timeout: below a millisecond a timer cannot tell it from zero.
+    pub const TIMEOUT_MIN: Duration = Duration::from_millis(1);
+    /// Longest timeout: anything longer is a typo, and keeping every deadline this short keeps
+    /// `Instant + timeout` far from overflowing.
+    pub const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+    /// Longest grace or drain period: a shutdown or a hand-over that waits longer is stuck.
+    pub const GRACE_MAX: Duration = Duration::from_secs(600);
+
+    /// The range every duration key is checked against, chosen by its name so that a key added
+    /// later is bounded without a line of its own: `*drain*` and `*grace*` keys 0..=10m (zero
+    /// means do not wait), every other duration (timeouts, intervals) 1ms..=1h.
+    pub fn duration_range(key: &str) -> RangeInclusive<Duration> {
+        if key.contains("drain") || key.contains("grace") {
+            Duration::ZERO..=GRACE_MAX
+        } else {
+            TIMEOUT_MIN..=TIMEOUT_MAX
+        }
+    }
 }
 
 /// A file read from disk and validated, with the digest `/routes` shows.
@@ -117,17 +140,17 @@ pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, ConfigErrors> {
     })
 }
 
-/// Parses and validates `text`, returning every error found.
+/// Parses and validates `text`, returning every error found, in file order.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let file: RoutesFile = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map_or((1, 1), |s| Lines::new(text).position(s.start));
-        vec![ConfigError {
-            line,
-            column,
-            message: e.message().trim().to_string(),
-        }]
-    })?;
-    validate::validate(text, file)
+    let parsed = syntax::parse(text);
+    let mut errors = parsed.errors;
+    if let Some(file) = parsed.file {
+        match validate::validate(text, file) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(more) => errors.extend(more),
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    Err(errors)
 }

@@ -282,6 +282,8 @@ impl Validator<'_> {
         usize::try_from(n).ok()
     }
 
+    /// A duration key: a whole number and a unit, within [`defaults::duration_range`] of its
+    /// name, so nothing downstream adds to a duration that could overflow.
     fn duration(
         &mut self,
         key: &str,
@@ -291,9 +293,23 @@ impl Validator<'_> {
         let Some(v) = value else {
             return parse_duration(default).ok();
         };
-        parse_duration(v.get_ref())
+        let text = v.get_ref();
+        let d = duration_literal(text)
             .map_err(|why| self.error(v.span(), format!("{key}: {why}")))
-            .ok()
+            .ok()?;
+        let range = defaults::duration_range(key);
+        let bound = if d > *range.end() {
+            format!("at most {}", format_duration(*range.end()))
+        } else if d < *range.start() {
+            format!("at least {}", format_duration(*range.start()))
+        } else {
+            return Some(d);
+        };
+        self.error(
+            v.span(),
+            format!("{key}: {text:?} is out of range: expected {bound}"),
+        );
+        None
     }
 
     /// A reference to a service by name: it must be defined.
@@ -662,31 +678,81 @@ fn is_label_safe(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`: an integer and a unit, nothing else.
+/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`: a positive whole number and a unit, nothing
+/// else.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = duration_literal(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: a zero duration would fail every request"));
+    }
+    if d == Duration::MAX {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(d)
+}
+
+/// A whole number and a unit, zero allowed; a number too large for any duration saturates to
+/// [`Duration::MAX`], which every range refuses by naming its bound.
+fn duration_literal(s: &str) -> Result<Duration, String> {
+    const EXAMPLE: &str = "write a whole number and a unit, e.g. \"500ms\" or \"30s\"";
+    if s.starts_with('-') {
+        return Err(format!("{s:?}: a duration cannot be negative"));
+    }
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| {
-        format!(
-            "{s:?} is not a duration: write a whole number and a unit, e.g. \"500ms\" or \"30s\""
-        )
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
+    if number.is_empty() {
+        return Err(format!("{s:?} is not a duration: {EXAMPLE}"));
+    }
+    // Only digits, so a failure is overflow: saturate and let the range name the bound.
+    let n: u64 = number.parse().unwrap_or(u64::MAX);
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         "" => {
             return Err(format!(
                 "{s:?} has no unit: write e.g. \"{n}s\" or \"{n}ms\""
             ));
         }
+        u if u.starts_with('.') => {
+            let whole: String = s
+                .chars()
+                .filter(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let unit = s.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+            let hint = match (whole.parse::<f64>(), unit) {
+                (Ok(x), "s") => format!(": write \"{}ms\"", (x * 1000.0).round()),
+                (Ok(x), "m") => format!(": write \"{}s\"", (x * 60.0).round()),
+                (Ok(x), "h") => format!(": write \"{}m\"", (x * 60.0).round()),
+                _ => format!(": {EXAMPLE}"),
+            };
+            return Err(format!(
+                "{s:?}: fractions are not allowed, use a smaller unit{hint}"
+            ));
+        }
+        u if u.starts_with(char::is_whitespace) && ["ms", "s", "m", "h"].contains(&u.trim()) => {
+            return Err(format!(
+                "{s:?}: write the unit right after the number, e.g. \"{n}{}\"",
+                u.trim()
+            ));
+        }
         other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
-    if d.is_zero() {
-        return Err(format!("{s:?}: a zero duration would fail every request"));
+    Ok(n.checked_mul(unit_ms)
+        .map_or(Duration::MAX, Duration::from_millis))
+}
+
+/// `d` in the largest unit that writes it exactly, as a file would (`1h`, `10m`, `1ms`).
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
     }
-    Ok(d)
 }
 
 fn parse_service_url(url: &str) -> Result<Authority, String> {
@@ -727,7 +793,7 @@ fn parse_service_url(url: &str) -> Result<Authority, String> {
 }
 
 /// The closest name within edit distance 2, if any.
-fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(super) fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (strsim::levenshtein(name, c), *c))
@@ -822,7 +888,7 @@ request_timeout = "30s"
             ),
             (
                 "prefix = \"/api/users\"\nservice = \"users\"",
-                "missing field `weight`",
+                "weight: required key is missing",
             ),
             (
                 "prefix = \"api/users\"\nservice = \"users\"\nweight = 1",
@@ -878,7 +944,7 @@ request_timeout = "30s"
             ),
             (
                 "prefix = \"/api/users\"\nservice = \"users\"\nweight = 1\nwieght = 2",
-                "unknown field `wieght`",
+                "wieght: unknown key (did you mean \"weight\"?)",
             ),
             (
                 "name = \"default\"\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 1",
@@ -949,7 +1015,7 @@ request_timeout = "30s"
             ),
             (
                 "[proxy]\ndefault = \"a\"\n[services.a]\nurl = \"http://x:1\"\n[services.a]\nurl = \"http://x:2\"",
-                "duplicate key",
+                "[services.a]: this table is already defined on line 3",
             ),
         ];
         for (text, expected) in cases {
