@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod compare;
 pub mod config;
+pub mod connections;
 pub mod decode;
 pub mod drain;
 pub mod forward;

@@ -9,16 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, StatusCode, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::config::ProxySettings;
+use crate::connections::{Connections, Limits, Tracked};
 use crate::drain::Draining;
 use crate::live::Live;
 use crate::metrics::Metrics;
@@ -26,8 +31,22 @@ use crate::proxy::Proxy;
 use crate::reload::{self, Reloader};
 use crate::shadow::Shadows;
 
-/// A client that sends no complete header block within this is disconnected (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on a connection quiet this long...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection closes when one goes unanswered this long (a peer gone silently).
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The admin listener serves probes and scrapes: a few connections each, so its cap is low
+/// whatever `max_connections` says.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// Descriptors kept for everything but client connections (listeners, config, logs).
+const RESERVED_FDS: u64 = 64;
+
+/// The shutdown's phases, from `[proxy]`.
+#[derive(Debug, Clone, Copy)]
+struct Lifecycle {
+    grace: Duration,
+    timeout: Duration,
+}
 
 /// A proxy that is serving.
 pub struct Running {
@@ -49,8 +68,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`) and returns
-    /// when the public listener is done.
+    /// Marks the proxy draining (`/readyz` 503, `Connection: close` on answers), keeps
+    /// accepting for `drain_grace`, then stops accepting, closes idle connections and waits for
+    /// in-flight requests (bounded by `drain_timeout`); returns when the public listener is
+    /// done.
     pub async fn shutdown(self) {
         self.draining.start();
         let _ = self.shutdown.send(true);
@@ -81,6 +102,8 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     // start-up (a reload cannot resize it), the draining flag is set once.
     let shadows = Arc::new(Shadows::new(settings.shadow_concurrency));
     let draining = Arc::new(Draining::default());
+    let fds = raise_fd_limit();
+    let (public_limits, admin_limits) = connection_limits(settings, fds);
     let public = TcpListener::bind(settings.listen).await.with_context(|| {
         format!(
             "cannot listen on {} ([proxy] listen): is another process using it?",
@@ -97,7 +120,10 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let watch = reload::Watch::install(reloader.clone());
-    let drain = settings.drain_timeout;
+    let lifecycle = Lifecycle {
+        grace: settings.drain_grace,
+        timeout: settings.drain_timeout,
+    };
     let proxy = Proxy::new(live.clone(), metrics.clone(), shadows.clone());
     let admin = Arc::new(Admin {
         reloader: reloader.clone(),
@@ -105,11 +131,22 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         shadows,
         draining: draining.clone(),
     });
-    let public_task = tokio::spawn(serve_public(public, proxy, shutdown_rx, drain));
+    let public_task = tokio::spawn(serve_public(
+        public,
+        proxy,
+        Connections::new(public_limits),
+        draining.clone(),
+        shutdown_rx,
+        lifecycle,
+    ));
     let tasks = vec![
         // The admin side outlives the drain: probes must hear 503 from /readyz, and metrics
         // stay scrapable, until the process ends.
-        tokio::spawn(serve_admin(admin_listener, admin)),
+        tokio::spawn(serve_admin(
+            admin_listener,
+            admin,
+            Connections::new(admin_limits),
+        )),
         tokio::spawn(async move {
             match watch {
                 Ok(watch) => watch.run().await,
@@ -144,39 +181,78 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
 async fn serve_public(
     listener: TcpListener,
     proxy: Proxy,
+    connections: Arc<Connections>,
+    draining: Arc<Draining>,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    lifecycle: Lifecycle,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Header-read, first-byte and idle timeouts are `connections`' (hyper's header timeout
+    // would also close idle keep-alive connections, at its own value).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+        .header_read_timeout(None);
+    h2_keep_alive(&mut builder);
+    let grace = lifecycle.grace;
     let stop = async move {
         // The only change ever sent is "stop"; a dropped sender means the same.
         let _ = shutdown.changed().await;
+        // Balancers need time to see /readyz fail; until then new connections still come,
+        // and are served (with `Connection: close`) rather than refused.
+        if !grace.is_zero() {
+            tracing::info!("draining: still accepting for {grace:?}, /readyz answers 503");
+            tokio::time::sleep(grace).await;
+        }
     };
-    accept_loop(&listener, stop, |stream, client| {
+    let mut on_conn = |stream: TcpStream, client: SocketAddr| {
         let proxy = proxy.for_client(client);
+        let (io, conn) = connections.open(stream);
+        let requests = conn.requests();
+        let draining = draining.clone();
         // `handle` directly rather than through `tower::Service::call`: the same code, without
         // boxing a future per request.
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %client, "connection ended with an error");
+            let active = requests.start(req.version());
+            let draining = draining.clone();
+            async move {
+                let http1 = req.version() < Version::HTTP_2;
+                let mut response = proxy.handle(req).await;
+                // While draining, each HTTP/1 client is told to reconnect (to a replica that
+                // is not going away) after this answer, instead of having its idle connection
+                // closed under a request it may be sending.
+                if draining.is_set()
+                    && http1
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
             }
         });
-    })
-    .await;
+        let served = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        tokio::spawn(conn.drive(served));
+    };
+    accept_loop(&listener, &connections, stop, &mut on_conn).await;
+    // Connections the kernel completed but we have not accepted would be reset by the close,
+    // with their requests sent: take them in too (they are answered with `Connection: close`).
+    while let Some(Ok((stream, client))) = listener.accept().now_or_never() {
+        let _ = stream.set_nodelay(true);
+        on_conn(stream, client);
+    }
     drop(listener);
-    tracing::info!("draining in-flight requests (at most {drain:?})");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    let drain = lifecycle.timeout;
+    tracing::info!(
+        connections = connections.len(),
+        "stopped accepting; closing idle connections, draining in-flight requests (at most {drain:?})"
+    );
+    connections.close_all();
+    if tokio::time::timeout(drain, connections.closed())
         .await
         .is_err()
     {
@@ -186,26 +262,50 @@ async fn serve_public(
     }
 }
 
-async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
-    accept_loop(&listener, std::future::pending(), |stream, _| {
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
+/// HTTP/2 pings find peers that went away without closing; an HTTP/2 connection otherwise
+/// counts as idle (and is closed) like an HTTP/1 one.
+fn h2_keep_alive(builder: &mut auto::Builder<TokioExecutor>) {
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+}
+
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, connections: Arc<Connections>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    accept_loop(
+        &listener,
+        &connections,
+        std::future::pending(),
+        |stream, _| {
+            let admin = admin.clone();
+            let (io, conn) = connections.open(stream);
+            let requests = conn.requests();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let active = requests.start(req.version());
                 let response = admin.respond(&req);
-                async move { Ok::<_, Infallible>(response) }
+                async move { Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active))) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    })
+            let served = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            tokio::spawn(conn.drive(served));
+        },
+    )
     .await;
 }
 
-async fn accept_loop<F>(listener: &TcpListener, stop: impl Future<Output = ()>, mut on_conn: F)
-where
-    F: FnMut(tokio::net::TcpStream, SocketAddr),
-{
+async fn accept_loop(
+    listener: &TcpListener,
+    connections: &Connections,
+    stop: impl Future<Output = ()>,
+    mut on_conn: impl FnMut(TcpStream, SocketAddr),
+) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -215,12 +315,70 @@ where
                     on_conn(stream, client);
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: free one held by an idle client
+                    // and back off briefly instead of spinning.
+                    let freed = connections.close_oldest_idle();
+                    tracing::error!(error = %e, freed_idle = freed, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
             () = &mut stop => return,
+        }
+    }
+}
+
+/// The limits of the public and the admin listener: `max_connections`, bounded so client
+/// connections can use at most half the descriptors (the other half is for upstreams).
+fn connection_limits(settings: &ProxySettings, fds: Option<u64>) -> (Limits, Limits) {
+    let mut max = settings.max_connections;
+    if let Some(fds) = fds {
+        let share = usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+        if share.max(1) < max {
+            tracing::warn!(
+                max_connections = max,
+                descriptors = fds,
+                "max_connections lowered to {share}: half the descriptor limit; raise the \
+                 limit (ulimit -n, LimitNOFILE, ulimits) for more"
+            );
+            max = share.max(1);
+        }
+    }
+    let public = Limits {
+        first_byte: settings.first_byte_timeout,
+        header_read: settings.header_read_timeout,
+        idle: settings.client_idle_timeout,
+        max,
+    };
+    let admin = Limits {
+        max: max.min(ADMIN_MAX_CONNECTIONS),
+        ..public
+    };
+    (public, admin)
+}
+
+/// Raises the soft descriptor limit to the hard one (a default soft limit of 1,024 is a few
+/// hundred idle clients away from refusing everyone) and returns the limit in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    let Some(hard) = hard.filter(|hard| *hard > soft) else {
+        return Some(soft);
+    };
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!("descriptor limit raised from {soft} to {hard}");
+            Some(hard)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the descriptor limit from {soft}");
+            Some(soft)
         }
     }
 }

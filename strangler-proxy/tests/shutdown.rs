@@ -16,6 +16,9 @@ use support::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_strangler-proxy");
 
+/// The tests of the drain proper: the listener closes as soon as the shutdown begins.
+const NO_GRACE: &str = "drain_grace = \"0s\"";
+
 /// Whether a fresh TCP connection to `addr` is refused.
 async fn refuses_connections(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
@@ -34,6 +37,7 @@ async fn stops_accepting(addr: SocketAddr) -> bool {
 async fn gated_monolith(test: &str) -> (TestProxy, Gate) {
     let (monolith, gate) = gated_upstream("monolith").await;
     let proxy = ProxyBuilder::new(test)
+        .proxy_key(NO_GRACE)
         .service("monolith", monolith)
         .start()
         .await;
@@ -108,6 +112,7 @@ async fn shutdown_drains_a_request_in_flight_and_then_refuses_connections() {
 #[tokio::test]
 async fn shutdown_with_idle_keep_alive_connections_returns_promptly() {
     let running = ProxyBuilder::new("shutdown-idle")
+        .proxy_key(NO_GRACE)
         .service("monolith", support::echo_upstream("monolith").await)
         .start()
         .await;
@@ -353,6 +358,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     let (public, admin) = free_ports();
     let path = ProxyBuilder::new("bin-sigterm")
         .listen(public, admin)
+        .proxy_key(NO_GRACE)
         .service("monolith", monolith)
         .service("users", users)
         .route("/api/users", "users", 100)

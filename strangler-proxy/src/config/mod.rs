@@ -70,6 +70,21 @@ pub mod defaults {
             TIMEOUT_MIN..=TIMEOUT_MAX
         }
     }
+    /// Client connections per listener; at the cap the oldest idle one is closed, never the
+    /// new one. Also bounded by half the descriptor limit (the rest is for upstreams).
+    pub const MAX_CONNECTIONS: i64 = 10_000;
+    /// A connection that sends nothing this long after it is accepted is closed.
+    pub const FIRST_BYTE_TIMEOUT: &str = "10s";
+    /// A request head still incomplete this long after its first byte closes the connection
+    /// (slowloris).
+    pub const HEADER_READ_TIMEOUT: &str = "30s";
+    /// An idle client connection is closed after this: longer than the idle timeouts of the
+    /// load balancers in front (ALB 60 s, nginx 60 s), so the balancer, not the proxy, closes
+    /// first and never sends on a connection the proxy is closing (a 502).
+    pub const CLIENT_IDLE_TIMEOUT: &str = "75s";
+    /// How long SIGTERM keeps accepting and serving (with `Connection: close`, `/readyz` 503)
+    /// so balancers notice before the listener closes.
+    pub const DRAIN_GRACE: &str = "5s";
 }
 
 /// A file read from disk and validated, with the digest `/routes` shows.

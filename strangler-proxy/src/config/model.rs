@@ -46,6 +46,17 @@ pub struct ProxySettings {
     pub max_uri_bytes: usize,
     /// Largest request header block before 431.
     pub max_header_bytes: usize,
+    /// Client connections each listener holds before it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_byte_timeout: Duration,
+    /// A request head not complete this long after its first byte closes the connection.
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    pub client_idle_timeout: Duration,
+    /// On shutdown, how long the proxy keeps accepting and serving (with `Connection: close`)
+    /// while `/readyz` says 503, before it stops accepting and drains.
+    pub drain_grace: Duration,
 }
 
 /// `[services.NAME]`, validated.

@@ -169,6 +169,29 @@ impl Validator<'_> {
             defaults::HOLD_MAX,
             0..=1_000_000,
         );
+        let max_connections = self.bounded_int(
+            "max_connections",
+            p.max_connections.as_ref(),
+            defaults::MAX_CONNECTIONS,
+            1..=1_000_000,
+        );
+        let first_byte_timeout = self.duration(
+            "first_byte_timeout",
+            p.first_byte_timeout.as_ref(),
+            defaults::FIRST_BYTE_TIMEOUT,
+        );
+        let header_read_timeout = self.duration(
+            "header_read_timeout",
+            p.header_read_timeout.as_ref(),
+            defaults::HEADER_READ_TIMEOUT,
+        );
+        let client_idle_timeout = self.duration(
+            "client_idle_timeout",
+            p.client_idle_timeout.as_ref(),
+            defaults::CLIENT_IDLE_TIMEOUT,
+        );
+        let drain_grace =
+            self.duration_or_zero("drain_grace", p.drain_grace.as_ref(), defaults::DRAIN_GRACE);
         Some(ProxySettings {
             listen: listen?,
             admin: admin?,
@@ -183,6 +206,11 @@ impl Validator<'_> {
             hold_max: hold_max?,
             max_uri_bytes: max_uri_bytes?,
             max_header_bytes: max_header_bytes?,
+            max_connections: max_connections?,
+            first_byte_timeout: first_byte_timeout?,
+            header_read_timeout: header_read_timeout?,
+            client_idle_timeout: client_idle_timeout?,
+            drain_grace: drain_grace?,
         })
     }
 
@@ -310,6 +338,27 @@ impl Validator<'_> {
             format!("{key}: {text:?} is out of range: expected {bound}"),
         );
         None
+    }
+
+    /// A duration where zero means "none" (`drain_grace = "0s"`: stop accepting at once).
+    fn duration_or_zero(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: &str,
+    ) -> Option<Duration> {
+        if let Some(v) = value {
+            let text = v.get_ref();
+            let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+            let (number, unit) = text.split_at(digits);
+            if !number.is_empty()
+                && number.bytes().all(|b| b == b'0')
+                && matches!(unit, "ms" | "s" | "m" | "h")
+            {
+                return Some(Duration::ZERO);
+            }
+        }
+        self.duration(key, value, default)
     }
 
     /// A reference to a service by name: it must be defined.
