@@ -43,6 +43,10 @@ pub struct ProxySection {
     pub(super) hold_max: Option<Spanned<i64>>,
     pub(super) max_uri_bytes: Option<Spanned<i64>>,
     pub(super) max_header_bytes: Option<Spanned<i64>>,
+    /// `routes = "none"`: the file has no `[[routes]]` on purpose (a reload may drop them all).
+    pub(super) routes: Option<Spanned<String>>,
+    /// Query keys whose values `/diffs` and logs show; every other value is redacted.
+    pub(super) show_query_keys: Option<Vec<Spanned<String>>>,
 }
 
 /// `[services.NAME]` as written.
@@ -77,6 +81,7 @@ pub struct RouteEntry {
     pub(super) shadow_noise_check: bool,
     #[serde(default)]
     pub(super) hold_writes: bool,
+    pub(super) shadow_redact: Option<Vec<Spanned<String>>>,
 }
 
 /// A `weight` value: any integer parses (range is checked with the other errors), anything else

@@ -46,6 +46,10 @@ pub struct ProxySettings {
     pub max_uri_bytes: usize,
     /// Largest request header block before 431.
     pub max_header_bytes: usize,
+    /// `routes = "none"`: no `[[routes]]` on purpose, so a reload may drop every route.
+    pub no_routes: bool,
+    /// Query keys whose values `/diffs` and logs show as sent; every other value is redacted.
+    pub show_query_keys: Vec<String>,
 }
 
 /// `[services.NAME]`, validated.
@@ -104,6 +108,8 @@ pub struct RouteConfig {
     /// The write fence (SPEC §7): requests with non-safe methods are held, not forwarded,
     /// until a table without the fence is in service.
     pub hold_writes: bool,
+    /// JSON pointers whose values never appear in `/diffs` or logs (`*` matches one segment).
+    pub shadow_redact: Vec<String>,
 }
 
 /// The stage of a route, derived from weight and shadow, never stored. Serialized as its
@@ -186,6 +192,7 @@ mod tests {
             shadow_headers: Vec::new(),
             shadow_ignore_headers: Vec::new(),
             shadow_noise_check: false,
+            shadow_redact: Vec::new(),
         }
     }
 
