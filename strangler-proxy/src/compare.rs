@@ -317,12 +317,20 @@ pub fn generalize(pointer: &str) -> String {
         .join("/")
 }
 
+/// What `/diffs` and logs show instead of a secret.
+pub const REDACTED: &str = "REDACTED";
+
+/// Differences kept per mismatch; the rest are counted in a last entry.
+pub const MAX_DIFFERENCES: usize = 50;
+
 /// Every difference between two answers that `ignored` (JSON pointers) and `headers` (the
-/// compared header set) do not leave out.
+/// compared header set) do not leave out, values under `redacted` pointers shown as
+/// [`REDACTED`], at most [`MAX_DIFFERENCES`] (each value at most ~200 bytes).
 pub fn compare(
     default: &Answer,
     service: &Answer,
     ignored: &Ignored,
+    redacted: &Ignored,
     headers: &HeaderRules,
     asked: &Asked,
 ) -> Vec<Difference> {
@@ -335,12 +343,50 @@ pub fn compare(
         });
     }
     out.extend(headers.differences(default, service, asked));
-    out.extend(compare_bodies(default, service, ignored));
+    for d in out.iter_mut().filter(|d| d.at == "header location") {
+        d.default = redact_query(&d.default, &[]);
+        d.service = redact_query(&d.service, &[]);
+    }
+    out.extend(compare_bodies(default, service, ignored, redacted));
+    if out.len() > MAX_DIFFERENCES {
+        let more = out.len() - MAX_DIFFERENCES;
+        out.truncate(MAX_DIFFERENCES);
+        out.push(Difference {
+            at: "more".into(),
+            default: format!("{more} more differences not shown"),
+            service: String::new(),
+        });
+    }
     out
 }
 
-/// Differences between the two bodies alone (also how noise in the default is learned).
-pub fn compare_bodies(default: &Answer, service: &Answer, ignored: &Ignored) -> Vec<Difference> {
+/// `path?query` with every query value replaced by [`REDACTED`] unless its key is in `shown`
+/// (as sent). A part without `=` may be a token itself: it is shown only when listed.
+pub fn redact_query(path_and_query: &str, shown: &[String]) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|part| match part.split_once('=') {
+            Some((key, _)) if shown.iter().any(|s| s == key) => part.to_string(),
+            Some((key, _)) => format!("{key}={REDACTED}"),
+            None if part.is_empty() || shown.iter().any(|s| s == part) => part.to_string(),
+            None => REDACTED.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+/// Differences between the two bodies alone (also how noise in the default is learned); values
+/// under `redacted` pointers are shown as [`REDACTED`], and a body that is not JSON is shown
+/// only by its size when anything is redacted.
+pub fn compare_bodies(
+    default: &Answer,
+    service: &Answer,
+    ignored: &Ignored,
+    redacted: &Ignored,
+) -> Vec<Difference> {
     let mut out = Vec::new();
     let as_json = |a: &Answer| -> Option<Value> {
         if a.body.is_empty() {
@@ -349,12 +395,21 @@ pub fn compare_bodies(default: &Answer, service: &Answer, ignored: &Ignored) -> 
         serde_json::from_slice(&a.body).ok()
     };
     match (as_json(default), as_json(service)) {
-        (Some(d), Some(s)) => walk("", &d, &s, ignored, &mut out),
-        _ if default.body != service.body && !ignored.covers("") => out.push(Difference {
-            at: "body".into(),
-            default: excerpt(&default.body),
-            service: excerpt(&service.body),
-        }),
+        (Some(d), Some(s)) => walk("", &d, &s, ignored, redacted, &mut out),
+        _ if default.body != service.body && !ignored.covers("") => {
+            let show = |body: &Bytes| {
+                if redacted.patterns.is_empty() {
+                    excerpt(body)
+                } else {
+                    format!("{} bytes ({REDACTED}: not JSON)", body.len())
+                }
+            };
+            out.push(Difference {
+                at: "body".into(),
+                default: show(&default.body),
+                service: show(&service.body),
+            })
+        }
         _ => {}
     }
     out
@@ -383,7 +438,15 @@ fn media_type(ct: Option<&str>) -> Option<String> {
     })
 }
 
-fn walk(at: &str, d: &Value, s: &Value, ignored: &Ignored, out: &mut Vec<Difference>) {
+fn walk(
+    at: &str,
+    d: &Value,
+    s: &Value,
+    ignored: &Ignored,
+    redacted: &Ignored,
+    out: &mut Vec<Difference>,
+) {
+    let render_value = |at: &str, v: &Value| render_redacted(at, v, redacted);
     if ignored.covers(at) {
         return;
     }
@@ -393,16 +456,16 @@ fn walk(at: &str, d: &Value, s: &Value, ignored: &Ignored, out: &mut Vec<Differe
             for key in keys {
                 let child = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
                 match (dm.get(key), sm.get(key)) {
-                    (Some(dv), Some(sv)) => walk(&child, dv, sv, ignored, out),
+                    (Some(dv), Some(sv)) => walk(&child, dv, sv, ignored, redacted, out),
                     (Some(dv), None) if !ignored.covers(&child) => out.push(Difference {
-                        at: child,
-                        default: render_value(dv),
+                        default: render_value(&child, dv),
                         service: "(missing)".into(),
+                        at: child,
                     }),
                     (None, Some(sv)) if !ignored.covers(&child) => out.push(Difference {
-                        at: child,
                         default: "(missing)".into(),
-                        service: render_value(sv),
+                        service: render_value(&child, sv),
+                        at: child,
                     }),
                     _ => {}
                 }
@@ -412,11 +475,11 @@ fn walk(at: &str, d: &Value, s: &Value, ignored: &Ignored, out: &mut Vec<Differe
             for i in 0..da.len().max(sa.len()) {
                 let child = format!("{at}/{i}");
                 match (da.get(i), sa.get(i)) {
-                    (Some(dv), Some(sv)) => walk(&child, dv, sv, ignored, out),
+                    (Some(dv), Some(sv)) => walk(&child, dv, sv, ignored, redacted, out),
                     (dv, sv) if !ignored.covers(&child) => out.push(Difference {
+                        default: dv.map_or_else(|| "(missing)".into(), |v| render_value(&child, v)),
+                        service: sv.map_or_else(|| "(missing)".into(), |v| render_value(&child, v)),
                         at: child,
-                        default: dv.map_or_else(|| "(missing)".into(), render_value),
-                        service: sv.map_or_else(|| "(missing)".into(), render_value),
                     }),
                     _ => {}
                 }
@@ -424,10 +487,50 @@ fn walk(at: &str, d: &Value, s: &Value, ignored: &Ignored, out: &mut Vec<Differe
         }
         _ if d != s => out.push(Difference {
             at: if at.is_empty() { "/".into() } else { at.into() },
-            default: render_value(d),
-            service: render_value(s),
+            default: render_value(at, d),
+            service: render_value(at, s),
         }),
         _ => {}
+    }
+}
+
+/// `v` (found at pointer `at`) rendered with every value under a redacted pointer replaced.
+fn render_redacted(at: &str, v: &Value, redacted: &Ignored) -> String {
+    if redacted.covers(at) {
+        return format!("{REDACTED:?}");
+    }
+    if redacted.patterns.is_empty() {
+        return render_value(v);
+    }
+    let mut v = v.clone();
+    mask(at, &mut v, redacted);
+    render_value(&v)
+}
+
+fn mask(at: &str, v: &mut Value, redacted: &Ignored) {
+    let children: Vec<(String, &mut Value)> = match v {
+        Value::Object(map) => map
+            .iter_mut()
+            .map(|(k, c)| {
+                (
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    c,
+                )
+            })
+            .collect(),
+        Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| (format!("{at}/{i}"), c))
+            .collect(),
+        _ => return,
+    };
+    for (pointer, child) in children {
+        if redacted.covers(&pointer) {
+            *child = Value::String(REDACTED.into());
+        } else {
+            mask(&pointer, child, redacted);
+        }
     }
 }
 
@@ -484,6 +587,7 @@ mod tests {
         compare(
             default,
             service,
+            &Ignored::default(),
             &Ignored::default(),
             &HeaderRules::default(),
             &Asked::default(),
@@ -550,7 +654,7 @@ mod tests {
         ];
         for (d, s, ignore, expected) in cases {
             let ignored = Ignored::new(ignore.iter().map(|p| p.to_string()));
-            let diffs = compare_bodies(&json(200, d), &json(200, s), &ignored);
+            let diffs = compare_bodies(&json(200, d), &json(200, s), &ignored, &Ignored::default());
             let got: Vec<String> = render(&diffs).lines().map(String::from).collect();
             assert_eq!(got, *expected, "{d} vs {s}");
         }
@@ -576,6 +680,90 @@ mod tests {
         let diffs = all(&answer(204, &[], ""), &text(200, "hello"));
         let at: Vec<&str> = diffs.iter().map(|d| d.at.as_str()).collect();
         assert_eq!(at, vec!["status", "content-type", "body"]);
+    }
+
+    /// One line per case: default body, service body, redacted pointers, differences shown.
+    #[test]
+    fn redacted_values_never_appear() {
+        let cases: &[(&str, &str, &[&str], &[&str])] = &[
+            (
+                r#"{"password":"hunter2","n":1}"#,
+                r#"{"password":"swordfish","n":1}"#,
+                &["/password"],
+                &["/password: default \"REDACTED\" | service \"REDACTED\""],
+            ),
+            (
+                r#"{"user":{"password":"hunter2"}}"#,
+                r#"{}"#,
+                &["/*/password"],
+                &["/user: default {\"password\":\"REDACTED\"} | service (missing)"],
+            ),
+            (
+                r#"[{"token":"t1","id":1}]"#,
+                r#"[]"#,
+                &["/*/token"],
+                &["/0: default {\"id\":1,\"token\":\"REDACTED\"} | service (missing)"],
+            ),
+            (
+                r#"{"password":"hunter2"}"#,
+                r#"[1]"#,
+                &["/password"],
+                &["/: default {\"password\":\"REDACTED\"} | service [1]"],
+            ),
+        ];
+        for (d, s, redact, expected) in cases {
+            let redacted = Ignored::new(redact.iter().map(|p| p.to_string()));
+            let diffs =
+                compare_bodies(&json(200, d), &json(200, s), &Ignored::default(), &redacted);
+            let got: Vec<String> = render(&diffs).lines().map(String::from).collect();
+            assert_eq!(got, *expected, "{d} vs {s}");
+        }
+        let text = |b: &str| answer(200, &[("content-type", "text/plain")], b);
+        let diffs = compare_bodies(
+            &text("password=hunter2"),
+            &text("password=x"),
+            &Ignored::default(),
+            &Ignored::new(["/password".to_string()]),
+        );
+        assert!(!render(&diffs).contains("hunter2"), "{diffs:?}");
+    }
+
+    #[test]
+    fn query_values_are_redacted_unless_their_key_is_shown() {
+        let shown = ["page".to_string()];
+        let cases = [
+            ("/api/users/1", "/api/users/1"),
+            ("/a?access_token=SECRET", "/a?access_token=REDACTED"),
+            (
+                "/a?page=2&token=S&flag",
+                "/a?page=2&token=REDACTED&REDACTED",
+            ),
+            ("/a?page&x=", "/a?page&x=REDACTED"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_query(input, &shown), expected);
+        }
+    }
+
+    #[test]
+    fn differences_are_capped() {
+        let many: String = (0..200)
+            .map(|i| format!("\"k{i}\":{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let diffs = compare(
+            &json(200, &format!("{{{many}}}")),
+            &json(200, "{}"),
+            &Ignored::default(),
+            &Ignored::default(),
+            &HeaderRules::default(),
+            &Asked::default(),
+        );
+        assert_eq!(diffs.len(), MAX_DIFFERENCES + 1);
+        assert_eq!(
+            diffs[MAX_DIFFERENCES].default,
+            "150 more differences not shown"
+        );
     }
 
     #[test]

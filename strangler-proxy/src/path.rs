@@ -25,6 +25,10 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("a '%' is not followed by two hex digits")]
     BadEscape,
+    /// A control character (0x00–0x1F, 0x7F), raw or percent-encoded: a backend that stops
+    /// at NUL or splits at a line break would serve another path than the one routed.
+    #[error("a control character (e.g. %00) is not allowed in a path")]
+    ControlCharacter,
 }
 
 /// Normalizes `path` (no query). Borrows when the path is already normal, which is the common
@@ -93,13 +97,13 @@ fn is_disguised_dot_segment(segment: &str) -> bool {
         .any(|piece| piece == "." || piece == "..")
 }
 
-/// A path already in normal form: only plain ASCII, no escapes, no empty or dot segments, and
+/// A path already in normal form: only plain ASCII without control characters, no escapes, no empty or dot segments, and
 /// nothing that could disguise one (`;`, `\`).
 fn is_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
     if bytes
         .iter()
-        .any(|b| matches!(b, b'%' | b';' | b'\\') || !b.is_ascii())
+        .any(|b| matches!(b, b'%' | b';' | b'\\') || !b.is_ascii() || is_control(*b))
     {
         return false;
     }
@@ -132,6 +136,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             i += 1;
             continue;
         }
+        if is_control(b) {
+            return Err(PathError::ControlCharacter);
+        }
         if b != b'%' {
             out.push(char::from(b));
             i += 1;
@@ -144,6 +151,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             return Err(PathError::BadEscape);
         };
         let value = hi << 4 | lo;
+        if is_control(value) {
+            return Err(PathError::ControlCharacter);
+        }
         if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
             out.push(char::from(value));
         } else {
@@ -156,6 +166,11 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         i += 3;
     }
     Ok(out)
+}
+
+/// C0 controls and DEL: never part of a path routed or forwarded.
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7F
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -216,6 +231,26 @@ mod tests {
             ("api/users", Err(PathError::NotAbsolute)),
             ("*", Err(PathError::NotAbsolute)),
             (long.as_str(), Ok(long.as_str())),
+            (
+                "/api/users%00/../../admin",
+                Err(PathError::ControlCharacter),
+            ),
+            ("/admin%00", Err(PathError::ControlCharacter)),
+            ("/api/users/%00", Err(PathError::ControlCharacter)),
+            ("/api/users/..%00/admin", Err(PathError::ControlCharacter)),
+            ("/api/users/%0a", Err(PathError::ControlCharacter)),
+            ("/api/users/%0D%0A", Err(PathError::ControlCharacter)),
+            ("/api/users/%1f", Err(PathError::ControlCharacter)),
+            ("/api/users/%7F", Err(PathError::ControlCharacter)),
+            ("/api/users/%09", Err(PathError::ControlCharacter)),
+            ("/api/users/\0", Err(PathError::ControlCharacter)),
+            ("/api/users/a\tb", Err(PathError::ControlCharacter)),
+            ("/api/users/\n", Err(PathError::ControlCharacter)),
+            ("/api/users/\x1f", Err(PathError::ControlCharacter)),
+            ("/api/users/\x7f", Err(PathError::ControlCharacter)),
+            ("/api/users/%20", Ok("/api/users/%20")),
+            ("/api/users/%7E", Ok("/api/users/~")),
+            ("/api/users/%80", Ok("/api/users/%80")),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -223,6 +258,23 @@ mod tests {
                 expected,
                 "normalize({input:?})"
             );
+        }
+    }
+
+    /// Every control character, raw and encoded in either case, is refused wherever it sits.
+    #[test]
+    fn every_control_character_is_refused() {
+        for b in (0u8..0x20).chain([0x7F]) {
+            let raw = format!("/api/{}x", char::from(b));
+            let upper = format!("/api/x%{b:02X}");
+            let lower = format!("/api/%{b:02x}/y");
+            for path in [raw, upper, lower] {
+                assert_eq!(
+                    normalize(&path),
+                    Err(PathError::ControlCharacter),
+                    "normalize({path:?})"
+                );
+            }
         }
     }
 

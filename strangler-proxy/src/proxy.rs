@@ -350,6 +350,8 @@ impl Proxy {
             shadow::Job {
                 route: config.name.clone(),
                 ignore: Ignored::new(config.shadow_ignore.iter().cloned()),
+                redact: Ignored::new(config.shadow_redact.iter().cloned()),
+                show_query_keys: ex.table.config.proxy.show_query_keys.clone(),
                 headers: HeaderRules::new(&config.shadow_headers, &config.shadow_ignore_headers),
                 // The noise check sends the request to the default a second time: only a
                 // request that may be sent twice qualifies.

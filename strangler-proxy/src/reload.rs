@@ -7,15 +7,25 @@
 //! The watcher follows the *directory* holding the file: editors that save by rename (vim),
 //! `mv` of a temp file and Kubernetes ConfigMap `..data` symlink swaps replace the inode, and a
 //! watch on the file itself would go deaf after the first of those.
+//!
+//! A file written in place is read once its writer closes it (inotify's close-after-write),
+//! not when its writer pauses: a writer that stops between `[services]` and `[[routes]]` would
+//! otherwise have its first half served. A writer that keeps the file open past
+//! [`MAX_OPEN_WAIT`] is read anyway, and then the empty-table guard applies: a reload that
+//! would drop every route of a table that has some is refused unless the file says
+//! `routes = "none"` under `[proxy]`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
@@ -27,6 +37,18 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// A file written to without pause is still read this often.
 const MAX_QUIET_WAIT: Duration = Duration::from_millis(100);
+
+/// A file still open for writing is read after this long anyway (a writer that never closes,
+/// or a lost close event); the empty-table guard protects what a half file would drop.
+const MAX_OPEN_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest the watcher waits for the close event of its own read (the barrier behind which
+/// every earlier event has been delivered).
+const READ_BARRIER_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether the platform's watcher reports close-after-write (inotify does; FSEvents and kqueue
+/// do not, and there a pause in writing is all the watcher can go by).
+const REPORTS_CLOSE: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// A safety net for lost events (inotify queue overflow, a replaced mount): the file's digest
 /// is checked this often even when no event arrives. Unchanged content costs one read.
@@ -110,9 +132,15 @@ impl Reloader {
 
     /// Reads the file again and swaps in a new table if it changed and is valid.
     pub fn reload(&self) -> Outcome {
+        self.reload_from(config::read(&self.path))
+    }
+
+    /// [`Reloader::reload`] with the file's bytes read by the caller (the watcher, which
+    /// first makes sure no write began while it read).
+    fn reload_from(&self, read: Result<Vec<u8>, ConfigErrors>) -> Outcome {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.live.table();
-        let bytes = match config::read(&self.path) {
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(errors) => return self.reject(&current, errors, None),
         };
@@ -130,6 +158,17 @@ impl Reloader {
             return Outcome::StillRejected;
         }
         match config::from_bytes(&self.path, bytes) {
+            Ok(loaded) if drops_every_route(&current, &loaded.config) => {
+                let errors = ConfigErrors {
+                    file: self.path.display().to_string(),
+                    errors: vec![ConfigError {
+                        line: 1,
+                        column: 1,
+                        message: every_route_dropped(&current),
+                    }],
+                };
+                self.reject(&current, errors, Some(sha256))
+            }
             Ok(loaded) => {
                 let revision = current.revision + 1;
                 let table =
@@ -221,6 +260,28 @@ impl Reloader {
     }
 }
 
+/// Whether `new` would drop every route of a table that has some without saying so
+/// (`[proxy] routes = "none"`): what a file read half-written, before its `[[routes]]`, looks like.
+fn drops_every_route(current: &RouteTable, new: &Config) -> bool {
+    !current.routes().is_empty() && new.routes.is_empty() && !new.proxy.no_routes
+}
+
+fn every_route_dropped(current: &RouteTable) -> String {
+    let names: Vec<&str> = current
+        .routes()
+        .iter()
+        .map(|r| r.config.name.as_str())
+        .collect();
+    format!(
+        "the file has no [[routes]] but revision {} serves {} ({}): a file read while half \
+         written looks like this, so it is refused; finish writing the file, or add \
+         `routes = \"none\"` under [proxy] to drop every route on purpose",
+        current.revision,
+        names.len(),
+        names.join(", ")
+    )
+}
+
 fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
     let (old, new) = (&old.config.proxy, &new.config.proxy);
     let changed = [
@@ -239,10 +300,108 @@ fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
     }
 }
 
+/// What a directory event says about the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// Nothing: a read (ours included: inotify reports every open), which changes nothing.
+    Ignore,
+    /// Something in the directory changed (a rename, a ConfigMap `..data` swap, another file):
+    /// read the file once events stop.
+    Changed,
+    /// The file was created or written to in place and its writer may still be writing.
+    Written,
+    /// A writer of the file closed it: what it wrote is whole.
+    Closed,
+    /// The file was opened (by the watcher itself, most often).
+    Opened,
+}
+
+/// Reads one event; `file` is the name of the file in the watched directory.
+fn classify(event: &notify::Event, file: &OsString) -> Signal {
+    let ours = event
+        .paths
+        .iter()
+        .any(|p| p.file_name() == Some(file.as_os_str()));
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) if ours && REPORTS_CLOSE => {
+            Signal::Closed
+        }
+        EventKind::Access(AccessKind::Open(_)) if ours && REPORTS_CLOSE => Signal::Opened,
+        EventKind::Access(_) => Signal::Ignore,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+        | EventKind::Create(CreateKind::File | CreateKind::Any)
+            if ours && REPORTS_CLOSE =>
+        {
+            Signal::Written
+        }
+        _ => Signal::Changed,
+    }
+}
+
+/// What the events since the watcher last looked say, kept apart from the wake-up so that
+/// none is lost between two looks.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    /// Written to and not closed since.
+    open_for_writing: bool,
+    /// Closed after writing since the last look.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Signals {
+    wake: Notify,
+    pending: Mutex<Pending>,
+    /// Writes to the file seen so far, to tell whether one began while the watcher read it.
+    writes: AtomicU64,
+    /// Opens of the file seen so far: once the watcher's own opens have come through, every
+    /// event queued before them has too (inotify keeps them in order).
+    opens: AtomicU64,
+    opened: Notify,
+}
+
+impl Signals {
+    fn record(&self, signal: Signal) {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match signal {
+                Signal::Ignore => return,
+                Signal::Opened => {
+                    self.opens.fetch_add(1, Ordering::SeqCst);
+                    self.opened.notify_waiters();
+                    return;
+                }
+                Signal::Changed => {}
+                Signal::Written => {
+                    self.writes.fetch_add(1, Ordering::SeqCst);
+                    p.open_for_writing = true;
+                }
+                Signal::Closed => {
+                    p.open_for_writing = false;
+                    p.closed = true;
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The state now; `closed` is reset (it is news once), `open_for_writing` stays until the
+    /// close, or until `give_up`.
+    fn take(&self, give_up: bool) -> Pending {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let now = *p;
+        p.closed = false;
+        if give_up {
+            p.open_for_writing = false;
+        }
+        now
+    }
+}
+
 /// A directory watch, installed; [`Watch::run`] turns its events into reloads.
 pub struct Watch {
     reloader: Arc<Reloader>,
-    wake: Arc<Notify>,
+    signals: Arc<Signals>,
     // Dropping the watcher ends the watch, so it lives as long as the loop.
     _watcher: notify::RecommendedWatcher,
 }
@@ -255,60 +414,178 @@ impl Watch {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let wake = Arc::new(Notify::new());
-        let notify_wake = wake.clone();
+        let file = reloader
+            .path
+            .file_name()
+            .map(OsString::from)
+            .unwrap_or_default();
+        let signals = Arc::new(Signals::default());
+        let recorder = signals.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // Any event in the directory may be ours (a ConfigMap swap touches `..data`,
                 // not the file's name); reading the file and comparing digests decides.
-                // Reads (ours included: inotify reports every open) change nothing; waking on
-                // them would make the proxy reload itself in a loop.
-                if let Ok(event) = event
-                    && !matches!(event.kind, notify::EventKind::Access(_))
-                {
-                    notify_wake.notify_one();
+                if let Ok(event) = event {
+                    recorder.record(classify(&event, &file));
                 }
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         // A change between the first load and this watch would otherwise wait for the poll.
-        wake.notify_one();
+        signals.wake.notify_one();
         tracing::info!(dir = %dir.display(), "watching for changes to {}", reloader.path.display());
         Ok(Self {
             reloader,
-            wake,
+            signals,
             _watcher: watcher,
         })
     }
 
-    /// Waits until no event has arrived for [`DEBOUNCE`] (at most [`MAX_QUIET_WAIT`]), so a
-    /// writer that pauses mid-file is read once it is done.
-    async fn quiet(&self) {
-        let give_up = tokio::time::Instant::now() + MAX_QUIET_WAIT;
+    /// Waits until the file can be read whole: at once when its writer has closed it; while
+    /// it is open for writing, until the close (at most [`MAX_OPEN_WAIT`]); otherwise until no
+    /// event has arrived for [`DEBOUNCE`] (at most [`MAX_QUIET_WAIT`]).
+    async fn settle(&self) {
+        let started = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {
-                    if tokio::time::Instant::now() >= give_up {
-                        return;
-                    }
+            let open_deadline = started + MAX_OPEN_WAIT;
+            let now = tokio::time::Instant::now();
+            let pending = self.signals.take(now >= open_deadline);
+            if pending.closed && !pending.open_for_writing {
+                return;
+            }
+            if pending.open_for_writing {
+                if now >= open_deadline {
+                    tracing::warn!(
+                        file = %self.reloader.path.display(),
+                        "the file is still open for writing after {MAX_OPEN_WAIT:?}; reading it anyway"
+                    );
+                    return;
                 }
+                tokio::select! {
+                    () = self.signals.wake.notified() => {}
+                    () = tokio::time::sleep_until(open_deadline) => {}
+                }
+                continue;
+            }
+            if now >= started + MAX_QUIET_WAIT {
+                return;
+            }
+            tokio::select! {
+                () = self.signals.wake.notified() => {}
                 () = tokio::time::sleep(DEBOUNCE) => return,
             }
         }
     }
 
-    /// Reloads after each burst of events (debounced) and every few seconds regardless.
+    /// Reads the file, or `None` when a write to it began while it was read (the read may
+    /// hold half a file; the write's close wakes the watcher again).
+    async fn read(&self) -> Option<Result<Vec<u8>, ConfigErrors>> {
+        let writes = self.signals.writes.load(Ordering::SeqCst);
+        let opens = self.signals.opens.load(Ordering::SeqCst);
+        let path = self.reloader.path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let read = config::read(&path);
+            // A second open after the read: a marker in the event queue behind any write that
+            // began while the file was read.
+            let _ = std::fs::File::open(&path);
+            read
+        })
+        .await
+        .ok()?;
+        if REPORTS_CLOSE && read.is_ok() {
+            let barrier = async {
+                loop {
+                    let opened = self.signals.opened.notified();
+                    if self.signals.opens.load(Ordering::SeqCst) >= opens + 2 {
+                        return;
+                    }
+                    opened.await;
+                }
+            };
+            let _ = tokio::time::timeout(READ_BARRIER_WAIT, barrier).await;
+        }
+        (self.signals.writes.load(Ordering::SeqCst) == writes).then_some(read)
+    }
+
+    /// Reloads after each settled burst of events and every few seconds regardless.
     /// Runs until the task is dropped.
     pub async fn run(self) {
         loop {
             tokio::select! {
-                () = self.wake.notified() => self.quiet().await,
+                () = self.signals.wake.notified() => self.settle().await,
                 () = tokio::time::sleep(POLL) => {}
             }
+            let Some(read) = self.read().await else {
+                tracing::debug!(file = %self.reloader.path.display(), "written to while read; waiting for the writer");
+                continue;
+            };
             let reloader = self.reloader.clone();
-            // File I/O and compilation are blocking work; keep them off the request threads.
-            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
+            // Compilation is blocking work; keep it off the request threads.
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload_from(read)).await {
                 tracing::error!(error = %e, "reload task failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, RemoveKind, RenameMode};
+
+    /// One line per case: event kind, file name, what it signals (on a platform that reports
+    /// close-after-write).
+    #[test]
+    fn events_are_classified() {
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let cases = [
+            (close, "routes.toml", Signal::Closed),
+            (close, ".routes.toml.tmp", Signal::Ignore),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "routes.toml",
+                Signal::Ignore,
+            ),
+            (
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "routes.toml",
+                Signal::Opened,
+            ),
+            (data, "routes.toml", Signal::Written),
+            (
+                EventKind::Create(CreateKind::File),
+                "routes.toml",
+                Signal::Written,
+            ),
+            (data, ".routes.toml.tmp", Signal::Changed),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "routes.toml",
+                Signal::Changed,
+            ),
+            (
+                EventKind::Remove(RemoveKind::File),
+                "routes.toml",
+                Signal::Changed,
+            ),
+            (
+                EventKind::Create(CreateKind::Folder),
+                "..2024_01_01",
+                Signal::Changed,
+            ),
+        ];
+        let file = OsString::from("routes.toml");
+        for (kind, name, expected) in cases {
+            let event =
+                notify::Event::new(kind).add_path(PathBuf::from("/etc/strangler").join(name));
+            let expected = if REPORTS_CLOSE {
+                expected
+            } else if expected == Signal::Ignore || kind == close {
+                Signal::Ignore
+            } else {
+                Signal::Changed
+            };
+            assert_eq!(classify(&event, &file), expected, "{kind:?} on {name}");
         }
     }
 }

@@ -57,7 +57,7 @@ pub struct Mismatch {
     pub at: SystemTime,
     /// Request method.
     pub method: String,
-    /// Request path and query as routed.
+    /// Request path and query as routed, query values redacted (`show_query_keys` aside).
     pub path: String,
     /// The request's id.
     pub request_id: String,
@@ -347,6 +347,10 @@ pub struct Job {
     pub route: String,
     /// Pointers the route's config ignores.
     pub ignore: Ignored,
+    /// Pointers whose values never appear in `/diffs` or logs (`shadow_redact`).
+    pub redact: Ignored,
+    /// Query keys whose values `/diffs` and logs show (`[proxy] show_query_keys`).
+    pub show_query_keys: Vec<String>,
     /// Response headers the route compares.
     pub headers: HeaderRules,
     /// Learn noise (only ever set for safe, bodiless requests: they are sent twice).
@@ -470,7 +474,14 @@ async fn run(job: Job, shadows: &Shadows) -> Verdict {
             }
             let mut ignored = job.ignore;
             shadows.with_record(&job.route, |r| ignored.extend(&r.noise));
-            compare::compare(&default, &service, &ignored, &job.headers, &asked)
+            compare::compare(
+                &default,
+                &service,
+                &ignored,
+                &job.redact,
+                &job.headers,
+                &asked,
+            )
         }
         Err(DecodeError::TooLarge) => return Verdict::Skipped(Skip::TooLarge),
         Err(DecodeError::Unknown(_)) => return Verdict::Skipped(Skip::Undecodable),
@@ -486,6 +497,7 @@ async fn run(job: Job, shadows: &Shadows) -> Verdict {
                 &default,
                 &service,
                 &Ignored::new([String::new()]),
+                &job.redact,
                 &job.headers,
                 &asked,
             );
@@ -500,12 +512,13 @@ async fn run(job: Job, shadows: &Shadows) -> Verdict {
     if differences.is_empty() {
         return Verdict::Match;
     }
-    let path = job
-        .template
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = compare::redact_query(
+        job.template
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str()),
+        &job.show_query_keys,
+    );
     let diff = compare::render(&differences);
     tracing::info!(
         route = job.route,
@@ -544,7 +557,8 @@ fn decoded(status: u16, headers: http::HeaderMap, body: Bytes) -> Result<Answer,
 }
 
 fn learn_noise(shadows: &Shadows, route: &str, first: &Answer, second: &Answer) {
-    let noisy: Vec<Difference> = compare::compare_bodies(first, second, &Ignored::default());
+    let noisy: Vec<Difference> =
+        compare::compare_bodies(first, second, &Ignored::default(), &Ignored::default());
     let learned: Vec<String> = noisy
         .iter()
         .filter(|d| d.at.starts_with('/'))

@@ -655,20 +655,141 @@ async fn the_same_invalid_file_is_refused_once() {
             Outcome::Rejected(_) | Outcome::StillRejected
         ));
     }
-    assert!(matches!(running.reloader.reload(), Outcome::StillRejected));
+    let outcome = running.reloader.reload();
+    assert!(matches!(outcome, Outcome::StillRejected), "{outcome:?}");
     let rejected = "strangler_config_reloads_total{result=\"rejected\"}";
     assert_eq!(metric(&running, rejected).await, Some(1.0));
     // A different invalid file is news again.
     running.write(&backends.table(0).replace("weight = 0", "weight = 400"));
+    let counted = eventually(Duration::from_secs(2), || async {
+        metric(&running, rejected).await == Some(2.0)
+    })
+    .await;
     assert!(
-        eventually(Duration::from_secs(2), || async {
-            metric(&running, rejected).await == Some(2.0)
-        })
-        .await
+        counted,
+        "{:?} rejections: {}",
+        metric(&running, rejected).await,
+        routes_doc(&running).await
     );
     assert!(
         routes_doc(&running).await["last_reload_error"]
             .to_string()
             .contains("found 400")
     );
+}
+
+/// A writer that stops for 80 ms between `[services]` and `[[routes]]`, the file open all
+/// along: the first half (a valid table with no routes) must never serve. Clients keep asking
+/// for `/api/users/...` throughout; every answer must come from `users`, and the save must
+/// add exactly one revision with no rejection on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_written_in_two_halves_with_a_pause_is_read_once_whole() {
+    let backends = Backends::echo().await;
+    let running = backends.at("reload-two-halves-paused", 100).start().await;
+    assert_eq!(backend(&running, "/api/users/1").await, "users");
+    assert_eq!(revision(&running).await, 1);
+    let text = backends.table_with("", 100, "saved in two halves");
+    let split = text.find("[[routes]]").expect("the table has a route");
+    let (first, second) = text.split_at(split);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(LoadReport::default());
+    let load = spawn_load(running.public, done.clone(), report.clone());
+    // Let the clients get going before the save.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            report.ok.load(Ordering::Relaxed) + report.failed.load(Ordering::Relaxed) > 50
+        })
+        .await
+    );
+    let path = running.path().to_path_buf();
+    let (first, second) = (first.to_string(), second.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(first.as_bytes()).unwrap();
+        file.flush().unwrap();
+        // The writer's pause is the input under test, not synchronisation.
+        std::thread::sleep(Duration::from_millis(80));
+        file.write_all(second.as_bytes()).unwrap();
+        // Closed here.
+    })
+    .await
+    .unwrap();
+    let settled = eventually(FLIP_DEADLINE, || async {
+        routes_doc(&running).await["sha256"] == sha256_hex(text.as_bytes())
+    })
+    .await;
+    // Keep asking a little past the swap, bounded by request count.
+    let seen = report.ok.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            report.ok.load(Ordering::Relaxed) > seen + 100
+        })
+        .await
+    );
+    done.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let doc = routes_doc(&running).await;
+    assert!(settled, "the whole file never became the table: {doc}");
+    let misrouted = report.monolith.load(Ordering::Relaxed);
+    assert_eq!(
+        (misrouted, report.failed.load(Ordering::Relaxed)),
+        (0, 0),
+        "requests misrouted to monolith or failed while the file was half written: {:?}",
+        report.first_failures.lock().unwrap()
+    );
+    assert_eq!(doc["revision"], 2, "one save, one revision: {doc}");
+    assert!(doc["last_reload_error"].is_null(), "{doc}");
+    let rejected = "strangler_config_reloads_total{result=\"rejected\"}";
+    assert_eq!(
+        metric(&running, rejected).await.unwrap_or(0.0),
+        0.0,
+        "the half-written file was read"
+    );
+}
+
+/// A file without `[[routes]]` replacing a table that has some is refused (a half-written
+/// file looks exactly like that) unless it says `routes = "none"`.
+#[tokio::test]
+async fn a_reload_dropping_every_route_is_refused_unless_the_file_says_so() {
+    let backends = Backends::echo().await;
+    let running = backends.at("reload-drops-every-route", 100).start().await;
+    let no_routes = ProxyBuilder::new("unused")
+        .service("monolith", backends.monolith)
+        .service("users", backends.users)
+        .text();
+
+    let outcome = running.rewrite(&no_routes);
+    let Outcome::Rejected(errors) = outcome else {
+        panic!("a table dropping every route was not refused: {outcome:?}");
+    };
+    assert!(errors.to_string().contains("routes = \"none\""), "{errors}");
+    let doc = routes_doc(&running).await;
+    let error = doc["last_reload_error"]["errors"][0].as_str().unwrap_or("");
+    assert!(
+        error.contains("no [[routes]] but revision 1 serves 1 (users)")
+            && error.contains("add `routes = \"none\"` under [proxy]"),
+        "{doc}"
+    );
+    assert_eq!(doc["revision"], 1);
+    assert_eq!(backend(&running, "/api/users/1").await, "users");
+
+    let on_purpose = no_routes.replace(
+        "access_log = false\n",
+        "access_log = false\nroutes = \"none\"\n",
+    );
+    assert!(matches!(running.rewrite(&on_purpose), Outcome::Applied(2)));
+    let doc = routes_doc(&running).await;
+    assert_eq!(doc["routes"], serde_json::json!([]), "{doc}");
+    assert!(doc["last_reload_error"].is_null(), "{doc}");
+    assert_eq!(backend(&running, "/api/users/1").await, "monolith");
+    // With no routes in service, a file without routes needs no permission.
+    assert!(matches!(running.rewrite(&no_routes), Outcome::Applied(3)));
 }

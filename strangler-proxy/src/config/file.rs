@@ -48,6 +48,10 @@ pub struct ProxySection {
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) client_idle_timeout: Option<Spanned<String>>,
     pub(super) drain_grace: Option<Spanned<String>>,
+    /// `routes = "none"`: the file has no `[[routes]]` on purpose (a reload may drop them all).
+    pub(super) routes: Option<Spanned<String>>,
+    /// Query keys whose values `/diffs` and logs show; every other value is redacted.
+    pub(super) show_query_keys: Option<Vec<Spanned<String>>>,
 }
 
 /// `[services.NAME]` as written.
@@ -82,6 +86,7 @@ pub struct RouteEntry {
     pub(super) shadow_noise_check: bool,
     #[serde(default)]
     pub(super) hold_writes: bool,
+    pub(super) shadow_redact: Option<Vec<Spanned<String>>>,
 }
 
 /// A `weight` value: any integer parses (range is checked with the other errors), anything else

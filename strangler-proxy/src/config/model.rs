@@ -57,6 +57,10 @@ pub struct ProxySettings {
     /// On shutdown, how long the proxy keeps accepting and serving (with `Connection: close`)
     /// while `/readyz` says 503, before it stops accepting and drains.
     pub drain_grace: Duration,
+    /// `routes = "none"`: no `[[routes]]` on purpose, so a reload may drop every route.
+    pub no_routes: bool,
+    /// Query keys whose values `/diffs` and logs show as sent; every other value is redacted.
+    pub show_query_keys: Vec<String>,
 }
 
 /// `[services.NAME]`, validated.
@@ -115,6 +119,8 @@ pub struct RouteConfig {
     /// The write fence (SPEC §7): requests with non-safe methods are held, not forwarded,
     /// until a table without the fence is in service.
     pub hold_writes: bool,
+    /// JSON pointers whose values never appear in `/diffs` or logs (`*` matches one segment).
+    pub shadow_redact: Vec<String>,
 }
 
 /// The stage of a route, derived from weight and shadow, never stored. Serialized as its
@@ -197,6 +203,7 @@ mod tests {
             shadow_headers: Vec::new(),
             shadow_ignore_headers: Vec::new(),
             shadow_noise_check: false,
+            shadow_redact: Vec::new(),
         }
     }
 

@@ -96,10 +96,11 @@ impl Validator<'_> {
             .iter()
             .filter_map(|entry| self.route(entry, &names, ignore_case, &mut seen))
             .collect();
+        let no_routes = self.no_routes(file.proxy.as_ref(), file.routes.len());
         self.errors.sort_by_key(|e| (e.line, e.column));
         match proxy {
             Some(proxy) if self.errors.is_empty() => Ok(Config {
-                proxy,
+                proxy: ProxySettings { no_routes, ..proxy },
                 services,
                 routes,
             }),
@@ -211,6 +212,8 @@ impl Validator<'_> {
             header_read_timeout: header_read_timeout?,
             client_idle_timeout: client_idle_timeout?,
             drain_grace: drain_grace?,
+            no_routes: false,
+            show_query_keys: self.show_query_keys(p.show_query_keys.iter().flatten()),
         })
     }
 
@@ -463,6 +466,7 @@ impl Validator<'_> {
         );
         let sticky = r.sticky.as_ref().and_then(|s| self.sticky(s));
         let shadow_ignore = self.shadow_ignore(r.shadow_ignore.iter().flatten());
+        let shadow_redact = self.pointers("shadow_redact", r.shadow_redact.iter().flatten());
         let (shadow_headers, shadow_ignore_headers) = self.shadow_headers(r);
         if self.errors.len() != before {
             return None;
@@ -482,6 +486,7 @@ impl Validator<'_> {
             shadow_ignore_headers,
             shadow_noise_check: r.shadow_noise_check,
             hold_writes: r.hold_writes,
+            shadow_redact,
         })
     }
 
@@ -674,6 +679,88 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `[proxy] routes`: only `"none"`, and only in a file without `[[routes]]`, so it always
+    /// states a fact: the empty table is meant (a half-written file is not).
+    fn no_routes(&mut self, section: Option<&Spanned<ProxySection>>, routes: usize) -> bool {
+        let Some(value) = section.and_then(|s| s.get_ref().routes.as_ref()) else {
+            return false;
+        };
+        if value.get_ref() != "none" {
+            self.error(
+                value.span(),
+                format!(
+                    "routes: expected \"none\" (the only value: it says the file has no [[routes]] on purpose), found {:?}",
+                    value.get_ref()
+                ),
+            );
+            return false;
+        }
+        if routes > 0 {
+            self.error(
+                value.span(),
+                format!(
+                    "routes = \"none\" but the file has {routes} [[routes]]: remove `routes = \"none\"` from [proxy]"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// `[proxy] show_query_keys`: query keys as sent (no `=`, `&`, `#`, space), each once.
+    fn show_query_keys<'v>(
+        &mut self,
+        keys: impl Iterator<Item = &'v Spanned<String>>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for key in keys {
+            let k = key.get_ref();
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=&#".contains(&b))
+            {
+                self.error(
+                    key.span(),
+                    format!(
+                        "show_query_keys: {k:?} is not a query key: write it as sent, e.g. \"page\""
+                    ),
+                );
+            } else if out.contains(k) {
+                self.error(
+                    key.span(),
+                    format!("show_query_keys: {k:?} is listed twice"),
+                );
+            } else {
+                out.push(k.clone());
+            }
+        }
+        out
+    }
+
+    /// A list of JSON pointers (`shadow_redact`); `*` matches one segment, `""` the whole body.
+    fn pointers<'v>(
+        &mut self,
+        key: &str,
+        pointers: impl Iterator<Item = &'v Spanned<String>>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in pointers {
+            if p.get_ref().is_empty() || p.get_ref().starts_with('/') {
+                out.push(p.get_ref().clone());
+            } else {
+                self.error(
+                    p.span(),
+                    format!(
+                        "{key}: {:?} is not a JSON pointer: write it like \"/password\" or \"/*/token\"",
+                        p.get_ref()
+                    ),
+                );
+            }
+        }
+        out
+    }
+
     /// `shadow_headers` (compared besides the defaults) and `shadow_ignore_headers` (defaults
     /// not compared): valid header names, each listed once, stored lower-cased; adding a
     /// default, or removing what is not compared, is a mistake worth naming.
@@ -1003,6 +1090,10 @@ request_timeout = "30s"
                 "name = \"a b\"\nprefix = \"/api/users\"\nservice = \"users\"\nweight = 1",
                 "only letters, digits",
             ),
+            (
+                "prefix = \"/api/users\"\nservice = \"users\"\nweight = 0\nshadow_redact = [\"password\"]",
+                "shadow_redact: \"password\" is not a JSON pointer",
+            ),
         ];
         for (route, expected) in cases {
             let errors = errors(&with_route(route));
@@ -1065,6 +1156,22 @@ request_timeout = "30s"
             (
                 "[proxy]\ndefault = \"a\"\n[services.a]\nurl = \"http://x:1\"\n[services.a]\nurl = \"http://x:2\"",
                 "[services.a]: this table is already defined on line 3",
+            ),
+            (
+                "[proxy]\ndefault = \"a\"\nroutes = \"all\"\n[services.a]\nurl = \"http://x:1\"",
+                "routes: expected \"none\"",
+            ),
+            (
+                "[proxy]\ndefault = \"a\"\nroutes = \"none\"\n[services.a]\nurl = \"http://x:1\"\n[[routes]]\nprefix = \"/a\"\nservice = \"a\"\nweight = 1",
+                "routes = \"none\" but the file has 1 [[routes]]: remove",
+            ),
+            (
+                "[proxy]\ndefault = \"a\"\nshow_query_keys = [\"page\", \"a=b\"]\n[services.a]\nurl = \"http://x:1\"",
+                "show_query_keys: \"a=b\" is not a query key",
+            ),
+            (
+                "[proxy]\ndefault = \"a\"\nshow_query_keys = [\"page\", \"page\"]\n[services.a]\nurl = \"http://x:1\"",
+                "show_query_keys: \"page\" is listed twice",
             ),
         ];
         for (text, expected) in cases {
@@ -1164,6 +1271,21 @@ request_timeout = "30s"
                 "{line}:25: shadow_headers: \"b@d\" is not a valid header name"
             )]
         );
+    }
+
+    #[test]
+    fn routes_none_shows_query_keys_and_shadow_redact_reach_the_model() {
+        let none = "[proxy]\ndefault = \"a\"\nroutes = \"none\"\nshow_query_keys = [\"page\"]\n[services.a]\nurl = \"http://x:1\"";
+        let config = parse(none).unwrap();
+        assert!(config.proxy.no_routes);
+        assert_eq!(config.proxy.show_query_keys, ["page"]);
+        let config = parse(&with_route(
+            "prefix = \"/api/users\"\nservice = \"users\"\nweight = 0\nshadow_redact = [\"/password\", \"/*/token\"]",
+        ))
+        .unwrap();
+        assert!(!config.proxy.no_routes);
+        assert!(config.proxy.show_query_keys.is_empty());
+        assert_eq!(config.routes[0].shadow_redact, ["/password", "/*/token"]);
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! Secrets on a shadowed route: query values and redacted JSON fields never reach `/diffs` or
+//! the log, whatever the mismatch. This file installs the process-wide log subscriber that
+//! captures the proxy's log lines (at every level).
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use support::*;
+
+fn log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
+        log
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An upstream answering a user whose password and session token are its own, and whose
+/// `name` differs between the two sides (the mismatch).
+async fn user_upstream(name: &'static str, password: &'static str) -> std::net::SocketAddr {
+    let app = Router::new().fallback(move |_req: Request| async move {
+        axum::Json(serde_json::json!({
+            "name": name,
+            "password": password,
+            "sessions": [{ "token": format!("{password}-token"), "id": 1 }],
+        }))
+    });
+    serve(app).await
+}
+
+#[tokio::test]
+async fn query_values_and_redacted_fields_never_reach_diffs_or_logs() {
+    log();
+    let p = ProxyBuilder::new("shadow-redaction")
+        .service("monolith", user_upstream("legacy", "hunter2").await)
+        .service("users", user_upstream("extracted", "swordfish").await)
+        .proxy_key("show_query_keys = [\"page\"]")
+        .route("/api/users", "users", 0)
+        .with("shadow = true")
+        .with("shadow_redact = [\"/password\", \"/*/*/token\"]")
+        .start()
+        .await;
+    // The builder turns the access log off; this test reads it.
+    let text = std::fs::read_to_string(p.path()).unwrap();
+    let outcome = p.rewrite(&text.replace("access_log = false", "access_log = true"));
+    assert!(
+        matches!(
+            outcome,
+            // The watcher may have applied the write first.
+            strangler_proxy::reload::Outcome::Applied(2)
+                | strangler_proxy::reload::Outcome::Unchanged
+        ),
+        "{outcome:?}"
+    );
+    let a = get(&p.url("/api/users/1?access_token=SECRET&page=2")).await;
+    assert_eq!(a.json()["name"], "legacy");
+    let diffs_url = p.admin_url("/diffs?route=users");
+    let recorded = eventually(Duration::from_secs(5), || async {
+        get(&diffs_url).await.json()["mismatches"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    let diffs = get(&diffs_url).await.json();
+    assert!(recorded, "no mismatch recorded: {diffs}");
+    let text = diffs.to_string();
+    let mismatch = &diffs["mismatches"][0];
+    assert_eq!(
+        mismatch["path"], "/api/users/1?access_token=REDACTED&page=2",
+        "{text}"
+    );
+    assert!(
+        text.contains("/name"),
+        "the real difference is shown: {text}"
+    );
+    assert!(text.contains("/password"), "the field is named: {text}");
+    let logged = eventually(Duration::from_secs(5), || async {
+        String::from_utf8_lossy(&log().lock().unwrap()).contains("shadow mismatch")
+    })
+    .await;
+    let lines = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    assert!(logged, "no mismatch logged: {lines}");
+    for secret in ["SECRET", "hunter2", "swordfish"] {
+        assert!(!text.contains(secret), "{secret} in /diffs: {text}");
+        assert!(!lines.contains(secret), "{secret} in the log: {lines}");
+    }
+    // The access log names the path, never the query.
+    assert!(
+        lines.contains("path=/api/users/1 "),
+        "no access-log line for the request: {lines}"
+    );
+}
