@@ -61,6 +61,10 @@ pub mod names {
     /// Counter `{route}`: requests no route claimed that match the route when letter case is
     /// ignored (a case-insensitive legacy router would serve them as the route's).
     pub const ROUTE_NEAR_MISSES: &str = "strangler_route_near_misses_total";
+    /// Counter `{route, backend}`: safe, bodiless requests sent a second time, on a new
+    /// connection, because the first connection closed or reset before any byte of the answer
+    /// (usually a pooled connection the backend closed as it was reused).
+    pub const UPSTREAM_RETRIES: &str = "strangler_upstream_retries_total";
 }
 
 /// The `result` label values of [`names::SHADOW_COMPARISONS`].
@@ -122,6 +126,8 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `strangler_route_near_misses_total{route}`
     pub near_misses: IntCounterVec,
+    /// `strangler_upstream_retries_total{route, backend}`
+    pub upstream_retries: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -190,6 +196,12 @@ impl Metrics {
              ([proxy] ignore_case is off); a case-insensitive legacy router serves them as the \
              route's.",
             &["route"],
+        );
+        let upstream_retries = counter(
+            names::UPSTREAM_RETRIES,
+            "Safe, bodiless requests sent again on a new connection because the first closed or \
+             reset before any byte of the answer.",
+            &["route", "backend"],
         );
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -285,6 +297,7 @@ impl Metrics {
             in_flight,
             config_info,
             near_misses,
+            upstream_retries,
         }
     }
 
@@ -412,6 +425,14 @@ impl PairMetrics {
         let gauge = self.resolved(metrics).in_flight[usize::from(write)].clone();
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Counts a request sent to the backend a second time.
+    pub fn retried(&self, metrics: &Metrics) {
+        metrics
+            .upstream_retries
+            .with_label_values(&[&*self.route, &*self.backend])
+            .inc();
     }
 
     /// Counts a failure to get an answer from the backend.

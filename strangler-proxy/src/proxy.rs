@@ -239,7 +239,8 @@ impl Proxy {
         if let Err(e) = ex.rewrite(&mut req, self.client) {
             return ex.fail(ProxyError::Internal(e.to_string()));
         }
-        let template = (ex.fallback || shadow.is_some()).then(|| forward::template_of(&req));
+        // Kept for a request that may be sent again: on a new connection, or to the default.
+        let template = (ex.retry || shadow.is_some()).then(|| forward::template_of(&req));
         let response = match ex.send(req, template.as_ref()).await {
             Ok(response) => ex.respond(response, client_upgrade),
             Err(e) => return ex.fail(e),
@@ -442,6 +443,8 @@ struct Exchange<'r> {
     upgrade: bool,
     /// A failure of the service may be retried on the default.
     fallback: bool,
+    /// A safe, bodiless request, not a protocol switch: it may be sent twice.
+    retry: bool,
 }
 
 impl<'r> Exchange<'r> {
@@ -462,6 +465,7 @@ impl<'r> Exchange<'r> {
             decision: None,
             upgrade: false,
             fallback: false,
+            retry: false,
         }
     }
 
@@ -489,6 +493,7 @@ impl<'r> Exchange<'r> {
         self.upgrade = names::is_upgrade(&parts.headers);
         // Only a request that can be sent again unchanged may fall back: no body either.
         self.fallback = decision.fallback && body_is_empty;
+        self.retry = parts.method.is_safe() && body_is_empty && !self.upgrade;
         self.decision = Some(decision);
     }
 
@@ -545,10 +550,12 @@ impl<'r> Exchange<'r> {
         req: Request<UpstreamBody>,
         template: Option<&Request<()>>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let again = template.filter(|_| self.retry);
         let outcome = {
             let write = !self.method.is_safe();
             let _in_flight = self.decision().metrics.in_flight(self.metrics, write);
-            forward::send(self.decision().upstream, req).await
+            let sent = forward::send_retrying(self.decision().upstream, req, again).await;
+            self.sent(sent)
         };
         let failed = match &outcome {
             Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
@@ -564,9 +571,25 @@ impl<'r> Exchange<'r> {
         self.decision = Some(self.table.fallback(route));
         // Only safe methods fall back.
         let _in_flight = self.decision().metrics.in_flight(self.metrics, false);
-        replay(template, self.decision().upstream)
-            .await
-            .map_err(|f| self.failure(f))
+        let sent = replay(template, self.decision().upstream).await;
+        self.sent(sent).map_err(|f| self.failure(f))
+    }
+
+    /// The event of a request sent twice to its backend: counted, logged; the outcome passed on.
+    fn sent(&self, sent: forward::Sent) -> Result<Response<Incoming>, Failure> {
+        if let Some(first) = &sent.retried {
+            let decision = self.decision();
+            decision.metrics.retried(self.metrics);
+            tracing::info!(
+                request_id = self.request_id.to_str().unwrap_or(""),
+                route = decision.route_name(),
+                backend = decision.upstream.name(),
+                kind = first.kind.as_str(),
+                "sent again on a new connection: {}",
+                first.detail
+            );
+        }
+        sent.outcome
     }
 
     /// The event of a fallback: counted against the service, logged, counted for the route.
@@ -705,17 +728,20 @@ impl<'r> Exchange<'r> {
     }
 }
 
-/// Sends a bodiless copy of a request to `upstream` (a fallback).
-async fn replay(
-    template: &Request<()>,
-    upstream: &Upstream,
-) -> Result<Response<Incoming>, Failure> {
+/// Sends a bodiless copy of a request to `upstream` (a fallback), again on a new connection
+/// if the first closes before answering.
+async fn replay(template: &Request<()>, upstream: &Upstream) -> forward::Sent {
     let body = Empty::new().map_err(Into::into).boxed_unsync();
-    let req = forward::from_template(template, body, upstream).map_err(|e| Failure {
-        kind: FailureKind::Protocol,
-        detail: e.to_string(),
-    })?;
-    forward::send(upstream, req).await
+    match forward::from_template(template, body, upstream) {
+        Ok(req) => forward::send_retrying(upstream, req, Some(template)).await,
+        Err(e) => forward::Sent {
+            outcome: Err(Failure {
+                kind: FailureKind::Protocol,
+                detail: e.to_string(),
+            }),
+            retried: None,
+        },
+    }
 }
 
 fn is_gateway_error(status: StatusCode) -> bool {

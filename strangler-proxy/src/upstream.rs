@@ -34,6 +34,10 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// Pooled keep-alive client.
     pub client: Client<HttpConnector, UpstreamBody>,
+    /// A client that keeps no idle connection, so every request it sends opens a new one: the
+    /// retry of a request whose pooled connection the service had closed must not pick another
+    /// connection the service may be closing too.
+    pub fresh: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Upstream {
@@ -45,6 +49,9 @@ impl Upstream {
             .pool_idle_timeout(config.idle_timeout)
             // Without a timer the idle timeout above is silently never enforced.
             .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let header_value = HeaderValue::from_str(&config.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
@@ -53,6 +60,7 @@ impl Upstream {
             header_value,
             scheme: Scheme::HTTP,
             client,
+            fresh,
         }
     }
 

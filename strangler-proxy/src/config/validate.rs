@@ -784,7 +784,7 @@ request_timeout = "30s"
         assert_eq!(config.services.len(), 2);
         let users = &config.services[1];
         assert_eq!(users.connect_timeout, Duration::from_millis(500));
-        assert_eq!(users.idle_timeout, Duration::from_secs(4));
+        assert_eq!(users.idle_timeout, Duration::from_millis(1500));
         let route = &config.routes[0];
         assert_eq!(
             (route.name.as_str(), route.weight, route.stage()),
