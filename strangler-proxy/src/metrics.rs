@@ -65,6 +65,11 @@ pub mod names {
     /// connection, because the first connection closed or reset before any byte of the answer
     /// (usually a pooled connection the backend closed as it was reused).
     pub const UPSTREAM_RETRIES: &str = "strangler_upstream_retries_total";
+    /// Counter `{service}`: times a service was ejected by outlier detection (consecutive
+    /// failures, or a failed probe).
+    pub const OUTLIER_EJECTIONS: &str = "strangler_outlier_ejections_total";
+    /// Gauge `{service}`: 1 while the service is ejected (or probing), 0 once it is closed.
+    pub const OUTLIER_EJECTED: &str = "strangler_outlier_ejected";
 }
 
 /// The `result` label values of [`names::SHADOW_COMPARISONS`].
@@ -128,6 +133,10 @@ pub struct Metrics {
     pub near_misses: IntCounterVec,
     /// `strangler_upstream_retries_total{route, backend}`
     pub upstream_retries: IntCounterVec,
+    /// `strangler_outlier_ejections_total{service}`
+    pub outlier_ejections: IntCounterVec,
+    /// `strangler_outlier_ejected{service}`
+    pub outlier_ejected: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -203,6 +212,12 @@ impl Metrics {
              reset before any byte of the answer.",
             &["route", "backend"],
         );
+        let outlier_ejections = counter(
+            names::OUTLIER_EJECTIONS,
+            "Times a service was ejected after consecutive failures (or a failed probe): requests \
+             routed to it fall back or get 503 until a probe succeeds.",
+            &["service"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 names::REQUEST_DURATION,
@@ -263,6 +278,11 @@ impl Metrics {
             "Always 1; sha256 is the digest of the routes file the table in service came from.",
             &["sha256"],
         );
+        let outlier_ejected = gauge(
+            names::OUTLIER_EJECTED,
+            "1 while outlier detection keeps requests away from the service, else 0.",
+            &["service"],
+        );
         let hold_duration = HistogramVec::new(
             HistogramOpts::new(
                 names::HOLD_DURATION,
@@ -298,6 +318,8 @@ impl Metrics {
             config_info,
             near_misses,
             upstream_retries,
+            outlier_ejections,
+            outlier_ejected,
         }
     }
 

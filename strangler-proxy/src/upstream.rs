@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ServiceConfig;
+use crate::outlier::Outlier;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -38,6 +39,9 @@ pub struct Upstream {
     /// retry of a request whose pooled connection the service had closed must not pick another
     /// connection the service may be closing too.
     pub fresh: Client<HttpConnector, UpstreamBody>,
+    /// Consecutive failures and ejection (kept, like the pool, across reloads that keep the
+    /// service's settings).
+    pub outlier: Outlier,
 }
 
 impl Upstream {
@@ -56,6 +60,7 @@ impl Upstream {
         let header_value = HeaderValue::from_str(&config.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
         Self {
+            outlier: Outlier::new(config.outlier_failures, config.outlier_cooldown),
             config,
             header_value,
             scheme: Scheme::HTTP,

@@ -359,12 +359,25 @@ impl Validator<'_> {
             e.idle_timeout.as_ref(),
             defaults::IDLE_TIMEOUT,
         );
+        let outlier_failures = self.bounded_int(
+            "outlier_failures",
+            e.outlier_failures.as_ref(),
+            defaults::OUTLIER_FAILURES,
+            0..=10_000,
+        );
+        let outlier_cooldown = self.duration(
+            "outlier_cooldown",
+            e.outlier_cooldown.as_ref(),
+            defaults::OUTLIER_COOLDOWN,
+        );
         Some(ServiceConfig {
             name: name.to_string(),
             authority: authority?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
             idle_timeout: idle_timeout?,
+            outlier_failures: u32::try_from(outlier_failures?).ok()?,
+            outlier_cooldown: outlier_cooldown?,
         })
     }
 
