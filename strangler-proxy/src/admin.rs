@@ -19,6 +19,7 @@ use crate::compare::HeaderRules;
 use crate::config::{RouteConfig, Stage, StickyKey};
 use crate::drain::Draining;
 use crate::metrics::{Metrics, ShadowCounts, shadow_result};
+use crate::outlier::State;
 use crate::reload::Reloader;
 use crate::shadow::Shadows;
 
@@ -59,6 +60,16 @@ pub struct ServiceDoc {
     pub name: String,
     /// `http://host:port`.
     pub url: String,
+    /// Outlier detection: `closed`, `ejected` or `probing` (`None` for the default, which is
+    /// never ejected).
+    #[serde(default)]
+    pub outlier: Option<String>,
+    /// While `ejected`: when the next probe may go, RFC 3339 in UTC.
+    #[serde(default)]
+    pub ejected_until: Option<String>,
+    /// While `closed`: failures in a row so far.
+    #[serde(default)]
+    pub consecutive_failures: u64,
 }
 
 /// A route in [`RoutesDoc`].
@@ -275,9 +286,30 @@ impl Admin {
                 .config
                 .services
                 .iter()
-                .map(|s| ServiceDoc {
-                    name: s.name.clone(),
-                    url: format!("http://{}", s.authority),
+                .map(|s| {
+                    let mut doc = ServiceDoc {
+                        name: s.name.clone(),
+                        url: format!("http://{}", s.authority),
+                        outlier: None,
+                        ejected_until: None,
+                        consecutive_failures: 0,
+                    };
+                    let upstream = table
+                        .routes()
+                        .iter()
+                        .map(|r| &r.service)
+                        .find(|u| u.name() == s.name && !Arc::ptr_eq(u, &table.default));
+                    if let Some(upstream) = upstream {
+                        let (state, until, failures) = match upstream.outlier.state() {
+                            State::Closed(n) => ("closed", None, n),
+                            State::Ejected(until) => ("ejected", Some(rfc3339(until)), 0),
+                            State::Probing => ("probing", None, 0),
+                        };
+                        doc.outlier = Some(state.to_string());
+                        doc.ejected_until = until;
+                        doc.consecutive_failures = failures;
+                    }
+                    doc
                 })
                 .collect(),
             routes,

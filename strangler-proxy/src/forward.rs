@@ -10,7 +10,10 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::headers::{
     FORWARDED, HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -290,13 +293,76 @@ fn upstream_uri(upstream: &Upstream, path_and_query: PathAndQuery) -> Result<Uri
         .build()
 }
 
-/// Sends `req` and waits for the response headers, at most the service's `request_timeout`.
+/// What [`send_retrying`] got: the answer or the failure, and the failure of a first attempt that was
+/// sent again.
+pub struct Sent {
+    /// The response headers, or why none came.
+    pub outcome: Result<Response<Incoming>, Failure>,
+    /// The first attempt's failure when the request was sent a second time.
+    pub retried: Option<Failure>,
+}
+
+/// Sends `req` once and waits for the response headers, at most the service's `request_timeout`.
 pub async fn send(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, Failure> {
     let timeout: Duration = upstream.config.request_timeout;
-    match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    attempt(&upstream.client, req, deadline, timeout).await
+}
+
+/// Sends `req` and waits for the response headers, at most the service's `request_timeout` in
+/// all. With `again` (a template of a request that may be sent twice: safe method, no body),
+/// a failure that left the request unanswered before any byte of the answer arrived
+/// ([`may_retry`]) is sent once more on a new connection within the same deadline: the usual
+/// cause is a pooled connection the service closed as the proxy reused it, which hyper-util's
+/// own retry does not cover once the request has been written.
+pub async fn send_retrying(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    again: Option<&Request<()>>,
+) -> Sent {
+    let timeout: Duration = upstream.config.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = attempt(&upstream.client, req, deadline, timeout).await;
+    let (Err(failure), Some(template)) = (&first, again) else {
+        return Sent {
+            outcome: first,
+            retried: None,
+        };
+    };
+    if !may_retry(failure) {
+        return Sent {
+            outcome: first,
+            retried: None,
+        };
+    }
+    let body = http_body_util::Empty::new()
+        .map_err(Into::into)
+        .boxed_unsync();
+    let outcome = match from_template(template, body, upstream) {
+        Ok(req) => attempt(&upstream.fresh, req, deadline, timeout).await,
+        Err(_) => {
+            return Sent {
+                outcome: first,
+                retried: None,
+            };
+        }
+    };
+    Sent {
+        outcome,
+        retried: first.err(),
+    }
+}
+
+async fn attempt(
+    client: &Client<HttpConnector, UpstreamBody>,
+    req: Request<UpstreamBody>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    match tokio::time::timeout_at(deadline, client.request(req)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(Failure {
             kind: classify(&e),
@@ -307,6 +373,13 @@ pub async fn send(
             detail: format!("no response headers within {timeout:?}"),
         }),
     }
+}
+
+/// Whether a failure may be sent again: the connection closed or was reset before any response
+/// byte (hyper's "connection closed before message completed", a reset, a cancelled send). A
+/// connect failure, a timeout or a malformed answer would only fail again.
+pub fn may_retry(failure: &Failure) -> bool {
+    failure.kind == FailureKind::Reset
 }
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a protocol

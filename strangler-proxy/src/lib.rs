@@ -17,6 +17,7 @@ pub mod headers;
 pub mod live;
 pub mod metrics;
 pub mod near_miss;
+pub mod outlier;
 pub mod path;
 pub mod proxy;
 pub mod random;

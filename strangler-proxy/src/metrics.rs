@@ -61,6 +61,15 @@ pub mod names {
     /// Counter `{route}`: requests no route claimed that match the route when letter case is
     /// ignored (a case-insensitive legacy router would serve them as the route's).
     pub const ROUTE_NEAR_MISSES: &str = "strangler_route_near_misses_total";
+    /// Counter `{route, backend}`: safe, bodiless requests sent a second time, on a new
+    /// connection, because the first connection closed or reset before any byte of the answer
+    /// (usually a pooled connection the backend closed as it was reused).
+    pub const UPSTREAM_RETRIES: &str = "strangler_upstream_retries_total";
+    /// Counter `{service}`: times a service was ejected by outlier detection (consecutive
+    /// failures, or a failed probe).
+    pub const OUTLIER_EJECTIONS: &str = "strangler_outlier_ejections_total";
+    /// Gauge `{service}`: 1 while the service is ejected (or probing), 0 once it is closed.
+    pub const OUTLIER_EJECTED: &str = "strangler_outlier_ejected";
 }
 
 /// The `result` label values of [`names::SHADOW_COMPARISONS`].
@@ -122,6 +131,12 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `strangler_route_near_misses_total{route}`
     pub near_misses: IntCounterVec,
+    /// `strangler_upstream_retries_total{route, backend}`
+    pub upstream_retries: IntCounterVec,
+    /// `strangler_outlier_ejections_total{service}`
+    pub outlier_ejections: IntCounterVec,
+    /// `strangler_outlier_ejected{service}`
+    pub outlier_ejected: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: proxied calls to a local service sit at the low end,
@@ -191,6 +206,18 @@ impl Metrics {
              route's.",
             &["route"],
         );
+        let upstream_retries = counter(
+            names::UPSTREAM_RETRIES,
+            "Safe, bodiless requests sent again on a new connection because the first closed or \
+             reset before any byte of the answer.",
+            &["route", "backend"],
+        );
+        let outlier_ejections = counter(
+            names::OUTLIER_EJECTIONS,
+            "Times a service was ejected after consecutive failures (or a failed probe): requests \
+             routed to it fall back or get 503 until a probe succeeds.",
+            &["service"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 names::REQUEST_DURATION,
@@ -251,6 +278,11 @@ impl Metrics {
             "Always 1; sha256 is the digest of the routes file the table in service came from.",
             &["sha256"],
         );
+        let outlier_ejected = gauge(
+            names::OUTLIER_EJECTED,
+            "1 while outlier detection keeps requests away from the service, else 0.",
+            &["service"],
+        );
         let hold_duration = HistogramVec::new(
             HistogramOpts::new(
                 names::HOLD_DURATION,
@@ -285,6 +317,9 @@ impl Metrics {
             in_flight,
             config_info,
             near_misses,
+            upstream_retries,
+            outlier_ejections,
+            outlier_ejected,
         }
     }
 
@@ -412,6 +447,14 @@ impl PairMetrics {
         let gauge = self.resolved(metrics).in_flight[usize::from(write)].clone();
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Counts a request sent to the backend a second time.
+    pub fn retried(&self, metrics: &Metrics) {
+        metrics
+            .upstream_retries
+            .with_label_values(&[&*self.route, &*self.backend])
+            .inc();
     }
 
     /// Counts a failure to get an answer from the backend.

@@ -33,6 +33,7 @@ use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::{Metrics, shadow_result};
 use crate::near_miss;
+use crate::outlier::{Admit, Transition};
 use crate::path::{self, PathError};
 use crate::routes::{Decision, RouteTable};
 use crate::shadow::{self, Captured, Shadows, Tee};
@@ -86,6 +87,18 @@ pub enum ProxyError {
         /// `the pause outlasted hold_timeout (5s)` or `hold_max (N) requests already wait`.
         why: String,
     },
+    /// Upstream: the service is ejected by outlier detection and the request may not fall
+    /// back; it was never sent.
+    #[error(
+        "service {service:?} is failing and gets no requests for now; retry in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    Ejected {
+        /// Which service.
+        service: String,
+        /// Until the next probe, about.
+        retry_after: std::time::Duration,
+    },
     /// Internal: a request we could not rebuild (a bug, never the client's fault).
     #[error("internal error: {0}")]
     Internal(String),
@@ -106,7 +119,7 @@ impl ProxyError {
     /// The side that failed.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::Upstream { .. } => Side::Upstream,
+            ProxyError::Upstream { .. } | ProxyError::Ejected { .. } => Side::Upstream,
             ProxyError::Internal(_) => Side::Internal,
             _ => Side::Downstream,
         }
@@ -125,7 +138,7 @@ impl ProxyError {
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientAborted(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Held { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Held { .. } | ProxyError::Ejected { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,6 +161,12 @@ impl ProxyError {
         if matches!(self, ProxyError::Held { .. }) {
             // A fence lifts within seconds; the request is safe to send again.
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::Ejected { retry_after, .. } = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
         }
         response
     }
@@ -239,7 +258,8 @@ impl Proxy {
         if let Err(e) = ex.rewrite(&mut req, self.client) {
             return ex.fail(ProxyError::Internal(e.to_string()));
         }
-        let template = (ex.fallback || shadow.is_some()).then(|| forward::template_of(&req));
+        // Kept for a request that may be sent again: on a new connection, or to the default.
+        let template = (ex.retry || shadow.is_some()).then(|| forward::template_of(&req));
         let response = match ex.send(req, template.as_ref()).await {
             Ok(response) => ex.respond(response, client_upgrade),
             Err(e) => return ex.fail(e),
@@ -449,6 +469,8 @@ struct Exchange<'r> {
     upgrade: bool,
     /// A failure of the service may be retried on the default.
     fallback: bool,
+    /// A safe, bodiless request, not a protocol switch: it may be sent twice.
+    retry: bool,
 }
 
 impl<'r> Exchange<'r> {
@@ -469,6 +491,7 @@ impl<'r> Exchange<'r> {
             decision: None,
             upgrade: false,
             fallback: false,
+            retry: false,
         }
     }
 
@@ -496,6 +519,7 @@ impl<'r> Exchange<'r> {
         self.upgrade = names::is_upgrade(&parts.headers);
         // Only a request that can be sent again unchanged may fall back: no body either.
         self.fallback = decision.fallback && body_is_empty;
+        self.retry = parts.method.is_safe() && body_is_empty && !self.upgrade;
         self.decision = Some(decision);
     }
 
@@ -552,16 +576,30 @@ impl<'r> Exchange<'r> {
         req: Request<UpstreamBody>,
         template: Option<&Request<()>>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let ticket = match self.outlier() {
+            Some(Admit::Ejected(retry_after)) => return self.shunned(retry_after, template).await,
+            Some(Admit::Send(ticket)) => Some(ticket),
+            None => None,
+        };
+        let again = template.filter(|_| self.retry);
         let outcome = {
             let write = !self.method.is_safe();
             let _in_flight = self.decision().metrics.in_flight(self.metrics, write);
-            forward::send(self.decision().upstream, req).await
+            let sent = forward::send_retrying(self.decision().upstream, req, again).await;
+            self.sent(sent)
         };
         let failed = match &outcome {
             Ok(r) if is_gateway_error(r.status()) => Some(status_kind(r.status())),
             Err(f) if f.kind != FailureKind::ClientAborted => Some(f.kind.as_str()),
             _ => None,
         };
+        if let Some(ticket) = ticket {
+            let aborted = matches!(&outcome, Err(f) if f.kind == FailureKind::ClientAborted);
+            // A client that went away says nothing about the service.
+            if !aborted && let Some(transition) = ticket.record(failed.is_none()) {
+                self.outlier_event(transition);
+            }
+        }
         let route = self.decision().route;
         let retry = template.filter(|_| self.fallback).zip(failed).zip(route);
         let Some(((template, reason), route)) = retry else {
@@ -571,9 +609,88 @@ impl<'r> Exchange<'r> {
         self.decision = Some(self.table.fallback(route));
         // Only safe methods fall back.
         let _in_flight = self.decision().metrics.in_flight(self.metrics, false);
-        replay(template, self.decision().upstream)
-            .await
-            .map_err(|f| self.failure(f))
+        let sent = replay(template, self.decision().upstream).await;
+        self.sent(sent).map_err(|f| self.failure(f))
+    }
+
+    /// The event of a request sent twice to its backend: counted, logged; the outcome passed on.
+    fn sent(&self, sent: forward::Sent) -> Result<Response<Incoming>, Failure> {
+        if let Some(first) = &sent.retried {
+            let decision = self.decision();
+            decision.metrics.retried(self.metrics);
+            tracing::info!(
+                request_id = self.request_id.to_str().unwrap_or(""),
+                route = decision.route_name(),
+                backend = decision.upstream.name(),
+                kind = first.kind.as_str(),
+                "sent again on a new connection: {}",
+                first.detail
+            );
+        }
+        sent.outcome
+    }
+
+    /// The outlier breaker of the decided backend, unless it is the default, which is never
+    /// ejected: there is nowhere else to send.
+    fn outlier(&self) -> Option<Admit<'r>> {
+        let upstream: &'r Arc<Upstream> = self.decision().upstream;
+        (!Arc::ptr_eq(upstream, &self.table.default)).then(|| upstream.outlier.admit())
+    }
+
+    /// A request for an ejected service: to the default at once when it may fall back, else a
+    /// fast 503.
+    async fn shunned(
+        &mut self,
+        retry_after: std::time::Duration,
+        template: Option<&Request<()>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let service = self.decision().upstream.name().to_string();
+        let route = self.decision().route;
+        let Some((template, route)) = template.filter(|_| self.fallback).zip(route) else {
+            return Err(ProxyError::Ejected {
+                service,
+                retry_after,
+            });
+        };
+        self.metrics
+            .fallbacks
+            .with_label_values(&[route.config.name.as_str()])
+            .inc();
+        tracing::debug!(
+            request_id = self.request_id.to_str().unwrap_or(""),
+            route = route.config.name.as_str(),
+            service,
+            "service ejected; sent to the default"
+        );
+        self.decision = Some(self.table.fallback(route));
+        let _in_flight = self.decision().metrics.in_flight(self.metrics, false);
+        let sent = replay(template, self.decision().upstream).await;
+        self.sent(sent).map_err(|f| self.failure(f))
+    }
+
+    /// The event of a breaker changing state: counted, gauged and logged.
+    fn outlier_event(&self, transition: Transition) {
+        let service = self.decision().upstream.name();
+        let ejected = self.metrics.outlier_ejected.with_label_values(&[service]);
+        match transition {
+            Transition::Ejected(cooldown) => {
+                self.metrics
+                    .outlier_ejections
+                    .with_label_values(&[service])
+                    .inc();
+                ejected.set(1);
+                tracing::warn!(
+                    service,
+                    "service ejected for {cooldown:?} after consecutive failures: requests \
+                     that may fall back go to the default, others get 503; then one probe \
+                     request at a time"
+                );
+            }
+            Transition::Closed => {
+                ejected.set(0);
+                tracing::info!(service, "probe answered: service takes requests again");
+            }
+        }
     }
 
     /// The event of a fallback: counted against the service, logged, counted for the route.
@@ -666,6 +783,12 @@ impl<'r> Exchange<'r> {
                 tracing::warn!(request_id, route, "write not forwarded: {error}");
                 return error.into_response(&self.request_id);
             }
+            ProxyError::Ejected { service, .. } => tracing::debug!(
+                request_id,
+                route = decision.route_name(),
+                service,
+                "not sent: service ejected"
+            ),
             _ => tracing::error!(request_id, "{error}"),
         }
         let response = error.into_response(&self.request_id);
@@ -712,17 +835,20 @@ impl<'r> Exchange<'r> {
     }
 }
 
-/// Sends a bodiless copy of a request to `upstream` (a fallback).
-async fn replay(
-    template: &Request<()>,
-    upstream: &Upstream,
-) -> Result<Response<Incoming>, Failure> {
+/// Sends a bodiless copy of a request to `upstream` (a fallback), again on a new connection
+/// if the first closes before answering.
+async fn replay(template: &Request<()>, upstream: &Upstream) -> forward::Sent {
     let body = Empty::new().map_err(Into::into).boxed_unsync();
-    let req = forward::from_template(template, body, upstream).map_err(|e| Failure {
-        kind: FailureKind::Protocol,
-        detail: e.to_string(),
-    })?;
-    forward::send(upstream, req).await
+    match forward::from_template(template, body, upstream) {
+        Ok(req) => forward::send_retrying(upstream, req, Some(template)).await,
+        Err(e) => forward::Sent {
+            outcome: Err(Failure {
+                kind: FailureKind::Protocol,
+                detail: e.to_string(),
+            }),
+            retried: None,
+        },
+    }
 }
 
 fn is_gateway_error(status: StatusCode) -> bool {

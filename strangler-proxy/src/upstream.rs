@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ServiceConfig;
+use crate::outlier::Outlier;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -34,6 +35,13 @@ pub struct Upstream {
     pub scheme: Scheme,
     /// Pooled keep-alive client.
     pub client: Client<HttpConnector, UpstreamBody>,
+    /// A client that keeps no idle connection, so every request it sends opens a new one: the
+    /// retry of a request whose pooled connection the service had closed must not pick another
+    /// connection the service may be closing too.
+    pub fresh: Client<HttpConnector, UpstreamBody>,
+    /// Consecutive failures and ejection (kept, like the pool, across reloads that keep the
+    /// service's settings).
+    pub outlier: Outlier,
 }
 
 impl Upstream {
@@ -45,14 +53,19 @@ impl Upstream {
             .pool_idle_timeout(config.idle_timeout)
             // Without a timer the idle timeout above is silently never enforced.
             .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         let header_value = HeaderValue::from_str(&config.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
         Self {
+            outlier: Outlier::new(config.outlier_failures, config.outlier_cooldown),
             config,
             header_value,
             scheme: Scheme::HTTP,
             client,
+            fresh,
         }
     }
 

@@ -62,6 +62,8 @@ pub struct ServiceEntry {
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) request_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
+    pub(super) outlier_failures: Option<Spanned<i64>>,
+    pub(super) outlier_cooldown: Option<Spanned<String>>,
 }
 
 /// One `[[routes]]` entry as written.

@@ -37,8 +37,15 @@ pub mod defaults {
     /// Time from sending a request until the service's response headers arrive.
     pub const REQUEST_TIMEOUT: &str = "30s";
     /// Idle pooled connections are closed after this; shorter than common upstream keep-alive
-    /// timeouts (Node's is 5 s) so the proxy never reuses a connection the upstream is closing.
-    pub const IDLE_TIMEOUT: &str = "4s";
+    /// timeouts (gunicorn's 2 s, Node's and Apache's 5 s) so the proxy rarely reuses a connection
+    /// the upstream is closing. A safe, bodiless request that meets one anyway is sent again on a
+    /// new connection; a write cannot be, which is why this stays below 2 s.
+    pub const IDLE_TIMEOUT: &str = "1500ms";
+    /// Consecutive failures of a service (no answer, or 502–504) that eject it (Envoy's
+    /// `consecutive_5xx` default).
+    pub const OUTLIER_FAILURES: i64 = 5;
+    /// How long an ejected service is left alone before one probe request is let through.
+    pub const OUTLIER_COOLDOWN: &str = "10s";
     /// How long SIGTERM waits for in-flight requests.
     pub const DRAIN_TIMEOUT: &str = "30s";
     /// Longest request target accepted before 414.

@@ -76,6 +76,11 @@ pub struct ServiceConfig {
     pub request_timeout: Duration,
     /// Idle pooled connections close after this.
     pub idle_timeout: Duration,
+    /// Consecutive failures (no answer, or 502–504) that eject the service; 0 never ejects.
+    pub outlier_failures: u32,
+    /// How long an ejected service gets no request before one probe is let through; doubled
+    /// on each failed probe, up to 8 times.
+    pub outlier_cooldown: Duration,
 }
 
 /// How a sticky route finds a request's key.

@@ -427,12 +427,25 @@ impl Validator<'_> {
             e.idle_timeout.as_ref(),
             defaults::IDLE_TIMEOUT,
         );
+        let outlier_failures = self.bounded_int(
+            "outlier_failures",
+            e.outlier_failures.as_ref(),
+            defaults::OUTLIER_FAILURES,
+            0..=10_000,
+        );
+        let outlier_cooldown = self.duration(
+            "outlier_cooldown",
+            e.outlier_cooldown.as_ref(),
+            defaults::OUTLIER_COOLDOWN,
+        );
         Some(ServiceConfig {
             name: name.to_string(),
             authority: authority?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
             idle_timeout: idle_timeout?,
+            outlier_failures: u32::try_from(outlier_failures?).ok()?,
+            outlier_cooldown: outlier_cooldown?,
         })
     }
 
@@ -986,7 +999,7 @@ request_timeout = "30s"
         assert_eq!(config.services.len(), 2);
         let users = &config.services[1];
         assert_eq!(users.connect_timeout, Duration::from_millis(500));
-        assert_eq!(users.idle_timeout, Duration::from_secs(4));
+        assert_eq!(users.idle_timeout, Duration::from_millis(1500));
         let route = &config.routes[0];
         assert_eq!(
             (route.name.as_str(), route.weight, route.stage()),

@@ -211,6 +211,9 @@ impl Sim {
                 .map(|s| ServiceDoc {
                     name: s.name.clone(),
                     url: format!("http://{}", s.authority),
+                    outlier: None,
+                    ejected_until: None,
+                    consecutive_failures: 0,
                 })
                 .collect(),
             routes: config.routes.iter().map(RouteDoc::of).collect(),
