@@ -75,8 +75,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What the rewrite needs to know about the downstream side.
 pub struct Downstream<'a> {
-    /// The client's address.
-    pub client: SocketAddr,
+    /// The client, rendered once per connection.
+    pub client: &'a ClientHop,
     /// The path routing used (normalized); `None` when the original path already was.
     pub normalized_path: Option<&'a str>,
     /// Keep `Upgrade` and `Connection: upgrade`.
@@ -130,8 +130,8 @@ pub fn rewrite(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let host = set_host(headers, &original);
-    append_x_forwarded_for(headers, downstream.client.ip());
-    append_forwarded(headers, downstream.client.ip(), host.as_ref());
+    append_x_forwarded_for(headers, downstream.client);
+    append_forwarded(headers, downstream.client, host.as_ref());
     set_x_forwarded(headers, host);
     join_cookies(headers);
     *req.version_mut() = Version::HTTP_11;
@@ -160,12 +160,44 @@ pub fn set_host(headers: &mut HeaderMap, target: &Uri) -> Option<HeaderValue> {
     }
 }
 
-/// Appends the client's address to `x-forwarded-for`: every prior line, in order, then this
-/// hop (a list split over lines is one list).
-pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_string();
-    let value = append_to_list(headers, &X_FORWARDED_FOR, ip.as_bytes());
-    if let Ok(v) = value {
+/// This hop's client as the forwarding headers name it, rendered once per connection (the
+/// address does not change between its requests), so a request pays for no formatting.
+#[derive(Debug, Clone)]
+pub struct ClientHop {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The IP as `x-forwarded-for` lists it.
+    ip: HeaderValue,
+    /// `for=…;proto=http` (RFC 7239 §4): an IPv6 address bracketed and quoted.
+    forwarded: String,
+}
+
+impl ClientHop {
+    /// Renders `addr` for the forwarding headers.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        let node = match addr.ip() {
+            IpAddr::V4(_) => ip.clone(),
+            IpAddr::V6(_) => format!("[{ip}]"),
+        };
+        let mut forwarded = String::from("for=");
+        push_forwarded_value(&mut forwarded, &node);
+        forwarded.push_str(";proto=http");
+        Self {
+            addr,
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded,
+        }
+    }
+}
+
+/// Appends this hop's client to `x-forwarded-for`, joining every prior line into one list.
+pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(&X_FORWARDED_FOR, client.ip.clone());
+        return;
+    }
+    if let Ok(v) = append_to_list(headers, &X_FORWARDED_FOR, client.ip.as_bytes()) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
 }
@@ -173,17 +205,19 @@ pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 /// Appends this hop to `Forwarded` (RFC 7239 §4) as `for=…;proto=http;host=…`, keeping every
 /// prior element; an IPv6 address is bracketed and quoted, any value that is not a token is
 /// quoted (§6).
-pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let node = match client {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
-    };
-    let mut element = format!("for={};proto=http", forwarded_value(&node));
+pub fn append_forwarded(headers: &mut HeaderMap, client: &ClientHop, host: Option<&HeaderValue>) {
+    let mut element = String::with_capacity(client.forwarded.len() + 64);
+    element.push_str(&client.forwarded);
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
+        push_forwarded_value(&mut element, host);
     }
-    if let Ok(v) = append_to_list(headers, &FORWARDED, element.as_bytes()) {
+    let value = if headers.contains_key(&FORWARDED) {
+        append_to_list(headers, &FORWARDED, element.as_bytes())
+    } else {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+    };
+    if let Ok(v) = value {
         headers.insert(&FORWARDED, v);
     }
 }
@@ -231,23 +265,22 @@ fn append_to_list(
     HeaderValue::from_bytes(&v)
 }
 
-/// A `Forwarded` parameter value: the token itself, or a quoted string (RFC 7239 §4, RFC 9110
-/// §5.6.2, §5.6.4).
-fn forwarded_value(value: &str) -> String {
+/// Appends a `Forwarded` parameter value: the token itself, or a quoted string (RFC 7239 §4,
+/// RFC 9110 §5.6.2, §5.6.4).
+fn push_forwarded_value(out: &mut String, value: &str) {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if !value.is_empty() && value.bytes().all(tchar) {
-        return value.to_string();
+        out.push_str(value);
+        return;
     }
-    let mut quoted = String::with_capacity(value.len() + 2);
-    quoted.push('"');
+    out.push('"');
     for c in value.chars() {
         if c == '"' || c == '\\' {
-            quoted.push('\\');
+            out.push('\\');
         }
-        quoted.push(c);
+        out.push(c);
     }
-    quoted.push('"');
-    quoted
+    out.push('"');
 }
 
 /// A bodiless copy of a rewritten request, to send again elsewhere (fallback, shadow).
@@ -508,15 +541,19 @@ mod tests {
         }
     }
 
+    fn hop(ip: &str) -> ClientHop {
+        ClientHop::new(SocketAddr::new(ip.parse().unwrap(), 1234))
+    }
+
     #[test]
     fn x_forwarded_for_appends_this_hop_to_every_prior_line() {
         let mut h = HeaderMap::new();
-        append_x_forwarded_for(&mut h, "10.0.0.9".parse().unwrap());
+        append_x_forwarded_for(&mut h, &hop("10.0.0.9"));
         assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.9"]);
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
         h.append(&X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
-        append_x_forwarded_for(&mut h, "::1".parse().unwrap());
+        append_x_forwarded_for(&mut h, &hop("::1"));
         assert_eq!(
             values(&h, &X_FORWARDED_FOR),
             ["1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"]
@@ -559,7 +596,7 @@ mod tests {
                 h.append(&FORWARDED, p.parse().unwrap());
             }
             let host = host.map(|v| HeaderValue::from_str(v).unwrap());
-            append_forwarded(&mut h, client.parse().unwrap(), host.as_ref());
+            append_forwarded(&mut h, &hop(client), host.as_ref());
             assert_eq!(values(&h, &FORWARDED), [*expected], "{prior:?} {client}");
         }
     }

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::compare::{HeaderRules, Ignored};
-use crate::forward::{self, Downstream, Failure, FailureKind};
+use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::{Metrics, shadow_result};
@@ -195,7 +195,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
-    client: SocketAddr,
+    client: Arc<ClientHop>,
 }
 
 impl Proxy {
@@ -209,7 +209,7 @@ impl Proxy {
                 shadows,
                 held: AtomicUsize::new(0),
             }),
-            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client: Arc::new(ClientHop::new(SocketAddr::from(([0, 0, 0, 0], 0)))),
         }
     }
 
@@ -217,7 +217,7 @@ impl Proxy {
     pub fn for_client(&self, client: SocketAddr) -> Self {
         Self {
             shared: self.shared.clone(),
-            client,
+            client: Arc::new(ClientHop::new(client)),
         }
     }
 
@@ -255,7 +255,7 @@ impl Proxy {
         };
         let mut req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let client_upgrade = ex.upgrade.then(|| hyper::upgrade::on(&mut req));
-        if let Err(e) = ex.rewrite(&mut req, self.client) {
+        if let Err(e) = ex.rewrite(&mut req, &self.client) {
             return ex.fail(ProxyError::Internal(e.to_string()));
         }
         // Kept for a request that may be sent again: on a new connection, or to the default.
@@ -558,7 +558,7 @@ impl<'r> Exchange<'r> {
     fn rewrite(
         &self,
         req: &mut Request<UpstreamBody>,
-        client: SocketAddr,
+        client: &ClientHop,
     ) -> Result<(), http::Error> {
         let downstream = Downstream {
             client,
