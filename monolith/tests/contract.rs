@@ -1,4 +1,4 @@
-//! The legacy contract (SPEC §3) as one table, run in order against the monolith — asserting
+//! The legacy contract (reference §3) as one table, run in order against the monolith — asserting
 //! each expected answer — and against every extracted service that owns the path, asserting it
 //! answers exactly like the monolith (status, content-type, content-length, allow, body).
 //!

@@ -3,7 +3,7 @@
 //! extracted service that owns the path: status, content-type, content-length (presence and
 //! value), transfer-encoding, every `Allow` line in order, and the body must be identical.
 //!
-//! Only what SPEC §3 makes ours differs, and each such row says why below; what we answer
+//! Only what reference §3 makes ours differs, and each such row says why below; what we answer
 //! there is pinned by `contract.rs`.
 
 mod support;
@@ -38,11 +38,11 @@ struct Answer {
 enum Ours {
     /// Not at all.
     Same,
-    /// The answer is ours by SPEC §3 (checked by `contract.rs`); the reason.
+    /// The answer is ours by reference §3 (checked by `contract.rs`); the reason.
     Skip(&'static str),
     /// The collection also lists POST, our write, after the original's methods.
     AlsoPost,
-    /// Posts gained an `id` (SPEC §3): each post leads with it, so the length differs too.
+    /// Posts gained an `id` (reference §3): each post leads with it, so the length differs too.
     PostIds,
 }
 
@@ -54,7 +54,7 @@ fn ours(method: &str, path: &str) -> Ours {
         .strip_prefix("/api/posts/")
         .is_some_and(|id| !id.is_empty() && !id.contains('/'));
     match trimmed {
-        "/api/posts" => Ours::Skip("the list of posts and its POST are ours (SPEC §3)"),
+        "/api/posts" => Ours::Skip("the list of posts and its POST are ours (reference §3)"),
         "/api/users" | "/api/threads" if method == "POST" => Ours::Skip("writes are ours"),
         "/api/users" | "/api/threads" => Ours::AlsoPost,
         _ if one_post && method == "DELETE" => Ours::Skip("DELETE /api/posts/{id} is ours"),
@@ -159,11 +159,11 @@ async fn every_process_answers_like_the_original() {
         }
         compared += 1;
     }
-    // Most of the recording is compared; only the rows SPEC §3 makes ours are left out.
+    // Most of the recording is compared; only the rows reference §3 makes ours are left out.
     assert!(compared > 450, "compared only {compared} answers");
 }
 
-/// The rows left out are exactly the ones SPEC §3 makes ours, so the recording cannot shrink
+/// The rows left out are exactly the ones reference §3 makes ours, so the recording cannot shrink
 /// into a test that checks nothing.
 #[test]
 fn only_our_own_rows_are_skipped() {

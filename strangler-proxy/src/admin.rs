@@ -83,7 +83,7 @@ pub struct RouteDoc {
     pub service: String,
     /// Percent of matching requests the service serves.
     pub weight: u8,
-    /// Derived stage: `dark`, `shadow`, `canary` or `live` (SPEC §4).
+    /// Derived stage: `dark`, `shadow`, `canary` or `live` (reference §4).
     pub stage: Stage,
     /// Whether the default's answers are mirrored to the service and compared.
     pub shadow: bool,

@@ -273,7 +273,7 @@ impl Proxy {
         }
     }
 
-    /// Waits while a route's write fence holds this request (SPEC §7), until a table without
+    /// Waits while a route's write fence holds this request (reference §7), until a table without
     /// the fence is in service; returns that table. Past `hold_timeout`, or when `hold_max`
     /// requests already wait, returns the error instead: the request was never forwarded.
     /// Safe methods, and every request while no route has a fence, pass at once.

@@ -77,7 +77,7 @@ pub struct Decision<'t> {
     /// (`shadow` on, the method among `shadow_methods`, not a protocol switch).
     pub shadow: bool,
     /// The route's write fence is up and the method is not safe (RFC 9110 §9.2.1): the
-    /// request waits for a table without the fence instead of being forwarded (SPEC §7).
+    /// request waits for a table without the fence instead of being forwarded (reference §7).
     pub hold: bool,
 }
 

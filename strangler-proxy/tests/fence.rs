@@ -1,4 +1,4 @@
-//! The write fence (`hold_writes`, SPEC §7): writes wait in the proxy, bounded in time and
+//! The write fence (`hold_writes`, reference §7): writes wait in the proxy, bounded in time and
 //! number, and go wherever the table in service sends them once the fence lifts.
 
 mod support;

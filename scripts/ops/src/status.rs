@@ -97,7 +97,7 @@ pub fn run(
     Ok(())
 }
 
-/// The migrations table: per resource with a recorded migration, its state (SPEC §7), the
+/// The migrations table: per resource with a recorded migration, its state (reference §7), the
 /// sync direction and lag, the follower, conflicts and the write fence.
 pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String> {
     let mut t = TextTable::new([
@@ -187,7 +187,7 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
     Ok(out)
 }
 
-/// The SPEC §7 state: the recorded stage, with `reads switched` derived from the route
+/// The reference §7 state: the recorded stage, with `reads switched` derived from the route
 /// (its reads at 100 % on the service while writes stay on the monolith).
 fn state_name(state: &SyncState, route: Option<&RouteDoc>) -> &'static str {
     let reads_switched = route.is_some_and(|r| {

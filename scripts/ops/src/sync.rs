@@ -5,7 +5,7 @@
 //! One row per resource in `_strangler_sync`, in the service's database, records the
 //! **direction** (`forward`: the monolith takes writes and the follower carries them to the
 //! service; `reverse`: the service takes writes and the follower carries them back, keeping the
-//! monolith's copy current), the **stage** (SPEC §7: `copying`, `following`, `writes_switched`,
+//! monolith's copy current), the **stage** (reference §7: `copying`, `following`, `writes_switched`,
 //! `reversed`, `complete`; "reads switched" is derived from `routes.toml` and not stored) and
 //! the follower's heartbeat. The follower (`migrate-data RESOURCE --follow`) re-reads it every
 //! poll, so [`switch`] turns a running follower around and [`complete`] stops it.
@@ -126,7 +126,7 @@ impl Direction {
     }
 }
 
-/// Where a resource's migration stands (SPEC §7).
+/// Where a resource's migration stands (reference §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncStage {
     /// The first copy into the service's database is running (or was interrupted).
@@ -142,7 +142,7 @@ pub enum SyncStage {
 }
 
 impl SyncStage {
-    /// `copying`, `following`, `writes switched`, `reversed`, `complete` (SPEC §7's words).
+    /// `copying`, `following`, `writes switched`, `reversed`, `complete` (reference §7's words).
     pub fn as_str(self) -> &'static str {
         match self {
             SyncStage::Copying => "copying",

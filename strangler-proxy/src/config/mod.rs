@@ -54,7 +54,7 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: i64 = 64 * 1024;
     /// Shadow requests in flight at once; more are dropped and counted.
     pub const SHADOW_CONCURRENCY: i64 = 64;
-    /// Longest a write waits behind a `hold_writes` fence before 503 (SPEC §7).
+    /// Longest a write waits behind a `hold_writes` fence before 503 (reference §7).
     pub const HOLD_TIMEOUT: &str = "5s";
     /// Most requests held behind fences at once; more get 503 at once.
     pub const HOLD_MAX: i64 = 10_000;

@@ -121,7 +121,7 @@ pub struct RouteConfig {
     pub shadow_ignore_headers: Vec<HeaderName>,
     /// Learn noisy fields by asking the default twice.
     pub shadow_noise_check: bool,
-    /// The write fence (SPEC §7): requests with non-safe methods are held, not forwarded,
+    /// The write fence (reference §7): requests with non-safe methods are held, not forwarded,
     /// until a table without the fence is in service.
     pub hold_writes: bool,
     /// JSON pointers whose values never appear in `/diffs` or logs (`*` matches one segment).
