@@ -4,42 +4,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
 use http::{Method, StatusCode};
 use support::*;
 
-/// Every log line the proxy wrote in this test process.
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
-        log
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Near-miss log lines about `route`.
 fn near_miss_lines(route: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let text = String::from_utf8_lossy(&captured_log().lock().unwrap()).into_owned();
     text.lines()
         .filter(|l| l.contains("near miss") && l.contains(&format!("route={route} ")))
         .map(String::from)
@@ -64,7 +34,7 @@ async fn proxy(test: &str, route: &str, proxy_key: &str) -> TestProxy {
 
 #[tokio::test]
 async fn a_case_near_miss_is_counted_per_route_and_logged_once_per_shape() {
-    log();
+    captured_log();
     let p = proxy("near-miss", "people", "").await;
     // Exact matches, and a path no route claims in any case: no near miss.
     for (method, path, backend) in [
@@ -102,7 +72,7 @@ async fn a_case_near_miss_is_counted_per_route_and_logged_once_per_shape() {
 
 #[tokio::test]
 async fn with_ignore_case_on_there_is_no_near_miss() {
-    log();
+    captured_log();
     let p = proxy("near-miss-ignore-case", "members", "ignore_case = true").await;
     for path in ["/API/USERS", "/Api/Users/7"] {
         let a = send_as(Method::POST, &p.url(path)).await;

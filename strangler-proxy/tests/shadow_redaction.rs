@@ -4,40 +4,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
 use support::*;
-
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
-        log
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// An upstream answering a user whose password and session token are its own, and whose
 /// `name` differs between the two sides (the mismatch).
@@ -54,7 +25,7 @@ async fn user_upstream(name: &'static str, password: &'static str) -> std::net::
 
 #[tokio::test]
 async fn query_values_and_redacted_fields_never_reach_diffs_or_logs() {
-    log();
+    captured_log();
     let p = ProxyBuilder::new("shadow-redaction")
         .service("monolith", user_upstream("legacy", "hunter2").await)
         .service("users", user_upstream("extracted", "swordfish").await)
@@ -99,10 +70,10 @@ async fn query_values_and_redacted_fields_never_reach_diffs_or_logs() {
     );
     assert!(text.contains("/password"), "the field is named: {text}");
     let logged = eventually(Duration::from_secs(5), || async {
-        String::from_utf8_lossy(&log().lock().unwrap()).contains("shadow mismatch")
+        String::from_utf8_lossy(&captured_log().lock().unwrap()).contains("shadow mismatch")
     })
     .await;
-    let lines = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let lines = String::from_utf8_lossy(&captured_log().lock().unwrap()).into_owned();
     assert!(logged, "no mismatch logged: {lines}");
     for secret in ["SECRET", "hunter2", "swordfish"] {
         assert!(!text.contains(secret), "{secret} in /diffs: {text}");
