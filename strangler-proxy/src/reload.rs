@@ -76,6 +76,19 @@ pub enum Outcome {
     Rejected(ConfigErrors),
     /// The file is the one already refused; nothing new to say.
     StillRejected,
+    /// The watcher read an invalid file that has changed since (perhaps half a write, perhaps
+    /// already reloaded by SIGHUP): nothing refused; the newer write's own events reload it.
+    Superseded,
+}
+
+/// Who read the bytes a reload judges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// Read under the reload lock: the file as it is.
+    Locked,
+    /// Read earlier by the watcher: a write may have raced the read (a truncated file reads
+    /// as empty) and a reload made meanwhile may already serve the newer bytes.
+    Watcher,
 }
 
 /// What replaces the live table: the file, the connection pools reused across reloads, and
@@ -122,6 +135,20 @@ impl Reloader {
         &self.live
     }
 
+    /// Whether the file now differs from what was read (`sha256` of the bytes, `None` when the
+    /// read failed). A refusal of an out-of-date read would report an error about a file that
+    /// no longer exists, or contradict a reload that already took the newer bytes; the newer
+    /// write's own events reload it. A read that would be applied is not held back this way,
+    /// so a file rewritten faster than it is read still takes effect.
+    fn changed_since_read(&self, sha256: Option<&str>) -> bool {
+        match (config::read(&self.path), sha256) {
+            (Ok(now), Some(read)) => config::sha256_hex(&now) != read,
+            (Ok(_), None) => true,
+            (Err(_), Some(_)) => true,
+            (Err(_), None) => false,
+        }
+    }
+
     /// The last refused reload, if the file has not been fixed since.
     pub fn last_rejection(&self) -> Option<Rejection> {
         self.last_rejection
@@ -132,17 +159,23 @@ impl Reloader {
 
     /// Reads the file again and swaps in a new table if it changed and is valid.
     pub fn reload(&self) -> Outcome {
-        self.reload_from(config::read(&self.path))
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_locked(config::read(&self.path), Reader::Locked)
     }
 
-    /// [`Reloader::reload`] with the file's bytes read by the caller (the watcher, which
-    /// first makes sure no write began while it read).
-    fn reload_from(&self, read: Result<Vec<u8>, ConfigErrors>) -> Outcome {
+    /// [`Reloader::reload`] with the file's bytes read earlier by the watcher (which first
+    /// makes sure no write began while it read).
+    fn reload_watched(&self, read: Result<Vec<u8>, ConfigErrors>) -> Outcome {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_locked(read, Reader::Watcher)
+    }
+
+    /// One reload of bytes read by `reader`, under the reload lock.
+    fn reload_locked(&self, read: Result<Vec<u8>, ConfigErrors>, reader: Reader) -> Outcome {
         let current = self.live.table();
         let bytes = match read {
             Ok(bytes) => bytes,
-            Err(errors) => return self.reject(&current, errors, None),
+            Err(errors) => return self.reject(&current, errors, None, reader),
         };
         let sha256 = config::sha256_hex(&bytes);
         if sha256 == current.sha256 {
@@ -167,7 +200,7 @@ impl Reloader {
                         message: every_route_dropped(&current),
                     }],
                 };
-                self.reject(&current, errors, Some(sha256))
+                self.reject(&current, errors, Some(sha256), reader)
             }
             Ok(loaded) => {
                 let revision = current.revision + 1;
@@ -175,7 +208,7 @@ impl Reloader {
                     RouteTable::compile(loaded.config, loaded.sha256, revision, &self.upstreams);
                 self.apply(&current, table)
             }
-            Err(errors) => self.reject(&current, errors, Some(sha256)),
+            Err(errors) => self.reject(&current, errors, Some(sha256), reader),
         }
     }
 
@@ -199,7 +232,12 @@ impl Reloader {
         current: &RouteTable,
         errors: ConfigErrors,
         sha256: Option<String>,
+        reader: Reader,
     ) -> Outcome {
+        if reader == Reader::Watcher && self.changed_since_read(sha256.as_deref()) {
+            tracing::debug!(file = %self.path.display(), "file changed after it was read; not refusing what may be half a write");
+            return Outcome::Superseded;
+        }
         self.metrics.reloads.with_label_values(&["rejected"]).inc();
         tracing::error!(
             revision = current.revision,
@@ -520,7 +558,8 @@ impl Watch {
             };
             let reloader = self.reloader.clone();
             // Compilation is blocking work; keep it off the request threads.
-            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload_from(read)).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload_watched(read)).await
+            {
                 tracing::error!(error = %e, "reload task failed");
             }
         }
