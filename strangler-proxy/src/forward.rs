@@ -11,15 +11,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::headers::{
     FORWARDED, HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
     X_STRANGLER_SHADOW,
 };
+use crate::pool::{self, Reuse, SendError};
 use crate::upstream::{Upstream, UpstreamBody};
+
+/// A response from a service, its body streamed from a pooled connection.
+pub type UpstreamResponse = Response<pool::Body>;
 
 /// Why an upstream gave no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +99,6 @@ pub struct Downstream<'a> {
 /// 4. [`join_cookies`]: HTTP/2's split `cookie` fields become one line (RFC 9113 §8.2.3).
 pub fn rewrite(
     req: &mut Request<UpstreamBody>,
-    upstream: &Upstream,
     downstream: &Downstream<'_>,
 ) -> Result<(), http::Error> {
     let original = req.uri().clone();
@@ -113,7 +113,7 @@ pub fn rewrite(
             None => PathAndQuery::try_from(path)?,
         },
     };
-    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
+    *req.uri_mut() = upstream_uri(path_and_query);
 
     let headers = req.headers_mut();
     let upgrade = if downstream.upgrade {
@@ -292,45 +292,26 @@ pub fn template_of<B>(req: &Request<B>) -> Request<()> {
     copy
 }
 
-/// A request built from a template and a body, pointed at `upstream`.
-pub fn from_template(
-    template: &Request<()>,
-    body: UpstreamBody,
-    upstream: &Upstream,
-) -> Result<Request<UpstreamBody>, http::Error> {
+/// A request built from a template and a body; its origin-form target suits any upstream.
+pub fn from_template(template: &Request<()>, body: UpstreamBody) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
     *req.method_mut() = template.method().clone();
     *req.uri_mut() = template.uri().clone();
     *req.headers_mut() = template.headers().clone();
-    retarget(&mut req, upstream)?;
-    Ok(req)
+    req
 }
 
-/// Points an already rewritten request at another upstream (fallback, shadow), keeping its
-/// path and query.
-fn retarget<B>(req: &mut Request<B>, upstream: &Upstream) -> Result<(), http::Error> {
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
-    Ok(())
-}
-
-fn upstream_uri(upstream: &Upstream, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority().clone())
-        .path_and_query(path_and_query)
-        .build()
+/// The request target a service gets: origin-form (RFC 9112 §3.2.1), the connection already
+/// names the service.
+fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
+    Uri::from(path_and_query)
 }
 
 /// What [`send_retrying`] got: the answer or the failure, and the failure of a first attempt that was
 /// sent again.
 pub struct Sent {
     /// The response headers, or why none came.
-    pub outcome: Result<Response<Incoming>, Failure>,
+    pub outcome: Result<UpstreamResponse, Failure>,
     /// The first attempt's failure when the request was sent a second time.
     pub retried: Option<Failure>,
 }
@@ -339,10 +320,10 @@ pub struct Sent {
 pub async fn send(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<UpstreamResponse, Failure> {
     let timeout: Duration = upstream.config.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    attempt(&upstream.client, req, deadline, timeout).await
+    attempt(upstream, req, Reuse::Pooled, deadline, timeout).await
 }
 
 /// Sends `req` and waits for the response headers, at most the service's `request_timeout` in
@@ -358,7 +339,7 @@ pub async fn send_retrying(
 ) -> Sent {
     let timeout: Duration = upstream.config.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let first = attempt(&upstream.client, req, deadline, timeout).await;
+    let first = attempt(upstream, req, Reuse::Pooled, deadline, timeout).await;
     let (Err(failure), Some(template)) = (&first, again) else {
         return Sent {
             outcome: first,
@@ -374,15 +355,8 @@ pub async fn send_retrying(
     let body = http_body_util::Empty::new()
         .map_err(Into::into)
         .boxed_unsync();
-    let outcome = match from_template(template, body, upstream) {
-        Ok(req) => attempt(&upstream.fresh, req, deadline, timeout).await,
-        Err(_) => {
-            return Sent {
-                outcome: first,
-                retried: None,
-            };
-        }
-    };
+    let req = from_template(template, body);
+    let outcome = attempt(upstream, req, Reuse::Fresh, deadline, timeout).await;
     Sent {
         outcome,
         retried: first.err(),
@@ -390,12 +364,13 @@ pub async fn send_retrying(
 }
 
 async fn attempt(
-    client: &Client<HttpConnector, UpstreamBody>,
+    upstream: &Upstream,
     req: Request<UpstreamBody>,
+    reuse: Reuse,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout_at(deadline, client.request(req)).await {
+) -> Result<UpstreamResponse, Failure> {
+    match tokio::time::timeout_at(deadline, upstream.pool.send(req, reuse)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(Failure {
             kind: classify(&e),
@@ -417,17 +392,17 @@ pub fn may_retry(failure: &Failure) -> bool {
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a protocol
 /// switch, where `Upgrade` and `Connection` are the point.
-pub fn clean_response(response: &mut Response<Incoming>) {
+pub fn clean_response(response: &mut UpstreamResponse) {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(response.headers_mut());
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> FailureKind {
-    if e.is_connect() {
+fn classify(e: &SendError) -> FailureKind {
+    if matches!(e, SendError::Connect(_)) {
         return FailureKind::Connect;
     }
-    let mut source = e.source();
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_body_write_aborted() || h.is_user() {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod near_miss;
 pub mod outlier;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod random;
 pub mod reload;

@@ -23,25 +23,25 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::compare::{HeaderRules, Ignored};
-use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind};
+use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind, UpstreamResponse};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::{Metrics, shadow_result};
 use crate::near_miss;
 use crate::outlier::{Admit, Transition};
 use crate::path::{self, PathError};
+use crate::pool;
 use crate::routes::{Decision, RouteTable};
 use crate::shadow::{self, Captured, Shadows, Tee};
 use crate::upstream::{BoxError, Upstream, UpstreamBody};
 
 /// The body of every response the proxy sends: an upstream's, streamed (and copied when it is
 /// being shadowed), or its own.
-pub type ProxyBody = Either<Tee<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Tee<pool::Body>, Full<Bytes>>;
 
 /// Everything the proxy can answer on its own, typed by which side failed.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +353,7 @@ impl Proxy {
         permit: OwnedSemaphorePermit,
         template: Request<()>,
         request_body: Option<oneshot::Receiver<Captured>>,
-        response: Response<Incoming>,
+        response: UpstreamResponse,
     ) -> Response<ProxyBody> {
         let Some(route) = ex.decision.as_ref().and_then(|d| d.route) else {
             return response.map(|b| Either::Left(Tee::passthrough(b)));
@@ -566,7 +566,7 @@ impl<'r> Exchange<'r> {
             upgrade: self.upgrade,
             request_id: &self.request_id,
         };
-        forward::rewrite(req, self.decision().upstream, &downstream)
+        forward::rewrite(req, &downstream)
     }
 
     /// Sends to the decided backend; a failure of the service on a request that may fall back
@@ -575,7 +575,7 @@ impl<'r> Exchange<'r> {
         &mut self,
         req: Request<UpstreamBody>,
         template: Option<&Request<()>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<UpstreamResponse, ProxyError> {
         let ticket = match self.outlier() {
             Some(Admit::Ejected(retry_after)) => return self.shunned(retry_after, template).await,
             Some(Admit::Send(ticket)) => Some(ticket),
@@ -614,7 +614,7 @@ impl<'r> Exchange<'r> {
     }
 
     /// The event of a request sent twice to its backend: counted, logged; the outcome passed on.
-    fn sent(&self, sent: forward::Sent) -> Result<Response<Incoming>, Failure> {
+    fn sent(&self, sent: forward::Sent) -> Result<UpstreamResponse, Failure> {
         if let Some(first) = &sent.retried {
             let decision = self.decision();
             decision.metrics.retried(self.metrics);
@@ -643,7 +643,7 @@ impl<'r> Exchange<'r> {
         &mut self,
         retry_after: std::time::Duration,
         template: Option<&Request<()>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<UpstreamResponse, ProxyError> {
         let service = self.decision().upstream.name().to_string();
         let route = self.decision().route;
         let Some((template, route)) = template.filter(|_| self.fallback).zip(route) else {
@@ -726,9 +726,9 @@ impl<'r> Exchange<'r> {
     /// switch tunnelled, the request id and (optionally) the backend named.
     fn respond(
         &self,
-        mut response: Response<Incoming>,
+        mut response: UpstreamResponse,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Incoming> {
+    ) -> UpstreamResponse {
         forward::clean_response(&mut response);
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -839,16 +839,8 @@ impl<'r> Exchange<'r> {
 /// if the first closes before answering.
 async fn replay(template: &Request<()>, upstream: &Upstream) -> forward::Sent {
     let body = Empty::new().map_err(Into::into).boxed_unsync();
-    match forward::from_template(template, body, upstream) {
-        Ok(req) => forward::send_retrying(upstream, req, Some(template)).await,
-        Err(e) => forward::Sent {
-            outcome: Err(Failure {
-                kind: FailureKind::Protocol,
-                detail: e.to_string(),
-            }),
-            retried: None,
-        },
-    }
+    let req = forward::from_template(template, body);
+    forward::send_retrying(upstream, req, Some(template)).await
 }
 
 fn is_gateway_error(status: StatusCode) -> bool {

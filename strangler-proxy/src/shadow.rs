@@ -25,11 +25,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use http::Request;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -594,13 +593,12 @@ async fn ask(
     } else {
         boxed(Full::new(body))
     };
-    let mut req = forward::from_template(template, body, upstream)
-        .map_err(|e| Asking::Failed(e.to_string()))?;
+    let mut req = forward::from_template(template, body);
     if mark_shadow {
         req.headers_mut()
             .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
     }
-    let response: Response<Incoming> = forward::send(upstream, req)
+    let response = forward::send(upstream, req)
         .await
         .map_err(|f| Asking::Failed(format!("{}: {}", f.kind.as_str(), f.detail)))?;
     let (parts, body) = response.into_parts();
