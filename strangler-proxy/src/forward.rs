@@ -59,19 +59,79 @@ pub struct Failure {
     pub detail: String,
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those the `Connection` header names. Driven by what
+/// is present: one pass over the names finds them, and a block that has none (the usual
+/// request and response) costs no removal at all.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too; collect them before Connection goes.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    Scan::of(headers).strip(headers);
+}
+
+/// Which of the names the rewrite acts on a header block holds, found in one pass over it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    /// Bit `i` set: `HOP_BY_HOP[i]` is present; bit 8: `Upgrade`.
+    hop_by_hop: u16,
+    shadow_marker: bool,
+    x_forwarded_for: bool,
+    forwarded: bool,
+    cookie: bool,
+}
+
+/// After the bits of the eight `HOP_BY_HOP` names.
+const UPGRADE_BIT: u16 = 1 << 8;
+
+impl Scan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self::default();
+        for name in headers.keys() {
+            // `as_str` of a standard name is a table lookup; the match compiles to a switch on
+            // the length and one comparison.
+            match name.as_str() {
+                "connection" => scan.hop_by_hop |= 1 << 0,
+                "keep-alive" => scan.hop_by_hop |= 1 << 1,
+                "proxy-connection" => scan.hop_by_hop |= 1 << 2,
+                "proxy-authenticate" => scan.hop_by_hop |= 1 << 3,
+                "proxy-authorization" => scan.hop_by_hop |= 1 << 4,
+                "te" => scan.hop_by_hop |= 1 << 5,
+                "trailer" => scan.hop_by_hop |= 1 << 6,
+                "transfer-encoding" => scan.hop_by_hop |= 1 << 7,
+                "upgrade" => scan.hop_by_hop |= UPGRADE_BIT,
+                "x-strangler-shadow" => scan.shadow_marker = true,
+                "x-forwarded-for" => scan.x_forwarded_for = true,
+                "forwarded" => scan.forwarded = true,
+                "cookie" => scan.cookie = true,
+                _ => {}
+            }
+        }
+        scan
     }
-    headers.remove(header::UPGRADE);
+
+    /// Removes the hop-by-hop headers found, and the names `Connection` lists.
+    fn strip(self, headers: &mut HeaderMap) {
+        if self.hop_by_hop == 0 {
+            return;
+        }
+        if self.hop_by_hop & 1 != 0 {
+            // Names listed in Connection are hop-by-hop too; collect them before it goes.
+            let listed: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+                .collect();
+            for name in &listed {
+                headers.remove(name);
+            }
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.hop_by_hop & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+        if self.hop_by_hop & UPGRADE_BIT != 0 {
+            headers.remove(header::UPGRADE);
+        }
+    }
 }
 
 /// What the rewrite needs to know about the downstream side.
@@ -86,8 +146,9 @@ pub struct Downstream<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Rewrites a downstream request for `upstream`: absolute URI on the upstream with exactly the
-/// routed path, then the header steps below in this order, then HTTP/1.1 on the wire.
+/// Rewrites a downstream request for an upstream: origin-form target with exactly the routed
+/// path, then the header steps below in this order, then HTTP/1.1 on the wire. One pass over
+/// the header names finds what the steps act on; a step whose header is absent costs nothing.
 ///
 /// 1. [`strip_hop_by_hop`] (keeping a WebSocket upgrade aside), [`drop_shadow_marker`],
 ///    the request id, the upgrade restored: connection-level headers go first, so no later
@@ -116,13 +177,18 @@ pub fn rewrite(
     *req.uri_mut() = upstream_uri(path_and_query);
 
     let headers = req.headers_mut();
+    let scan = Scan::of(headers);
     let upgrade = if downstream.upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    strip_hop_by_hop(headers);
-    drop_shadow_marker(headers);
+    scan.strip(headers);
+    if scan.shadow_marker {
+        drop_shadow_marker(headers);
+    }
+    // The headers below, added at most once each, without growing the table twice.
+    headers.reserve(6);
     headers.insert(&X_REQUEST_ID, downstream.request_id.clone());
     if let Some(protocol) = upgrade {
         // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
@@ -130,10 +196,12 @@ pub fn rewrite(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let host = set_host(headers, &original);
-    append_x_forwarded_for(headers, downstream.client);
-    append_forwarded(headers, downstream.client, host.as_ref());
+    add_x_forwarded_for(headers, downstream.client, scan.x_forwarded_for);
+    add_forwarded(headers, downstream.client, host.as_ref(), scan.forwarded);
     set_x_forwarded(headers, host);
-    join_cookies(headers);
+    if scan.cookie {
+        join_cookies(headers);
+    }
     *req.version_mut() = Version::HTTP_11;
     Ok(())
 }
@@ -193,7 +261,13 @@ impl ClientHop {
 
 /// Appends this hop's client to `x-forwarded-for`, joining every prior line into one list.
 pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
+    let prior = headers.contains_key(&X_FORWARDED_FOR);
+    add_x_forwarded_for(headers, client, prior);
+}
+
+/// [`append_x_forwarded_for`] knowing whether the header is there already.
+fn add_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop, prior: bool) {
+    if !prior {
         headers.insert(&X_FORWARDED_FOR, client.ip.clone());
         return;
     }
@@ -206,13 +280,24 @@ pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop) {
 /// prior element; an IPv6 address is bracketed and quoted, any value that is not a token is
 /// quoted (§6).
 pub fn append_forwarded(headers: &mut HeaderMap, client: &ClientHop, host: Option<&HeaderValue>) {
+    let prior = headers.contains_key(&FORWARDED);
+    add_forwarded(headers, client, host, prior);
+}
+
+/// [`append_forwarded`] knowing whether the header is there already.
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientHop,
+    host: Option<&HeaderValue>,
+    prior: bool,
+) {
     let mut element = String::with_capacity(client.forwarded.len() + 64);
     element.push_str(&client.forwarded);
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         element.push_str(";host=");
         push_forwarded_value(&mut element, host);
     }
-    let value = if headers.contains_key(&FORWARDED) {
+    let value = if prior {
         append_to_list(headers, &FORWARDED, element.as_bytes())
     } else {
         HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
@@ -440,6 +525,23 @@ fn describe(e: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan's bits follow `HOP_BY_HOP`'s order, so `strip` removes what was found.
+    #[test]
+    fn the_scan_finds_each_hop_by_hop_name_at_its_index() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            assert_eq!(Scan::of(&h).hop_by_hop, 1 << i, "{name}");
+            Scan::of(&h).strip(&mut h);
+            assert!(!h.contains_key(name), "{name} was not removed");
+            assert!(h.contains_key(header::ACCEPT));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(Scan::of(&h).hop_by_hop, UPGRADE_BIT);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
