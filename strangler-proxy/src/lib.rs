@@ -6,6 +6,7 @@
 //! together. Imports run one way, down this list: server → admin, reload, proxy → shadow →
 //! forward → upstream, routes → config → compare → decode, metrics, path, headers.
 
+pub mod access_log;
 pub mod admin;
 pub mod compare;
 pub mod config;

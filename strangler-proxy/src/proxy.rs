@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::access_log::{self, AccessLog};
 use crate::compare::{HeaderRules, Ignored};
 use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind, UpstreamResponse};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
@@ -187,6 +188,8 @@ struct Shared {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     shadows: Arc<Shadows>,
+    /// Where answered requests are logged when the table's `access_log` is on.
+    access_log: Option<AccessLog>,
     /// Requests held behind write fences now, all routes (bounded by `hold_max`).
     held: AtomicUsize,
 }
@@ -200,13 +203,20 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving whatever table `live` holds, counting into `metrics`, bounding shadow
-    /// work by `shadows`. Its client address is unspecified until [`Proxy::for_client`].
-    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, shadows: Arc<Shadows>) -> Self {
+    /// work by `shadows`, logging answered requests to `access_log` (none: not logged). Its
+    /// client address is unspecified until [`Proxy::for_client`].
+    pub fn new(
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        shadows: Arc<Shadows>,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 live,
                 metrics,
                 shadows,
+                access_log,
                 held: AtomicUsize::new(0),
             }),
             client: Arc::new(ClientHop::new(SocketAddr::from(([0, 0, 0, 0], 0)))),
@@ -237,7 +247,7 @@ impl Proxy {
         };
         // A Uri clone shares its bytes; borrowing the path from it leaves `parts` free to change.
         let uri = parts.uri.clone();
-        let mut ex = Exchange::begin(&table, &self.shared.metrics, &mut parts, start);
+        let mut ex = Exchange::begin(&table, &self.shared, &mut parts, start);
         if let Err(e) = ex.admit(&parts, uri.path()) {
             return ex.refuse(e);
         }
@@ -458,6 +468,7 @@ impl Drop for Held<'_> {
 struct Exchange<'r> {
     table: &'r RouteTable,
     metrics: &'r Metrics,
+    access_log: Option<&'r AccessLog>,
     start: Instant,
     method: Method,
     request_id: HeaderValue,
@@ -475,15 +486,11 @@ struct Exchange<'r> {
 
 impl<'r> Exchange<'r> {
     /// Starts the clock and gives the request its id (the client's, or a new one).
-    fn begin(
-        table: &'r RouteTable,
-        metrics: &'r Metrics,
-        parts: &mut Parts,
-        start: Instant,
-    ) -> Self {
+    fn begin(table: &'r RouteTable, shared: &'r Shared, parts: &mut Parts, start: Instant) -> Self {
         Self {
             table,
-            metrics,
+            metrics: &shared.metrics,
+            access_log: shared.access_log.as_ref(),
             start,
             method: parts.method.clone(),
             request_id: ensure_request_id(&mut parts.headers),
@@ -803,18 +810,19 @@ impl<'r> Exchange<'r> {
         decision
             .metrics
             .observe(self.metrics, status.as_u16(), elapsed.as_secs_f64());
-        if self.table.config.proxy.access_log {
-            tracing::info!(
-                target: "strangler::access",
-                request_id = self.request_id.to_str().unwrap_or(""),
-                method = %self.method,
-                path = %self.path,
-                route = decision.route_name(),
-                backend = decision.upstream.name(),
-                status = status.as_u16(),
-                duration_us = elapsed.as_micros() as u64,
-                revision = self.table.revision,
-            );
+        if self.table.config.proxy.access_log
+            && let Some(log) = self.access_log
+        {
+            log.record(&access_log::Entry {
+                request_id: self.request_id.to_str().unwrap_or(""),
+                method: self.method.as_str(),
+                path: &self.path,
+                route: decision.route_name(),
+                backend: decision.upstream.name(),
+                status: status.as_u16(),
+                duration_us: elapsed.as_micros() as u64,
+                revision: self.table.revision,
+            });
         }
     }
 

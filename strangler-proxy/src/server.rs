@@ -21,6 +21,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::ProxySettings;
 use crate::connections::{Connections, Limits, Tracked};
@@ -63,6 +64,7 @@ pub struct Running {
     /// Every metric family.
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    access_log: AccessLog,
     public_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -81,6 +83,7 @@ impl Running {
         for task in self.tasks {
             task.abort();
         }
+        self.access_log.flush();
     }
 }
 
@@ -124,7 +127,13 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         grace: settings.drain_grace,
         timeout: settings.drain_timeout,
     };
-    let proxy = Proxy::new(live.clone(), metrics.clone(), shadows.clone());
+    let access_log = AccessLog::stderr();
+    let proxy = Proxy::new(
+        live.clone(),
+        metrics.clone(),
+        shadows.clone(),
+        Some(access_log.clone()),
+    );
     let admin = Arc::new(Admin {
         reloader: reloader.clone(),
         metrics: metrics.clone(),
@@ -173,6 +182,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         draining,
         metrics,
         shutdown,
+        access_log,
         public_task,
         tasks,
     })
