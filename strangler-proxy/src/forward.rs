@@ -5,6 +5,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -230,7 +231,7 @@ pub fn set_host(headers: &mut HeaderMap, target: &Uri) -> Option<HeaderValue> {
 
 /// This hop's client as the forwarding headers name it, rendered once per connection (the
 /// address does not change between its requests), so a request pays for no formatting.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientHop {
     /// The client's address.
     pub addr: SocketAddr,
@@ -238,6 +239,8 @@ pub struct ClientHop {
     ip: HeaderValue,
     /// `for=…;proto=http` (RFC 7239 §4): an IPv6 address bracketed and quoted.
     forwarded: String,
+    /// The last `Host` and the whole element rendered for it.
+    last_element: Mutex<Option<(Option<HeaderValue>, HeaderValue)>>,
 }
 
 impl ClientHop {
@@ -255,7 +258,33 @@ impl ClientHop {
             addr,
             ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded,
+            last_element: Mutex::new(None),
         }
+    }
+
+    /// This hop's `Forwarded` element for a request to `host`. The requests of a connection
+    /// nearly always name the same host, so the last element is kept and reused (a value
+    /// clone, no formatting); another host renders a new one.
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        // Another request of the connection (HTTP/2) using the cache: render, do not wait.
+        let mut last = self.last_element.try_lock().ok();
+        if let Some(Some((h, element))) = last.as_deref()
+            && h.as_ref() == host
+        {
+            return element.clone();
+        }
+        let mut element = String::with_capacity(self.forwarded.len() + 64);
+        element.push_str(&self.forwarded);
+        if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=");
+            push_forwarded_value(&mut element, host);
+        }
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        if let Some(last) = last.as_deref_mut() {
+            *last = Some((host.cloned(), value.clone()));
+        }
+        value
     }
 }
 
@@ -291,16 +320,11 @@ fn add_forwarded(
     host: Option<&HeaderValue>,
     prior: bool,
 ) {
-    let mut element = String::with_capacity(client.forwarded.len() + 64);
-    element.push_str(&client.forwarded);
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        push_forwarded_value(&mut element, host);
-    }
+    let element = client.forwarded_element(host);
     let value = if prior {
         append_to_list(headers, &FORWARDED, element.as_bytes())
     } else {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+        Ok(element)
     };
     if let Ok(v) = value {
         headers.insert(&FORWARDED, v);
@@ -353,7 +377,26 @@ fn append_to_list(
 /// Appends a `Forwarded` parameter value: the token itself, or a quoted string (RFC 7239 §4,
 /// RFC 9110 §5.6.2, §5.6.4).
 fn push_forwarded_value(out: &mut String, value: &str) {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let tchar = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+    };
     if !value.is_empty() && value.bytes().all(tchar) {
         out.push_str(value);
         return;
@@ -525,6 +568,23 @@ fn describe(e: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The element kept for the last host is never given for another.
+    #[test]
+    fn the_forwarded_element_follows_the_host_of_each_request() {
+        let hop = ClientHop::new("10.0.0.9:4000".parse().unwrap());
+        let a = HeaderValue::from_static("a.example");
+        let b = HeaderValue::from_static("b example");
+        for (host, expected) in [
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+            (Some(&b), "for=10.0.0.9;proto=http;host=\"b example\""),
+            (None, "for=10.0.0.9;proto=http"),
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+        ] {
+            assert_eq!(hop.forwarded_element(host), expected);
+        }
+    }
 
     /// The scan's bits follow `HOP_BY_HOP`'s order, so `strip` removes what was found.
     #[test]
