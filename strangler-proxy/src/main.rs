@@ -82,7 +82,12 @@ fn main() -> ExitCode {
             builder.json().init()
         }
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The control plane (admin listener, reloads, signals) on this thread; requests are
+    // served by the workers `server::start` spawns, each on a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -31,8 +31,28 @@ use tokio::time::Instant;
 
 use crate::upstream::UpstreamBody;
 
-/// Idle connections kept per service beyond this many are closed when returned.
+/// Idle connections kept per service and worker beyond this many are closed when returned.
 const MAX_IDLE: usize = 1024;
+
+/// Idle stacks per pool: one per worker thread, and one (index 0) for every other thread.
+/// Worker numbers past the last stack share stacks (correct, just not private).
+const STACKS: usize = 65;
+
+thread_local! {
+    /// This thread's stack index: its worker number, 0 when it is no worker.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `n` (1-based): its requests take and return idle
+/// connections on a stack of their own, so a connection stays with the runtime that drives
+/// it and no two workers contend for one lock.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
+}
+
+fn stack_index() -> usize {
+    WORKER.with(std::cell::Cell::get) % STACKS
+}
 
 /// Connections to one service: where, how long to wait for a connect, how long an idle one
 /// is kept.
@@ -44,7 +64,8 @@ struct Shared {
     authority: Authority,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    /// Per worker ([`set_worker`]), most recently returned last.
+    idle: Vec<Mutex<Vec<Idle>>>,
     /// Whether a sweep task is running for this pool.
     sweeping: AtomicBool,
 }
@@ -100,7 +121,7 @@ impl Pool {
                 authority,
                 connect_timeout,
                 idle_timeout,
-                idle: Mutex::new(Vec::new()),
+                idle: (0..STACKS).map(|_| Mutex::new(Vec::new())).collect(),
                 sweeping: AtomicBool::new(false),
             }),
         }
@@ -160,13 +181,9 @@ impl Pool {
         response.map(|inner| Body { inner, lease })
     }
 
-    /// Idle connections now (for tests and `/routes`).
+    /// Idle connections now, all workers (for tests and `/routes`).
     pub fn idle(&self) -> usize {
-        self.shared
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.idle.iter().map(|stack| lock(stack).len()).sum()
     }
 }
 
@@ -175,7 +192,7 @@ impl Shared {
     /// closed ones met on the way are closed.
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle[stack_index()]);
         while let Some(candidate) = idle.pop() {
             if now.duration_since(candidate.since) < self.idle_timeout
                 && candidate.sender.is_ready()
@@ -220,7 +237,7 @@ impl Shared {
         }
         let since = Instant::now();
         {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = lock(&self.idle[stack_index()]);
             if idle.len() >= MAX_IDLE {
                 return;
             }
@@ -245,17 +262,25 @@ impl Shared {
                 tokio::time::sleep(period).await;
                 let Some(pool) = weak.upgrade() else { return };
                 let now = Instant::now();
-                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.retain(|c| {
-                    now.duration_since(c.since) < pool.idle_timeout && !c.sender.is_closed()
-                });
-                if idle.is_empty() {
+                let mut left = 0;
+                for stack in &pool.idle {
+                    let mut idle = lock(stack);
+                    idle.retain(|c| {
+                        now.duration_since(c.since) < pool.idle_timeout && !c.sender.is_closed()
+                    });
+                    left += idle.len();
+                }
+                if left == 0 {
                     pool.sweeping.store(false, Ordering::Release);
                     return;
                 }
             }
         });
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The connection a response arrived on, returned to its pool when the body has been read.
