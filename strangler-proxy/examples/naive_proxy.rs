@@ -23,7 +23,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+
+mod common;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,27 +49,18 @@ fn args() -> Result<(SocketAddr, Upstream), Error> {
     let mut upstream = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--listen" => {
-                let value = args.next().ok_or("--listen needs an address")?;
-                listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen {value}: {e}"))?;
-            }
+            "--listen" => listen = common::flag_value(&mut args, "--listen", "an address")?,
             "--upstream" => {
-                let value = args
-                    .next()
-                    .ok_or("--upstream needs a URL such as http://127.0.0.1:3000")?;
-                let uri: Uri = value
-                    .parse()
-                    .map_err(|e| format!("--upstream {value}: {e}"))?;
-                let parts = uri.into_parts();
+                let uri: Uri = common::flag_value(&mut args, "--upstream", "http://HOST:PORT")?;
+                let plain = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+                let parts = uri.clone().into_parts();
                 match (parts.scheme, parts.authority) {
-                    (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => {
+                    (Some(scheme), Some(authority)) if scheme == Scheme::HTTP && plain => {
                         upstream = Some(Upstream { scheme, authority });
                     }
                     _ => {
                         return Err(format!(
-                            "--upstream {value}: expected http://HOST:PORT (plain HTTP, no path)"
+                            "--upstream {uri}: expected http://HOST:PORT (plain HTTP, no path)"
                         )
                         .into());
                     }
@@ -92,19 +84,9 @@ async fn serve(listen: SocketAddr, upstream: Upstream) -> Result<(), Error> {
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build(connector);
-    let listener = TcpListener::bind(listen).await?;
-    println!("naive_proxy listening on {}", listener.local_addr()?);
+    let listener = common::bind("naive_proxy", listen).await?;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors under a connection storm: wait instead of spinning.
-                eprintln!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = common::accept(&listener).await;
         let client = client.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
