@@ -104,6 +104,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     // Per-process state lives here and is handed out explicitly: the shadow bound is read at
     // start-up (a reload cannot resize it), the draining flag is set once.
     let shadows = Arc::new(Shadows::new(settings.shadow_concurrency));
+    shadows.run_on(tokio::runtime::Handle::current());
     let draining = Arc::new(Draining::default());
     let fds = raise_fd_limit();
     let (public_limits, admin_limits) = connection_limits(settings, fds);

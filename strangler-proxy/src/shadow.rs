@@ -154,6 +154,8 @@ struct RouteRecord {
 pub struct Shadows {
     permits: Arc<Semaphore>,
     records: Mutex<HashMap<String, RouteRecord>>,
+    /// Where comparisons run; unset: on the runtime of the request that started them.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Shadows {
@@ -162,7 +164,15 @@ impl Shadows {
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             records: Mutex::new(HashMap::new()),
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runs every comparison on `runtime` (the control plane's), off the workers that serve
+    /// clients: a shadow's request, its wait for both answers and the diff never take a
+    /// worker's time from the next client. The first call wins.
+    pub fn run_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
     }
 
     /// A permit for one shadow, or `None` when the bound is reached.
@@ -375,7 +385,12 @@ pub struct Job {
 /// Runs a comparison in its own task; its verdict is counted (and, when skipped, logged with
 /// its reason) once, at the end.
 pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
+    let runtime = shadows
+        .runtime
+        .get()
+        .cloned()
+        .unwrap_or_else(tokio::runtime::Handle::current);
+    runtime.spawn(async move {
         let route = job.route.clone();
         let request_id = job.request_id.clone();
         // Saturating: `check` bounds request_timeout, but a configured value must never be
