@@ -310,7 +310,8 @@ async fn serve_public(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(None);
+        .header_read_timeout(None)
+        .writev(false);
     h2_keep_alive(&mut builder);
     let grace = lifecycle.grace;
     let stop = async move {
