@@ -189,18 +189,28 @@ impl Pool {
 
 impl Shared {
     /// The most recently returned idle connection that can take a request now; expired or
-    /// closed ones met on the way are closed.
+    /// closed ones met on the way are closed. One whose connection task has not yet taken in
+    /// the end of its last response (returned a moment ago) stays for the next request.
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
         let now = Instant::now();
         let mut idle = lock(&self.idle[stack_index()]);
+        let mut not_yet = Vec::new();
+        let mut found = None;
         while let Some(candidate) = idle.pop() {
-            if now.duration_since(candidate.since) < self.idle_timeout
-                && candidate.sender.is_ready()
+            if now.duration_since(candidate.since) >= self.idle_timeout
+                || candidate.sender.is_closed()
             {
-                return Some(candidate.sender);
+                continue;
             }
+            if candidate.sender.is_ready() {
+                found = Some(candidate.sender);
+                break;
+            }
+            not_yet.push(candidate);
         }
-        None
+        // Back in their order, most recent on top.
+        idle.extend(not_yet.into_iter().rev());
+        found
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, SendError> {
