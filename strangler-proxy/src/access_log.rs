@@ -4,11 +4,14 @@
 //! (no allocation once the buffer has grown, no `fmt` machinery: numbers are written with
 //! `itoa`, the timestamp's seconds are formatted once per second); a writer thread takes the
 //! buffer every [`FLUSH_EVERY`], or sooner when it holds [`FLUSH_AT`] bytes, and writes it to
-//! stderr. A request never waits for the disk. If the writer falls behind by more than
+//! stderr. A request never waits for the disk; lines reach stderr within [`FLUSH_EVERY`], so
+//! they may follow log lines written after them. If the writer falls behind by more than
 //! [`MAX_PENDING`] bytes, lines are dropped and counted rather than block requests or grow
 //! memory without bound; the count is logged when the writer catches up.
 //!
-//! The lines read like the proxy's other log lines (`--log-format human`, the default) or are
+//! Like any `strangler::access` event, the lines are written only when that target is enabled
+//! at `INFO` (`RUST_LOG=warn` or `strangler::access=off` silences them). The lines read like
+//! the proxy's other log lines (`--log-format human`, the default) or are
 //! JSON objects (`--log-format json`), with the same fields: `request_id`, `method`, `path`
 //! (never the query), `route`, `backend`, `status`, `duration_us`, `revision`.
 
@@ -22,7 +25,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Bytes pending that wake the writer before [`FLUSH_EVERY`].
 pub const FLUSH_AT: usize = 64 * 1024;
 /// Bytes pending past which lines are dropped (and counted) instead of buffered.
-pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+pub const MAX_PENDING: usize = 2 * 1024 * 1024;
 
 /// How lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +116,10 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || write_until_dropped(weak));
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the access log writer; lines are written by each request");
+            tracing::error!(
+                error = %e,
+                "cannot start the access log writer; lines are written only at shutdown"
+            );
         }
         Self { shared }
     }
@@ -158,18 +164,23 @@ impl AccessLog {
 }
 
 impl Shared {
-    /// Swaps the pending lines into `spare` and writes them; `spare` comes back empty.
+    /// Swaps the pending lines into `spare` and writes them; `spare` comes back empty. The
+    /// sink's lock is taken first, so two writers (the thread, a shutdown flush) write their
+    /// batches in the order they took them.
     fn write_pending(&self, spare: &mut Vec<u8>) {
+        let mut sink = lock(&self.sink);
         {
             let mut pending = lock(&self.pending);
             std::mem::swap(&mut pending.buf, spare);
         }
         if !spare.is_empty() {
-            let mut sink = lock(&self.sink);
             let _ = sink.write_all(spare);
             let _ = sink.flush();
         }
+        drop(sink);
         spare.clear();
+        // A stall may have grown the buffer to MAX_PENDING: give the memory back.
+        spare.shrink_to(FLUSH_AT);
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(

@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use strangler_proxy::access_log;
 
-/// mimalloc: fewer instructions per allocation than glibc's malloc on the request path, and
-/// memory returned to the system under the same peak (BENCHMARKS.md, "Instructions per
-/// request").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     version,
@@ -82,9 +76,12 @@ fn main() -> ExitCode {
             builder.json().init()
         }
     }
-    // The control plane (admin listener, reloads, signals) on this thread; requests are
-    // served by the workers `server::start` spawns, each on a runtime of its own.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // The control plane (admin listener, reloads, signals, shadow comparisons) on two
+    // threads of its own, so a heavy comparison never delays `/readyz`; requests are served
+    // by the workers `server::start` spawns, each on a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
         .enable_all()
         .build()
     {

@@ -25,17 +25,21 @@ use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
+use tower::Service as _;
 
-use crate::upstream::UpstreamBody;
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The body of a request sent to a service: the client's body, streamed.
+pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Idle connections kept per service and worker beyond this many are closed when returned.
 const MAX_IDLE: usize = 1024;
 
-/// Idle stacks per pool: one per worker thread, and one (index 0) for every other thread.
-/// Worker numbers past the last stack share stacks (correct, just not private).
+/// Idle stacks per pool: one per worker thread (`[proxy] workers` is at most 64), and one
+/// (index 0) for every other thread.
 const STACKS: usize = 65;
 
 thread_local! {
@@ -62,7 +66,9 @@ pub struct Pool {
 
 struct Shared {
     authority: Authority,
-    connect_timeout: Duration,
+    /// `http://{authority}/`, what the connector connects to.
+    target: http::Uri,
+    connector: HttpConnector,
     idle_timeout: Duration,
     /// Per worker ([`set_worker`]), most recently returned last.
     idle: Vec<Mutex<Vec<Idle>>>,
@@ -118,8 +124,19 @@ impl Pool {
     pub fn new(authority: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
         Self {
             shared: Arc::new(Shared {
+                target: http::Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default(),
+                connector: {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(connect_timeout));
+                    connector.set_nodelay(true);
+                    connector
+                },
                 authority,
-                connect_timeout,
                 idle_timeout,
                 idle: (0..STACKS).map(|_| Mutex::new(Vec::new())).collect(),
                 sweeping: AtomicBool::new(false),
@@ -153,7 +170,11 @@ impl Pool {
             Some(mut sender) => match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.lease(response, Some(sender))),
                 Err(mut e) => match e.take_message() {
-                    Some(req) => req,
+                    Some(req) => {
+                        // Never written: the connection was closing, or not ready after all.
+                        self.shared.give_back(sender);
+                        req
+                    }
                     None => return Err(SendError::Http(e.into_error())),
                 },
             },
@@ -214,22 +235,17 @@ impl Shared {
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.authority.as_str()),
-        )
-        .await
-        .map_err(|_| {
-            SendError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no connection within {:?}", self.connect_timeout),
-            ))
-        })?
-        .map_err(SendError::Connect)?;
-        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        // hyper-util's connector: name resolution off the runtime, `connect_timeout` shared
+        // over the addresses a name resolves to, and a fallback to the next address family
+        // after 300 ms (happy eyeballs, RFC 8305), so a dead AAAA record does not cost the
+        // whole timeout.
+        let mut connector = self.connector.clone();
+        let stream = connector
+            .call(self.target.clone())
+            .await
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
         let (mut sender, connection) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
+            .handshake(stream)
             .await
             .map_err(SendError::Http)?;
         tokio::spawn(async move {
@@ -269,6 +285,9 @@ impl Shared {
         let weak: Weak<Shared> = Arc::downgrade(self);
         let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
         runtime.spawn(async move {
+            // Cleared however the task ends (its runtime may shut down while it sleeps), so
+            // the next returned connection starts a new sweep.
+            let _running = Sweeping(weak.clone());
             loop {
                 tokio::time::sleep(period).await;
                 let Some(pool) = weak.upgrade() else { return };
@@ -282,11 +301,21 @@ impl Shared {
                     left += idle.len();
                 }
                 if left == 0 {
-                    pool.sweeping.store(false, Ordering::Release);
                     return;
                 }
             }
         });
+    }
+}
+
+/// Marks a pool's sweep as ended when dropped.
+struct Sweeping(Weak<Shared>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.sweeping.store(false, Ordering::Release);
+        }
     }
 }
 

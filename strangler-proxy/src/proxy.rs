@@ -812,6 +812,7 @@ impl<'r> Exchange<'r> {
             .observe(self.metrics, status.as_u16(), elapsed.as_secs_f64());
         if self.table.config.proxy.access_log
             && let Some(log) = self.access_log
+            && tracing::enabled!(target: "strangler::access", tracing::Level::INFO)
         {
             log.record(&access_log::Entry {
                 request_id: self.request_id.to_str().unwrap_or(""),

@@ -310,8 +310,7 @@ async fn serve_public(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .writev(false);
+        .header_read_timeout(None);
     h2_keep_alive(&mut builder);
     let grace = lifecycle.grace;
     let stop = async move {

@@ -5,22 +5,15 @@
 //! same [`Upstream`] for the same [`ServiceConfig`].
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 
 use crate::config::ServiceConfig;
 use crate::outlier::Outlier;
 use crate::pool::Pool;
-use bytes::Bytes;
 use http::HeaderValue;
 use http::uri::Authority;
-use http_body_util::combinators::UnsyncBoxBody;
 
-/// Any error a body can fail with.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// The body of a request sent to a service: the client's body, streamed.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::pool::{BoxError, UpstreamBody};
 
 /// One service: its settings and its connection pool.
 pub struct Upstream {

@@ -187,8 +187,14 @@ impl Drop for Proxy {
 impl Proxy {
     /// Runs the binary on `config`, its stderr going to `stderr.log` beside it.
     fn spawn(config: &Path) -> Proxy {
+        Self::spawn_with(config, &[])
+    }
+
+    /// [`Proxy::spawn`] with environment variables.
+    fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Proxy {
         let stderr = config.with_file_name("stderr.log");
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config)
             .stdout(Stdio::null())
@@ -409,10 +415,22 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
 /// colour codes when stderr is not a terminal.
 #[tokio::test]
 async fn the_binary_logs_every_request_before_it_exits_without_queries_or_colours() {
+    access_log_lines("bin-access-log", &[], 25).await;
+}
+
+/// `RUST_LOG=warn` silences the access log as it silences every `INFO` line.
+#[tokio::test]
+async fn rust_log_silences_the_access_log() {
+    access_log_lines("bin-access-log-quiet", &[("RUST_LOG", "warn")], 0).await;
+}
+
+/// Runs the binary with the access log on, sends 25 requests, stops it and checks that
+/// `expected` access lines were written, in order, without the query or colour codes.
+async fn access_log_lines(test: &str, env: &[(&str, &str)], expected: usize) {
     let users = support::echo_upstream("users").await;
     let monolith = support::echo_upstream("monolith").await;
     let (public, admin) = free_ports();
-    let path = ProxyBuilder::new("bin-access-log")
+    let path = ProxyBuilder::new(test)
         .listen(public, admin)
         .proxy_key(NO_GRACE)
         .service("monolith", monolith)
@@ -425,7 +443,7 @@ async fn the_binary_logs_every_request_before_it_exits_without_queries_or_colour
         text.replace("access_log = false", "access_log = true"),
     )
     .unwrap();
-    let mut proxy = Proxy::spawn(&path);
+    let mut proxy = Proxy::spawn_with(&path, env);
     let healthy = eventually(Duration::from_secs(10), || async {
         send(&client(), Method::GET, &url(admin, "/healthz"), &[])
             .await
@@ -450,7 +468,7 @@ async fn the_binary_logs_every_request_before_it_exits_without_queries_or_colour
         .lines()
         .filter(|l| l.contains("strangler::access:"))
         .collect();
-    assert_eq!(lines.len(), REQUESTS, "stderr:\n{stderr}");
+    assert_eq!(lines.len(), expected, "stderr:\n{stderr}");
     for (i, line) in lines.iter().enumerate() {
         assert!(
             line.contains(&format!(

@@ -178,7 +178,7 @@ impl Validator<'_> {
         );
         let workers = match p.workers.as_ref() {
             None => Some(None),
-            Some(v) => self.bounded_int("workers", Some(v), 1, 1..=1024).map(Some),
+            Some(v) => self.bounded_int("workers", Some(v), 1, 1..=64).map(Some),
         };
         let first_byte_timeout = self.duration(
             "first_byte_timeout",
