@@ -25,6 +25,7 @@ use crate::admin::Admin;
 use crate::config::ProxySettings;
 use crate::connections::{Connections, Limits, Tracked};
 use crate::drain::Draining;
+use crate::history::History;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -125,11 +126,13 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         timeout: settings.drain_timeout,
     };
     let proxy = Proxy::new(live.clone(), metrics.clone(), shadows.clone());
+    let history = Arc::new(History::new(metrics.clone(), std::time::SystemTime::now()));
     let admin = Arc::new(Admin {
         reloader: reloader.clone(),
         metrics: metrics.clone(),
         shadows,
         draining: draining.clone(),
+        history: history.clone(),
     });
     let public_task = tokio::spawn(serve_public(
         public,
@@ -157,6 +160,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
             }
         }),
         tokio::spawn(reload_on_sighup(reloader.clone(), hup)),
+        tokio::spawn(history.run()),
     ];
     tracing::info!(
         public = %public_addr,

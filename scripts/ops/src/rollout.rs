@@ -714,6 +714,7 @@ mod tests {
             default,
             fallbacks: 0.0,
             shadow,
+            near_misses: 0.0,
         }
     }
 
