@@ -1,7 +1,7 @@
 //! `strangler-ops`: the operator scripts (`scripts/migrate-data`, `shift`, `rollout`,
 //! `rollback`, `status`). Parses arguments and calls the library.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -327,6 +327,16 @@ struct StatusArgs {
     /// Time between the two scrapes the rates are computed from.
     #[arg(long, default_value = "1s", value_parser = duration)]
     window: Duration,
+    /// Show the status again every --interval, in place on a terminal, until Ctrl-C (or
+    /// --count refreshes).
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: time from one refresh to the next (at least --window).
+    #[arg(long, default_value = "2s", value_parser = duration, requires = "watch")]
+    interval: Duration,
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -642,11 +652,35 @@ fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(ending.exit_code()))
 }
 
+/// The admin listener `status` asks: `--admin`, else the config's `[proxy] admin` — read
+/// even from a file with errors elsewhere, since the proxy keeps serving its last good table
+/// and `status` is how to look at it then.
+fn status_admin(admin: Option<String>, config: &Path) -> anyhow::Result<String> {
+    if let Some(url) = admin {
+        return Ok(url);
+    }
+    if let Ok(url) = admin_from_config(config) {
+        return Ok(url);
+    }
+    let text = std::fs::read_to_string(config).with_context(|| {
+        format!(
+            "reading {} (or name the proxy with --admin URL)",
+            config.display()
+        )
+    })?;
+    match strangler_proxy::config::admin_address(&text) {
+        Some(addr) => Ok(status::admin_url(addr)),
+        None => anyhow::bail!(
+            "{} is invalid and its [proxy] admin cannot be read from it; name the proxy with \
+             --admin URL (`strangler-proxy check {}` shows the errors)",
+            config.display(),
+            config.display()
+        ),
+    }
+}
+
 fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let admin = match args.admin {
-        Some(url) => url,
-        None => admin_from_config(&args.config.config)?,
-    };
+    let admin = status_admin(args.admin, &args.config.config)?;
     let admin = if admin.contains("://") {
         admin
     } else {
@@ -662,6 +696,21 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .config
         .exists()
         .then_some(args.config.config.as_path());
+    if args.watch {
+        let stop = Stop::on_signals();
+        let in_place = std::io::stdout().is_terminal();
+        let every = args.interval.max(args.window);
+        status::watch(
+            &options,
+            config,
+            every,
+            args.count,
+            &stop,
+            in_place,
+            &mut LineOut,
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     status::run(&options, config, &mut out)?;
     Ok(ExitCode::SUCCESS)
