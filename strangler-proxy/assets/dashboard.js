@@ -251,16 +251,18 @@ function renderDiffs(diffs) {
 }
 
 function reloadChart(reloads, width) {
-  const W = Math.max(300, width), H = 26;
+  const W = Math.max(300, width), H = 34;
   const times = reloads.map((r) => Date.parse(r.at));
   const now = Date.now();
   const start = Math.min(now - 60000, ...times);
   const x = (t) => 8 + ((W - 16) * (t - start)) / Math.max(1, now - start);
   const root = svg("svg", { class: "chart strip", viewBox: `0 0 ${W} ${H}`, role: "img" });
-  root.append(svg("line", { class: "grid", x1: 8, x2: W - 8, y1: H / 2, y2: H / 2 }));
+  root.append(svg("line", { class: "grid", x1: 8, x2: W - 8, y1: H / 2 - 4, y2: H / 2 - 4 }));
+  root.append(svg("text", { class: "axis", x: 8, y: H - 1, text: clock(new Date(start).toISOString()) }));
+  root.append(svg("text", { class: "axis", x: W - 8, y: H - 1, "text-anchor": "end", text: "now" }));
   reloads.forEach((r, i) => {
     root.append(svg("circle", {
-      cx: x(times[i]), cy: H / 2, r: 5,
+      cx: x(times[i]), cy: H / 2 - 4, r: 5,
       fill: r.result === "applied" ? "var(--ok)" : "var(--error)",
     }, svg("title", { text: `${r.at} ${r.result} revision ${r.revision}` })));
   });

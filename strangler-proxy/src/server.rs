@@ -63,6 +63,8 @@ pub struct Running {
     pub draining: Arc<Draining>,
     /// Every metric family.
     pub metrics: Arc<Metrics>,
+    /// The last 15 minutes of traffic (`/history`), sampled every 10 s.
+    pub history: Arc<History>,
     shutdown: watch::Sender<bool>,
     public_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -160,7 +162,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
             }
         }),
         tokio::spawn(reload_on_sighup(reloader.clone(), hup)),
-        tokio::spawn(history.run()),
+        tokio::spawn(history.clone().run()),
     ];
     tracing::info!(
         public = %public_addr,
@@ -176,6 +178,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         reloader,
         draining,
         metrics,
+        history,
         shutdown,
         public_task,
         tasks,

@@ -12,7 +12,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use support::*;
 
@@ -65,17 +65,36 @@ async fn the_dashboard_shows_routes_weights_diffs_and_refused_reloads_in_a_brows
         .with("sticky = \"header:x-user\"")
         // Live for reads; writes stay on the monolith.
         .route("/api/posts", "posts", 100)
-        .with("methods = [\"GET\", \"HEAD\"]");
+        .with("methods = [\"GET\", \"HEAD\"]")
+        // A service nobody listens for: 502s, then ejected by outlier detection (503s).
+        .service("reports", closed_port())
+        .route("/api/reports", "reports", 100);
     let p = builder.start().await;
 
-    // Traffic for the charts and the shadow comparisons (bounded).
-    for i in 0..30 {
-        for path in ["/api/users/1", "/api/threads/2", "/api/posts/3", "/other"] {
-            let who = format!("u{i}");
-            let answer = get_with(&p.url(path), &[("x-user", &who)]).await;
-            assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+    // Traffic for the charts and the shadow comparisons, in four 10 s buckets whose sampling
+    // the test drives (bounded: 100 rounds in all).
+    let start = SystemTime::now();
+    for bucket in 1..=4u32 {
+        for i in 0..(10 * bucket) {
+            for path in ["/api/users/1", "/api/threads/2", "/api/posts/3", "/other"] {
+                let who = format!("u{i}");
+                let answer = get_with(&p.url(path), &[("x-user", &who)]).await;
+                assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+            }
+            let failed = get(&p.url("/api/reports/1")).await;
+            assert!(failed.status.is_server_error(), "{}", failed.text());
         }
+        p.history.sample(start + Duration::from_secs(10) * bucket);
     }
+    let history = get(&p.admin_url("/history")).await.json();
+    let threads = &history["routes"][1];
+    assert_eq!(threads["name"], "threads");
+    assert_eq!(threads["points"].as_array().unwrap().len(), 5, "{threads}");
+    assert_eq!(
+        threads["window"]["service"]["requests"].as_u64().unwrap()
+            + threads["window"]["default"]["requests"].as_u64().unwrap(),
+        100
+    );
     let mismatched = eventually(Duration::from_secs(10), || async {
         let diffs = get(&p.admin_url("/diffs?route=users")).await.json();
         diffs["groups"].as_array().is_some_and(|g| !g.is_empty())
@@ -94,7 +113,8 @@ async fn the_dashboard_shows_routes_weights_diffs_and_refused_reloads_in_a_brows
         .arg(browser_dir().join("dashboard.mjs"))
         .current_dir(browser_dir())
         .env("DASHBOARD_URL", p.admin_url("/"))
-        .env("ROUTES", r#"["users","threads","posts"]"#)
+        .env("ROUTES", r#"["users","threads","posts","reports"]"#)
+        .env("EJECTED_SERVICE", "reports")
         .env("ROUTES_FILE", p.path())
         .env("WEIGHT_TEXT", &weighted)
         .env("WEIGHT_ROUTE", "threads")

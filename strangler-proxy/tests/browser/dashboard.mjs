@@ -8,6 +8,8 @@
 //   DIFF_ROUTE      a shadowed route whose service answers differently from the default
 //   DIFF_TEXT       a value only the service's answer holds
 //   SCREENSHOT      where to save the screenshot
+//   EJECTED_SERVICE a service outlier detection has ejected
+//   READS_ONLY_ROUTE a route at 100 % whose writes stay on the default
 //   CHROMIUM        the browser binary
 // Every wait is bounded; a failed expectation exits 1 with what was expected and what the page
 // showed.
@@ -70,6 +72,12 @@ try {
     }
     const cards = await page.locator("[data-route]").count();
     if (cards !== routes.length) throw new Error(`${cards} route cards for ${routes.length} routes`);
+  });
+
+  await step("an ejected service shows its outlier state", async () => {
+    const name = env("EJECTED_SERVICE");
+    const badge = await page.locator(`[data-service="${name}"] .badge`).innerText();
+    if (badge.toLowerCase() !== "ejected") throw new Error(`${name} shows ${badge}`);
   });
 
   await step("a route whose writes stay on the default is not shown as plain live", async () => {
