@@ -249,6 +249,9 @@ struct ShiftArgs {
     /// Only these methods are peeled off (e.g. GET,HEAD); `all` removes the restriction.
     #[arg(long, value_name = "LIST")]
     methods: Option<String>,
+    /// Allow a weight of 1..=99 on a route that sends writes to the service (as `rollout`).
+    #[arg(long)]
+    allow_split_writes: bool,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -304,8 +307,10 @@ struct RolloutArgs {
     /// Allow weights 1..=99 on a route that sends writes to the service.
     #[arg(long)]
     allow_split_writes: bool,
-    /// Give up (writing the last safe weight back) after this many holds at one step; 0 waits forever.
-    #[arg(long, default_value_t = 0)]
+    /// Give up (writing the last safe weight back, exit 3) after this many intervals in a row
+    /// at one step that cannot be judged: fewer than --min-requests requests (or shadow
+    /// comparisons), or shadow coverage under --min-shadow-coverage. 0 waits forever.
+    #[arg(long, default_value_t = rollout::DEFAULT_MAX_HOLDS)]
     max_holds: u32,
     #[command(flatten)]
     data: DataDirArg,
@@ -492,7 +497,8 @@ fn print_edit(
             if (1..=99).contains(&after.weight) && after.includes_writes() {
                 eprintln!(
                     "warning: route {route} now splits writes between the service's database and \
-                     the monolith's; consider --methods GET,HEAD until the data is moved"
+                     the monolith's (--allow-split-writes): the service must write through to \
+                     the monolith"
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -525,9 +531,23 @@ fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
     };
     let path = args.config.config;
     let data_dir = args.data.data_dir;
-    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, r);
+    let allow_split = args.allow_split_writes;
+    let check = |r: &RouteConfig| {
+        cutover::guard_split_writes(r, &[r.weight], allow_split)?;
+        cutover::guard_writes(&data_dir, r)
+    };
     let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
-    print_edit(&path, &args.route, result)
+    let shadowed = result.is_ok() && change.shadow == Some(true);
+    let code = print_edit(&path, &args.route, result)?;
+    if shadowed
+        && let Ok(loaded) = strangler_proxy::config::load(&path)
+        && let Some(route) = loaded.config.routes.iter().find(|r| r.name == args.route)
+        && let Ok(resource) = resource::parse(&route.service)
+        && let Some(why) = migrate::empty_service_database(&data_dir, resource)
+    {
+        eprintln!("warning: {why}");
+    }
+    Ok(code)
 }
 
 fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {

@@ -273,7 +273,8 @@ fn splitting_writes_is_refused_unless_allowed() {
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
         out.contains(
-            "refusing to roll out \"users\": it sends every method (writes included) to \"users\""
+            "refusing to roll out: route \"users\" sends every method (writes included) to \
+             \"users\", and 1%, 5%, 25%, 50% would split them between two databases"
         ),
         "{out}"
     );
