@@ -542,13 +542,14 @@ impl Rollout<'_> {
                 } else {
                     format!(" (hold {holds}; --max-holds 0 waits forever)")
                 };
-                for r in &reasons {
+                let last = max_holds > 0 && *holds >= max_holds;
+                for r in reasons.iter().filter(|_| !last) {
                     writeln!(
                         out,
                         "{label}: holding at {weight}%: {r}; waiting another interval{count}"
                     )?;
                 }
-                if max_holds > 0 && *holds >= max_holds {
+                if last {
                     writeln!(
                         out,
                         "{label}: still holding after {holds} intervals (--max-holds {max_holds}): \
