@@ -566,12 +566,14 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// JSON indented, one field a line, ending in a newline: `curl` on a terminal shows it as
+/// readably as a browser does.
 fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_string(value).unwrap_or_default(),
-        )))
+        .body(Full::new(Bytes::from(body)))
         .unwrap_or_default()
 }
 

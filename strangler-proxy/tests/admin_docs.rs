@@ -86,7 +86,11 @@ async fn reloads_list_applied_and_refused_loads_newest_first() {
     assert!(matches!(p.rewrite(&good), Outcome::Applied(2)));
     let bad = format!("{good}colour = \"red\"\n");
     assert!(matches!(p.rewrite(&bad), Outcome::Rejected(_)));
-    let doc = get(&p.admin_url("/reloads")).await.json();
+    let text = get(&p.admin_url("/reloads")).await.text();
+    // Indented, one field a line: readable from curl on a terminal.
+    assert!(text.contains("\n  \"reloads\": [\n"), "{text}");
+    assert!(text.ends_with("}\n"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let reloads = doc["reloads"].as_array().unwrap();
     assert_eq!(reloads.len(), 3, "{doc}");
     assert_eq!(reloads[0]["result"], "rejected");
