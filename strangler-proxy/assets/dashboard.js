@@ -129,7 +129,7 @@ function sideBox(kind, name, side, inFlight) {
       el("div", { class: "num" }, el("b", { text: String(inFlight || 0) }), el("small", { text: "in flight" }))));
 }
 
-function shadowBar(route, win) {
+function shadowBar(route, win, hist) {
   const c = route.shadow_counts || { results: {} };
   const r = c.results || {};
   const m = r.match || 0, x = r.mismatch || 0;
@@ -142,11 +142,39 @@ function shadowBar(route, win) {
     bar.append(el("span", { class: "x", style: `width:${(100 * x) / all}%` }));
     bar.append(el("span", { class: "o", style: `width:${(100 * other) / all}%` }));
   }
+  const verdicts = shadowChart(hist);
   const recent = win && (win.shadow_match + win.shadow_mismatch) > 0
     ? ` · 15 min: ${win.shadow_match} ✓ ${win.shadow_mismatch} ✗` : "";
-  return el("div", { class: "shadowbar", "data-shadow": route.name },
-    el("span", { text: "shadow" }), bar,
-    el("span", { text: `${m} match · ${x} mismatch · coverage ${pct(c.coverage)}${recent}` }));
+  return el("div", { class: "shadow-block" },
+    el("div", { class: "shadowbar", "data-shadow": route.name },
+      el("span", { text: "shadow" }), bar,
+      el("span", { text: `${m} match · ${x} mismatch · coverage ${pct(c.coverage)}${recent}` })),
+    verdicts);
+}
+
+// Shadow verdicts per bucket over the 15 minutes: matches up, mismatches down from the middle.
+function shadowChart(hist) {
+  const points = hist ? hist.points : [];
+  if (!points.some((p) => p.shadow_match + p.shadow_mismatch + p.shadow_other > 0)) return null;
+  const W = 600, H = 34, L = 34, SLOTS = 91, mid = H / 2;
+  const slot = (W - L) / SLOTS;
+  const n = points.length;
+  const max = Math.max(1, ...points.map((p) => Math.max(p.shadow_match, p.shadow_mismatch + p.shadow_other)));
+  const root = svg("svg", { class: "chart verdicts", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
+  root.append(svg("line", { class: "grid", x1: L, x2: W, y1: mid, y2: mid }));
+  root.append(svg("text", { class: "axis", x: L - 4, y: 9, "text-anchor": "end", text: "✓" }));
+  root.append(svg("text", { class: "axis", x: L - 4, y: H - 2, "text-anchor": "end", text: "✗" }));
+  points.forEach((p, i) => {
+    const x = W - (n - i) * slot + 0.5;
+    const w = Math.max(1, slot - 1);
+    const up = ((mid - 1) * p.shadow_match) / max;
+    const down = ((mid - 1) * p.shadow_mismatch) / max;
+    const other = ((mid - 1) * p.shadow_other) / max;
+    if (up > 0) root.append(svg("rect", { class: "match", x, y: mid - up, width: w, height: up }));
+    if (down > 0) root.append(svg("rect", { class: "mismatch", x, y: mid, width: w, height: down }));
+    if (other > 0) root.append(svg("rect", { class: "other", x, y: mid + down, width: w, height: other }));
+  });
+  return root;
 }
 
 function routeCard(route, doc, hist, interval) {
@@ -180,7 +208,7 @@ function routeCard(route, doc, hist, interval) {
     el("div", { class: "sides" },
       sideBox("service", route.service, win && win.service, route.in_flight[route.service]),
       sideBox("default", defaultName, win && win.default, route.in_flight[defaultName])),
-    shadowBar(route, win));
+    shadowBar(route, win, hist));
 }
 
 function renderHeader(doc) {

@@ -89,6 +89,11 @@ try {
     if (!moved.includes("writes stay on")) throw new Error(`methods moved of ${reads}: ${moved}`);
   });
 
+  await step("the shadowed route charts its verdicts per bucket", async () => {
+    const bars = await page.locator(`[data-route="${env("DIFF_ROUTE")}"] svg.verdicts rect.mismatch`).count();
+    if (bars < 4) throw new Error(`${bars} mismatch bars for four buckets of mismatches`);
+  });
+
   await step("a deliberate shadow difference appears in the diffs, side by side", async () => {
     const group = page.locator(`[data-diffs="${env("DIFF_ROUTE")}"] .diff-group`).first();
     await group.waitFor(WAIT);
