@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+
+mod common;
 
 /// About 200 bytes of compact JSON, like a typical single-resource API answer.
 const SMALL: &[u8] = br#"{"id":42,"username":"strangler","name":"Benchmark User","bio":"A fixed answer so that every proxy is measured against the same work.","threads":[1,2,3],"posts":[4,5,6,7],"createdAt":"2024-01-01T00:00:00Z"}"#;
@@ -41,12 +42,7 @@ fn listen_arg() -> Result<SocketAddr, Box<dyn std::error::Error>> {
     let mut listen: SocketAddr = "127.0.0.1:3000".parse()?;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--listen" => {
-                let value = args.next().ok_or("--listen needs an address")?;
-                listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen {value}: {e}"))?;
-            }
+            "--listen" => listen = common::flag_value(&mut args, "--listen", "an address")?,
             "--help" | "-h" => {
                 println!("bench_upstream [--listen ADDR]   (default 127.0.0.1:3000)");
                 std::process::exit(0);
@@ -58,19 +54,9 @@ fn listen_arg() -> Result<SocketAddr, Box<dyn std::error::Error>> {
 }
 
 async fn serve(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = TcpListener::bind(listen).await?;
-    println!("bench_upstream listening on {}", listener.local_addr()?);
+    let listener = common::bind("bench_upstream", listen).await?;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors under a connection storm: wait instead of spinning.
-                eprintln!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = common::accept(&listener).await;
         tokio::spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service_fn(answer))

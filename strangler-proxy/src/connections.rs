@@ -95,6 +95,19 @@ impl State {
         self.busy.load(Ordering::SeqCst) == 0
     }
 
+    /// When to look at the connection next: its deadline as things stand, or sooner, the
+    /// earliest any deadline could fall if something changed now (a request head started on
+    /// an idle connection, a busy one went idle): the state changes on the request path
+    /// without waking the connection's task, and a deadline is never missed, only checked
+    /// again.
+    fn next_check(&self, limits: &Limits) -> Instant {
+        let soonest_new = Instant::now() + limits.header_read.min(limits.idle);
+        match self.deadline(limits) {
+            Some((at, _)) => at.min(soonest_new),
+            None => soonest_new,
+        }
+    }
+
     /// When the connection must go if nothing changes, and whether it may go gracefully.
     fn deadline(&self, limits: &Limits) -> Option<(Instant, Why)> {
         if !self.is_idle() {
@@ -267,14 +280,11 @@ impl Conn {
         let limits = self.connections.limits;
         tokio::pin!(conn);
         let mut graceful_sent = false;
+        // One timer per connection, re-armed only when it fires or the connection is asked
+        // to close: a request costs no wake-up and no timer of its own (see `next_check`).
+        let check = tokio::time::sleep_until(self.state.next_check(&limits));
+        tokio::pin!(check);
         loop {
-            let deadline = self.state.deadline(&limits);
-            let expired = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 ended = conn.as_mut() => {
                     if let Err(e) = ended {
@@ -283,7 +293,7 @@ impl Conn {
                     return;
                 }
                 () = self.state.wake.notified() => {}
-                () = expired => {
+                () = check.as_mut() => {
                     // Re-read: a request may have started as the timer fired.
                     match self.state.deadline(&limits) {
                         Some((at, why)) if at <= Instant::now() => {
@@ -298,6 +308,7 @@ impl Conn {
                     }
                 }
             }
+            check.as_mut().reset(self.state.next_check(&limits));
             let state = &self.state;
             let wait_for_first =
                 state.patient.load(Ordering::SeqCst) && !state.served.load(Ordering::SeqCst);
@@ -339,7 +350,10 @@ impl Drop for Active {
     fn drop(&mut self) {
         let state = &self.0;
         state.idle_since.store(state.now(), Ordering::SeqCst);
-        if state.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // Only a closing connection needs its task now: it may go as soon as it is idle.
+        if state.busy.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.closing.load(Ordering::SeqCst) > 0
+        {
             state.wake.notify_one();
         }
     }
@@ -403,7 +417,6 @@ impl AsyncRead for Watched {
             && !state.h2.load(Ordering::SeqCst)
         {
             state.head_started.store(state.now() + 1, Ordering::SeqCst);
-            state.wake.notify_one();
         }
         polled
     }

@@ -5,21 +5,23 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::headers::{
     FORWARDED, HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
     X_STRANGLER_SHADOW,
 };
+use crate::pool::{self, Reuse, SendError};
 use crate::upstream::{Upstream, UpstreamBody};
+
+/// A response from a service, its body streamed from a pooled connection.
+pub type UpstreamResponse = Response<pool::Body>;
 
 /// Why an upstream gave no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +60,79 @@ pub struct Failure {
     pub detail: String,
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those the `Connection` header names. Driven by what
+/// is present: one pass over the names finds them, and a block that has none (the usual
+/// request and response) costs no removal at all.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too; collect them before Connection goes.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    Scan::of(headers).strip(headers);
+}
+
+/// Which of the names the rewrite acts on a header block holds, found in one pass over it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    /// Bit `i` set: `HOP_BY_HOP[i]` is present; bit 8: `Upgrade`.
+    hop_by_hop: u16,
+    shadow_marker: bool,
+    x_forwarded_for: bool,
+    forwarded: bool,
+    cookie: bool,
+}
+
+/// After the bits of the eight `HOP_BY_HOP` names.
+const UPGRADE_BIT: u16 = 1 << 8;
+
+impl Scan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self::default();
+        for name in headers.keys() {
+            // `as_str` of a standard name is a table lookup; the match compiles to a switch on
+            // the length and one comparison.
+            match name.as_str() {
+                "connection" => scan.hop_by_hop |= 1 << 0,
+                "keep-alive" => scan.hop_by_hop |= 1 << 1,
+                "proxy-connection" => scan.hop_by_hop |= 1 << 2,
+                "proxy-authenticate" => scan.hop_by_hop |= 1 << 3,
+                "proxy-authorization" => scan.hop_by_hop |= 1 << 4,
+                "te" => scan.hop_by_hop |= 1 << 5,
+                "trailer" => scan.hop_by_hop |= 1 << 6,
+                "transfer-encoding" => scan.hop_by_hop |= 1 << 7,
+                "upgrade" => scan.hop_by_hop |= UPGRADE_BIT,
+                "x-strangler-shadow" => scan.shadow_marker = true,
+                "x-forwarded-for" => scan.x_forwarded_for = true,
+                "forwarded" => scan.forwarded = true,
+                "cookie" => scan.cookie = true,
+                _ => {}
+            }
+        }
+        scan
     }
-    headers.remove(header::UPGRADE);
+
+    /// Removes the hop-by-hop headers found, and the names `Connection` lists.
+    fn strip(self, headers: &mut HeaderMap) {
+        if self.hop_by_hop == 0 {
+            return;
+        }
+        if self.hop_by_hop & 1 != 0 {
+            // Names listed in Connection are hop-by-hop too; collect them before it goes.
+            let listed: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+                .collect();
+            for name in &listed {
+                headers.remove(name);
+            }
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.hop_by_hop & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+        if self.hop_by_hop & UPGRADE_BIT != 0 {
+            headers.remove(header::UPGRADE);
+        }
+    }
 }
 
 /// What the rewrite needs to know about the downstream side.
@@ -85,8 +147,9 @@ pub struct Downstream<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Rewrites a downstream request for `upstream`: absolute URI on the upstream with exactly the
-/// routed path, then the header steps below in this order, then HTTP/1.1 on the wire.
+/// Rewrites a downstream request for an upstream: origin-form target with exactly the routed
+/// path, then the header steps below in this order, then HTTP/1.1 on the wire. One pass over
+/// the header names finds what the steps act on; a step whose header is absent costs nothing.
 ///
 /// 1. [`strip_hop_by_hop`] (keeping a WebSocket upgrade aside), [`drop_shadow_marker`],
 ///    the request id, the upgrade restored: connection-level headers go first, so no later
@@ -98,7 +161,6 @@ pub struct Downstream<'a> {
 /// 4. [`join_cookies`]: HTTP/2's split `cookie` fields become one line (RFC 9113 §8.2.3).
 pub fn rewrite(
     req: &mut Request<UpstreamBody>,
-    upstream: &Upstream,
     downstream: &Downstream<'_>,
 ) -> Result<(), http::Error> {
     let original = req.uri().clone();
@@ -113,16 +175,21 @@ pub fn rewrite(
             None => PathAndQuery::try_from(path)?,
         },
     };
-    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
+    *req.uri_mut() = upstream_uri(path_and_query);
 
     let headers = req.headers_mut();
+    let scan = Scan::of(headers);
     let upgrade = if downstream.upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    strip_hop_by_hop(headers);
-    drop_shadow_marker(headers);
+    scan.strip(headers);
+    if scan.shadow_marker {
+        drop_shadow_marker(headers);
+    }
+    // The headers below, added at most once each, without growing the table twice.
+    headers.reserve(6);
     headers.insert(&X_REQUEST_ID, downstream.request_id.clone());
     if let Some(protocol) = upgrade {
         // The one hop-by-hop exchange a proxy must pass on: the protocol switch itself.
@@ -130,10 +197,12 @@ pub fn rewrite(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let host = set_host(headers, &original);
-    append_x_forwarded_for(headers, downstream.client);
-    append_forwarded(headers, downstream.client, host.as_ref());
+    add_x_forwarded_for(headers, downstream.client, scan.x_forwarded_for);
+    add_forwarded(headers, downstream.client, host.as_ref(), scan.forwarded);
     set_x_forwarded(headers, host);
-    join_cookies(headers);
+    if scan.cookie {
+        join_cookies(headers);
+    }
     *req.version_mut() = Version::HTTP_11;
     Ok(())
 }
@@ -162,7 +231,7 @@ pub fn set_host(headers: &mut HeaderMap, target: &Uri) -> Option<HeaderValue> {
 
 /// This hop's client as the forwarding headers name it, rendered once per connection (the
 /// address does not change between its requests), so a request pays for no formatting.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientHop {
     /// The client's address.
     pub addr: SocketAddr,
@@ -170,6 +239,8 @@ pub struct ClientHop {
     ip: HeaderValue,
     /// `for=…;proto=http` (RFC 7239 §4): an IPv6 address bracketed and quoted.
     forwarded: String,
+    /// The last `Host` and the whole element rendered for it.
+    last_element: Mutex<Option<(Option<HeaderValue>, HeaderValue)>>,
 }
 
 impl ClientHop {
@@ -187,13 +258,45 @@ impl ClientHop {
             addr,
             ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded,
+            last_element: Mutex::new(None),
         }
+    }
+
+    /// This hop's `Forwarded` element for a request to `host`. The requests of a connection
+    /// nearly always name the same host, so the last element is kept and reused (a value
+    /// clone, no formatting); another host renders a new one.
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        // Another request of the connection (HTTP/2) using the cache: render, do not wait.
+        let mut last = self.last_element.try_lock().ok();
+        if let Some(Some((h, element))) = last.as_deref()
+            && h.as_ref() == host
+        {
+            return element.clone();
+        }
+        let mut element = String::with_capacity(self.forwarded.len() + 64);
+        element.push_str(&self.forwarded);
+        if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=");
+            push_forwarded_value(&mut element, host);
+        }
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        if let Some(last) = last.as_deref_mut() {
+            *last = Some((host.cloned(), value.clone()));
+        }
+        value
     }
 }
 
 /// Appends this hop's client to `x-forwarded-for`, joining every prior line into one list.
 pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
+    let prior = headers.contains_key(&X_FORWARDED_FOR);
+    add_x_forwarded_for(headers, client, prior);
+}
+
+/// [`append_x_forwarded_for`] knowing whether the header is there already.
+fn add_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop, prior: bool) {
+    if !prior {
         headers.insert(&X_FORWARDED_FOR, client.ip.clone());
         return;
     }
@@ -206,16 +309,22 @@ pub fn append_x_forwarded_for(headers: &mut HeaderMap, client: &ClientHop) {
 /// prior element; an IPv6 address is bracketed and quoted, any value that is not a token is
 /// quoted (§6).
 pub fn append_forwarded(headers: &mut HeaderMap, client: &ClientHop, host: Option<&HeaderValue>) {
-    let mut element = String::with_capacity(client.forwarded.len() + 64);
-    element.push_str(&client.forwarded);
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        push_forwarded_value(&mut element, host);
-    }
-    let value = if headers.contains_key(&FORWARDED) {
+    let prior = headers.contains_key(&FORWARDED);
+    add_forwarded(headers, client, host, prior);
+}
+
+/// [`append_forwarded`] knowing whether the header is there already.
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientHop,
+    host: Option<&HeaderValue>,
+    prior: bool,
+) {
+    let element = client.forwarded_element(host);
+    let value = if prior {
         append_to_list(headers, &FORWARDED, element.as_bytes())
     } else {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+        Ok(element)
     };
     if let Ok(v) = value {
         headers.insert(&FORWARDED, v);
@@ -268,7 +377,26 @@ fn append_to_list(
 /// Appends a `Forwarded` parameter value: the token itself, or a quoted string (RFC 7239 §4,
 /// RFC 9110 §5.6.2, §5.6.4).
 fn push_forwarded_value(out: &mut String, value: &str) {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let tchar = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+    };
     if !value.is_empty() && value.bytes().all(tchar) {
         out.push_str(value);
         return;
@@ -292,45 +420,26 @@ pub fn template_of<B>(req: &Request<B>) -> Request<()> {
     copy
 }
 
-/// A request built from a template and a body, pointed at `upstream`.
-pub fn from_template(
-    template: &Request<()>,
-    body: UpstreamBody,
-    upstream: &Upstream,
-) -> Result<Request<UpstreamBody>, http::Error> {
+/// A request built from a template and a body; its origin-form target suits any upstream.
+pub fn from_template(template: &Request<()>, body: UpstreamBody) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
     *req.method_mut() = template.method().clone();
     *req.uri_mut() = template.uri().clone();
     *req.headers_mut() = template.headers().clone();
-    retarget(&mut req, upstream)?;
-    Ok(req)
+    req
 }
 
-/// Points an already rewritten request at another upstream (fallback, shadow), keeping its
-/// path and query.
-fn retarget<B>(req: &mut Request<B>, upstream: &Upstream) -> Result<(), http::Error> {
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = upstream_uri(upstream, path_and_query)?;
-    Ok(())
-}
-
-fn upstream_uri(upstream: &Upstream, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority().clone())
-        .path_and_query(path_and_query)
-        .build()
+/// The request target a service gets: origin-form (RFC 9112 §3.2.1), the connection already
+/// names the service.
+fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
+    Uri::from(path_and_query)
 }
 
 /// What [`send_retrying`] got: the answer or the failure, and the failure of a first attempt that was
 /// sent again.
 pub struct Sent {
     /// The response headers, or why none came.
-    pub outcome: Result<Response<Incoming>, Failure>,
+    pub outcome: Result<UpstreamResponse, Failure>,
     /// The first attempt's failure when the request was sent a second time.
     pub retried: Option<Failure>,
 }
@@ -339,10 +448,10 @@ pub struct Sent {
 pub async fn send(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<UpstreamResponse, Failure> {
     let timeout: Duration = upstream.config.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    attempt(&upstream.client, req, deadline, timeout).await
+    attempt(upstream, req, Reuse::Pooled, deadline, timeout).await
 }
 
 /// Sends `req` and waits for the response headers, at most the service's `request_timeout` in
@@ -358,7 +467,7 @@ pub async fn send_retrying(
 ) -> Sent {
     let timeout: Duration = upstream.config.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let first = attempt(&upstream.client, req, deadline, timeout).await;
+    let first = attempt(upstream, req, Reuse::Pooled, deadline, timeout).await;
     let (Err(failure), Some(template)) = (&first, again) else {
         return Sent {
             outcome: first,
@@ -374,15 +483,8 @@ pub async fn send_retrying(
     let body = http_body_util::Empty::new()
         .map_err(Into::into)
         .boxed_unsync();
-    let outcome = match from_template(template, body, upstream) {
-        Ok(req) => attempt(&upstream.fresh, req, deadline, timeout).await,
-        Err(_) => {
-            return Sent {
-                outcome: first,
-                retried: None,
-            };
-        }
-    };
+    let req = from_template(template, body);
+    let outcome = attempt(upstream, req, Reuse::Fresh, deadline, timeout).await;
     Sent {
         outcome,
         retried: first.err(),
@@ -390,12 +492,13 @@ pub async fn send_retrying(
 }
 
 async fn attempt(
-    client: &Client<HttpConnector, UpstreamBody>,
+    upstream: &Upstream,
     req: Request<UpstreamBody>,
+    reuse: Reuse,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout_at(deadline, client.request(req)).await {
+) -> Result<UpstreamResponse, Failure> {
+    match tokio::time::timeout_at(deadline, upstream.pool.send(req, reuse)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(Failure {
             kind: classify(&e),
@@ -417,17 +520,17 @@ pub fn may_retry(failure: &Failure) -> bool {
 
 /// Cleans an upstream response for the client: hop-by-hop headers go, except on a protocol
 /// switch, where `Upgrade` and `Connection` are the point.
-pub fn clean_response(response: &mut Response<Incoming>) {
+pub fn clean_response(response: &mut UpstreamResponse) {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(response.headers_mut());
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> FailureKind {
-    if e.is_connect() {
+fn classify(e: &SendError) -> FailureKind {
+    if matches!(e, SendError::Connect(_)) {
         return FailureKind::Connect;
     }
-    let mut source = e.source();
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_body_write_aborted() || h.is_user() {
@@ -465,6 +568,40 @@ fn describe(e: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The element kept for the last host is never given for another.
+    #[test]
+    fn the_forwarded_element_follows_the_host_of_each_request() {
+        let hop = ClientHop::new("10.0.0.9:4000".parse().unwrap());
+        let a = HeaderValue::from_static("a.example");
+        let b = HeaderValue::from_static("b example");
+        for (host, expected) in [
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+            (Some(&b), "for=10.0.0.9;proto=http;host=\"b example\""),
+            (None, "for=10.0.0.9;proto=http"),
+            (Some(&a), "for=10.0.0.9;proto=http;host=a.example"),
+        ] {
+            assert_eq!(hop.forwarded_element(host), expected);
+        }
+    }
+
+    /// The scan's bits follow `HOP_BY_HOP`'s order, so `strip` removes what was found.
+    #[test]
+    fn the_scan_finds_each_hop_by_hop_name_at_its_index() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            assert_eq!(Scan::of(&h).hop_by_hop, 1 << i, "{name}");
+            Scan::of(&h).strip(&mut h);
+            assert!(!h.contains_key(name), "{name} was not removed");
+            assert!(h.contains_key(header::ACCEPT));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(Scan::of(&h).hop_by_hop, UPGRADE_BIT);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {

@@ -8,6 +8,7 @@
 //! shadow → forward → upstream, routes → config → compare → decode, history → figures,
 //! metrics, path, headers.
 
+pub mod access_log;
 pub mod admin;
 pub mod compare;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod near_miss;
 pub mod outlier;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod random;
 pub mod reload;

@@ -23,25 +23,26 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::access_log::{self, AccessLog};
 use crate::compare::{HeaderRules, Ignored};
-use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind};
+use crate::forward::{self, ClientHop, Downstream, Failure, FailureKind, UpstreamResponse};
 use crate::headers::{self as names, X_REQUEST_ID, X_STRANGLER_BACKEND};
 use crate::live::Live;
 use crate::metrics::{Metrics, shadow_result};
 use crate::near_miss;
 use crate::outlier::{Admit, Transition};
 use crate::path::{self, PathError};
+use crate::pool;
 use crate::routes::{Decision, RouteTable};
 use crate::shadow::{self, Captured, Shadows, Tee};
 use crate::upstream::{BoxError, Upstream, UpstreamBody};
 
 /// The body of every response the proxy sends: an upstream's, streamed (and copied when it is
 /// being shadowed), or its own.
-pub type ProxyBody = Either<Tee<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Tee<pool::Body>, Full<Bytes>>;
 
 /// Everything the proxy can answer on its own, typed by which side failed.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +188,8 @@ struct Shared {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     shadows: Arc<Shadows>,
+    /// Where answered requests are logged when the table's `access_log` is on.
+    access_log: Option<AccessLog>,
     /// Requests held behind write fences now, all routes (bounded by `hold_max`).
     held: AtomicUsize,
 }
@@ -200,13 +203,20 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving whatever table `live` holds, counting into `metrics`, bounding shadow
-    /// work by `shadows`. Its client address is unspecified until [`Proxy::for_client`].
-    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, shadows: Arc<Shadows>) -> Self {
+    /// work by `shadows`, logging answered requests to `access_log` (none: not logged). Its
+    /// client address is unspecified until [`Proxy::for_client`].
+    pub fn new(
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        shadows: Arc<Shadows>,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 live,
                 metrics,
                 shadows,
+                access_log,
                 held: AtomicUsize::new(0),
             }),
             client: Arc::new(ClientHop::new(SocketAddr::from(([0, 0, 0, 0], 0)))),
@@ -237,7 +247,7 @@ impl Proxy {
         };
         // A Uri clone shares its bytes; borrowing the path from it leaves `parts` free to change.
         let uri = parts.uri.clone();
-        let mut ex = Exchange::begin(&table, &self.shared.metrics, &mut parts, start);
+        let mut ex = Exchange::begin(&table, &self.shared, &mut parts, start);
         if let Err(e) = ex.admit(&parts, uri.path()) {
             return ex.refuse(e);
         }
@@ -353,7 +363,7 @@ impl Proxy {
         permit: OwnedSemaphorePermit,
         template: Request<()>,
         request_body: Option<oneshot::Receiver<Captured>>,
-        response: Response<Incoming>,
+        response: UpstreamResponse,
     ) -> Response<ProxyBody> {
         let Some(route) = ex.decision.as_ref().and_then(|d| d.route) else {
             return response.map(|b| Either::Left(Tee::passthrough(b)));
@@ -458,6 +468,7 @@ impl Drop for Held<'_> {
 struct Exchange<'r> {
     table: &'r RouteTable,
     metrics: &'r Metrics,
+    access_log: Option<&'r AccessLog>,
     start: Instant,
     method: Method,
     request_id: HeaderValue,
@@ -475,15 +486,11 @@ struct Exchange<'r> {
 
 impl<'r> Exchange<'r> {
     /// Starts the clock and gives the request its id (the client's, or a new one).
-    fn begin(
-        table: &'r RouteTable,
-        metrics: &'r Metrics,
-        parts: &mut Parts,
-        start: Instant,
-    ) -> Self {
+    fn begin(table: &'r RouteTable, shared: &'r Shared, parts: &mut Parts, start: Instant) -> Self {
         Self {
             table,
-            metrics,
+            metrics: &shared.metrics,
+            access_log: shared.access_log.as_ref(),
             start,
             method: parts.method.clone(),
             request_id: ensure_request_id(&mut parts.headers),
@@ -566,7 +573,7 @@ impl<'r> Exchange<'r> {
             upgrade: self.upgrade,
             request_id: &self.request_id,
         };
-        forward::rewrite(req, self.decision().upstream, &downstream)
+        forward::rewrite(req, &downstream)
     }
 
     /// Sends to the decided backend; a failure of the service on a request that may fall back
@@ -575,7 +582,7 @@ impl<'r> Exchange<'r> {
         &mut self,
         req: Request<UpstreamBody>,
         template: Option<&Request<()>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<UpstreamResponse, ProxyError> {
         let ticket = match self.outlier() {
             Some(Admit::Ejected(retry_after)) => return self.shunned(retry_after, template).await,
             Some(Admit::Send(ticket)) => Some(ticket),
@@ -614,7 +621,7 @@ impl<'r> Exchange<'r> {
     }
 
     /// The event of a request sent twice to its backend: counted, logged; the outcome passed on.
-    fn sent(&self, sent: forward::Sent) -> Result<Response<Incoming>, Failure> {
+    fn sent(&self, sent: forward::Sent) -> Result<UpstreamResponse, Failure> {
         if let Some(first) = &sent.retried {
             let decision = self.decision();
             decision.metrics.retried(self.metrics);
@@ -643,7 +650,7 @@ impl<'r> Exchange<'r> {
         &mut self,
         retry_after: std::time::Duration,
         template: Option<&Request<()>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<UpstreamResponse, ProxyError> {
         let service = self.decision().upstream.name().to_string();
         let route = self.decision().route;
         let Some((template, route)) = template.filter(|_| self.fallback).zip(route) else {
@@ -726,9 +733,9 @@ impl<'r> Exchange<'r> {
     /// switch tunnelled, the request id and (optionally) the backend named.
     fn respond(
         &self,
-        mut response: Response<Incoming>,
+        mut response: UpstreamResponse,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Incoming> {
+    ) -> UpstreamResponse {
         forward::clean_response(&mut response);
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -803,18 +810,19 @@ impl<'r> Exchange<'r> {
         decision
             .metrics
             .observe(self.metrics, status.as_u16(), elapsed.as_secs_f64());
-        if self.table.config.proxy.access_log {
-            tracing::info!(
-                target: "strangler::access",
-                request_id = self.request_id.to_str().unwrap_or(""),
-                method = %self.method,
-                path = %self.path,
-                route = decision.route_name(),
-                backend = decision.upstream.name(),
-                status = status.as_u16(),
-                duration_us = elapsed.as_micros() as u64,
-                revision = self.table.revision,
-            );
+        if self.table.config.proxy.access_log
+            && let Some(log) = self.access_log
+        {
+            log.record(&access_log::Entry {
+                request_id: self.request_id.to_str().unwrap_or(""),
+                method: self.method.as_str(),
+                path: &self.path,
+                route: decision.route_name(),
+                backend: decision.upstream.name(),
+                status: status.as_u16(),
+                duration_us: elapsed.as_micros() as u64,
+                revision: self.table.revision,
+            });
         }
     }
 
@@ -839,16 +847,8 @@ impl<'r> Exchange<'r> {
 /// if the first closes before answering.
 async fn replay(template: &Request<()>, upstream: &Upstream) -> forward::Sent {
     let body = Empty::new().map_err(Into::into).boxed_unsync();
-    match forward::from_template(template, body, upstream) {
-        Ok(req) => forward::send_retrying(upstream, req, Some(template)).await,
-        Err(e) => forward::Sent {
-            outcome: Err(Failure {
-                kind: FailureKind::Protocol,
-                detail: e.to_string(),
-            }),
-            retried: None,
-        },
-    }
+    let req = forward::from_template(template, body);
+    forward::send_retrying(upstream, req, Some(template)).await
 }
 
 fn is_gateway_error(status: StatusCode) -> bool {

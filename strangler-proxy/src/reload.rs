@@ -390,6 +390,7 @@ fn warn_on_restart_only_changes(old: &RouteTable, new: &RouteTable) {
             old.shadow_concurrency != new.shadow_concurrency,
         ),
         ("drain_timeout", old.drain_timeout != new.drain_timeout),
+        ("workers", old.workers != new.workers),
     ];
     for (key, _) in changed.iter().filter(|(_, differs)| *differs) {
         tracing::warn!(

@@ -21,6 +21,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::ProxySettings;
 use crate::connections::{Connections, Limits, Tracked};
@@ -66,6 +67,7 @@ pub struct Running {
     /// The last 15 minutes of traffic (`/history`), sampled every 10 s.
     pub history: Arc<History>,
     shutdown: watch::Sender<bool>,
+    access_log: AccessLog,
     public_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,6 +86,7 @@ impl Running {
         for task in self.tasks {
             task.abort();
         }
+        self.access_log.flush();
     }
 }
 
@@ -104,10 +107,12 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
     // Per-process state lives here and is handed out explicitly: the shadow bound is read at
     // start-up (a reload cannot resize it), the draining flag is set once.
     let shadows = Arc::new(Shadows::new(settings.shadow_concurrency));
+    shadows.run_on(tokio::runtime::Handle::current());
     let draining = Arc::new(Draining::default());
     let fds = raise_fd_limit();
     let (public_limits, admin_limits) = connection_limits(settings, fds);
-    let public = TcpListener::bind(settings.listen).await.with_context(|| {
+    let workers = worker_count(settings);
+    let public = bind_public(settings.listen, workers).with_context(|| {
         format!(
             "cannot listen on {} ([proxy] listen): is another process using it?",
             settings.listen
@@ -119,7 +124,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
             settings.admin
         )
     })?;
-    let (public_addr, admin_addr) = (public.local_addr()?, admin_listener.local_addr()?);
+    let (public_addr, admin_addr) = (public[0].local_addr()?, admin_listener.local_addr()?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let watch = reload::Watch::install(reloader.clone());
@@ -127,7 +132,13 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         grace: settings.drain_grace,
         timeout: settings.drain_timeout,
     };
-    let proxy = Proxy::new(live.clone(), metrics.clone(), shadows.clone());
+    let access_log = AccessLog::stderr();
+    let proxy = Proxy::new(
+        live.clone(),
+        metrics.clone(),
+        shadows.clone(),
+        Some(access_log.clone()),
+    );
     let history = Arc::new(History::new(metrics.clone(), std::time::SystemTime::now()));
     let admin = Arc::new(Admin {
         reloader: reloader.clone(),
@@ -136,14 +147,14 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         draining: draining.clone(),
         history: history.clone(),
     });
-    let public_task = tokio::spawn(serve_public(
+    let public_task = spawn_workers(
         public,
-        proxy,
-        Connections::new(public_limits),
-        draining.clone(),
-        shutdown_rx,
+        &proxy,
+        &Connections::new(public_limits),
+        &draining,
+        &shutdown_rx,
         lifecycle,
-    ));
+    )?;
     let tasks = vec![
         // The admin side outlives the drain: probes must hear 503 from /readyz, and metrics
         // stay scrapable, until the process ends.
@@ -169,6 +180,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         admin = %admin_addr,
         revision = table.revision,
         routes = table.routes().len(),
+        workers,
         "strangler-proxy serving"
     );
     Ok(Running {
@@ -180,9 +192,115 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         metrics,
         history,
         shutdown,
+        access_log,
         public_task,
         tasks,
     })
+}
+
+/// `[proxy] workers`, or the CPUs this process may run on (`sched_getaffinity`, through
+/// `available_parallelism`).
+fn worker_count(settings: &ProxySettings) -> usize {
+    settings.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
+/// `count` listening sockets on `addr`, all with `SO_REUSEPORT`, so the kernel spreads new
+/// connections over the workers (as NGINX's `reuseport`). `SO_REUSEPORT` would also let this
+/// proxy share a port another process holds the same way (a second proxy started by
+/// mistake): a plain bind is tried first, and a port in use is refused as before. Port 0
+/// binds the first socket on a free port and the others on the same one.
+fn bind_public(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let first = reuseport_listener(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(reuseport_listener(bound)?);
+    }
+    Ok(listeners)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    // Registered with a worker's runtime later, by the worker.
+    socket.listen(1024)?.into_std()
+}
+
+/// One thread per listener, each with its own current-thread runtime serving its share of the
+/// clients: a request, its upstream connection and its timers stay on one thread, with no
+/// work stealing or cross-thread wake-ups (thread-per-core). The returned task ends when
+/// every worker has drained.
+fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: &Proxy,
+    connections: &Arc<Connections>,
+    draining: &Arc<Draining>,
+    shutdown: &watch::Receiver<bool>,
+    lifecycle: Lifecycle,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut done = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let (proxy, connections) = (proxy.clone(), connections.clone());
+        let (draining, shutdown) = (draining.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                crate::pool::set_worker(i + 1);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = i, "cannot start a worker's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    if let Err(e) = listener.set_nonblocking(true) {
+                        tracing::error!(error = %e, worker = i, "worker listener");
+                        return;
+                    }
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve_public(
+                                listener,
+                                proxy,
+                                connections,
+                                draining,
+                                shutdown,
+                                lifecycle,
+                            )
+                            .await
+                        }
+                        Err(e) => tracing::error!(error = %e, worker = i, "worker listener"),
+                    }
+                });
+                // Whatever is left (connections past the drain timeout, shadow copies) goes
+                // with the runtime.
+                drop(runtime);
+                let _ = finished.send(());
+            })
+            .context("starting a worker thread")?;
+        done.push(finished_rx);
+    }
+    Ok(tokio::spawn(async move {
+        for worker in done {
+            let _ = worker.await;
+        }
+    }))
 }
 
 async fn serve_public(
@@ -199,7 +317,8 @@ async fn serve_public(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(None);
+        .header_read_timeout(None)
+        .writev(false);
     h2_keep_alive(&mut builder);
     let grace = lifecycle.grace;
     let stop = async move {

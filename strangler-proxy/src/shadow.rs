@@ -25,11 +25,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use http::Request;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -155,6 +154,8 @@ struct RouteRecord {
 pub struct Shadows {
     permits: Arc<Semaphore>,
     records: Mutex<HashMap<String, RouteRecord>>,
+    /// Where comparisons run; unset: on the runtime of the request that started them.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Shadows {
@@ -163,7 +164,15 @@ impl Shadows {
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             records: Mutex::new(HashMap::new()),
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runs every comparison on `runtime` (the control plane's), off the workers that serve
+    /// clients: a shadow's request, its wait for both answers and the diff never take a
+    /// worker's time from the next client. The first call wins.
+    pub fn run_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
     }
 
     /// A permit for one shadow, or `None` when the bound is reached.
@@ -376,7 +385,12 @@ pub struct Job {
 /// Runs a comparison in its own task; its verdict is counted (and, when skipped, logged with
 /// its reason) once, at the end.
 pub fn spawn(job: Job, shadows: Arc<Shadows>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
+    let runtime = shadows
+        .runtime
+        .get()
+        .cloned()
+        .unwrap_or_else(tokio::runtime::Handle::current);
+    runtime.spawn(async move {
         let route = job.route.clone();
         let request_id = job.request_id.clone();
         // Saturating: `check` bounds request_timeout, but a configured value must never be
@@ -594,13 +608,12 @@ async fn ask(
     } else {
         boxed(Full::new(body))
     };
-    let mut req = forward::from_template(template, body, upstream)
-        .map_err(|e| Asking::Failed(e.to_string()))?;
+    let mut req = forward::from_template(template, body);
     if mark_shadow {
         req.headers_mut()
             .insert(&X_STRANGLER_SHADOW, HeaderValue::from_static("1"));
     }
-    let response: Response<Incoming> = forward::send(upstream, req)
+    let response = forward::send(upstream, req)
         .await
         .map_err(|f| Asking::Failed(format!("{}: {}", f.kind.as_str(), f.detail)))?;
     let (parts, body) = response.into_parts();

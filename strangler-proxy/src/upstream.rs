@@ -8,16 +8,13 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::HeaderValue;
-use http::uri::{Authority, Scheme};
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
 use crate::config::ServiceConfig;
 use crate::outlier::Outlier;
+use crate::pool::Pool;
+use bytes::Bytes;
+use http::HeaderValue;
+use http::uri::Authority;
+use http_body_util::combinators::UnsyncBoxBody;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -31,14 +28,8 @@ pub struct Upstream {
     pub config: ServiceConfig,
     /// `x-strangler-backend` value, built once.
     pub header_value: HeaderValue,
-    /// Scheme for request URIs (always http until TLS lands).
-    pub scheme: Scheme,
-    /// Pooled keep-alive client.
-    pub client: Client<HttpConnector, UpstreamBody>,
-    /// A client that keeps no idle connection, so every request it sends opens a new one: the
-    /// retry of a request whose pooled connection the service had closed must not pick another
-    /// connection the service may be closing too.
-    pub fresh: Client<HttpConnector, UpstreamBody>,
+    /// Keep-alive connections to the service.
+    pub pool: Pool,
     /// Consecutive failures and ejection (kept, like the pool, across reloads that keep the
     /// service's settings).
     pub outlier: Outlier,
@@ -46,26 +37,18 @@ pub struct Upstream {
 
 impl Upstream {
     fn new(config: ServiceConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            // Without a timer the idle timeout above is silently never enforced.
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
-        let fresh = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
+        let pool = Pool::new(
+            config.authority.clone(),
+            config.connect_timeout,
+            config.idle_timeout,
+        );
         let header_value = HeaderValue::from_str(&config.name)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
         Self {
             outlier: Outlier::new(config.outlier_failures, config.outlier_cooldown),
             config,
             header_value,
-            scheme: Scheme::HTTP,
-            client,
-            fresh,
+            pool,
         }
     }
 

@@ -37,7 +37,12 @@ fn fixture(routes: &str) -> Fixture {
     let config = config::parse(&text).expect("valid config");
     let table = RouteTable::compile(config, String::new(), 1, &Upstreams::default());
     let metrics = Arc::new(Metrics::new());
-    let proxy = Proxy::new(Live::new(table), metrics.clone(), Arc::new(Shadows::new(4)));
+    let proxy = Proxy::new(
+        Live::new(table),
+        metrics.clone(),
+        Arc::new(Shadows::new(4)),
+        None,
+    );
     Fixture { proxy, metrics }
 }
 

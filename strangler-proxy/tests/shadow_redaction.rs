@@ -35,7 +35,7 @@ async fn query_values_and_redacted_fields_never_reach_diffs_or_logs() {
         .with("shadow_redact = [\"/password\", \"/*/*/token\"]")
         .start()
         .await;
-    // The builder turns the access log off; this test reads it.
+    // The builder turns the access log off; on, it must not leak either.
     let text = std::fs::read_to_string(p.path()).unwrap();
     let outcome = p.rewrite(&text.replace("access_log = false", "access_log = true"));
     assert!(
@@ -79,9 +79,7 @@ async fn query_values_and_redacted_fields_never_reach_diffs_or_logs() {
         assert!(!text.contains(secret), "{secret} in /diffs: {text}");
         assert!(!lines.contains(secret), "{secret} in the log: {lines}");
     }
-    // The access log names the path, never the query.
-    assert!(
-        lines.contains("path=/api/users/1 "),
-        "no access-log line for the request: {lines}"
-    );
+    // The access log is written by its own thread, not through tracing: that it names the
+    // path and never the query is checked on the binary's stderr, in
+    // `shutdown::the_binary_logs_every_request_before_it_exits_without_queries_or_colours`.
 }

@@ -403,3 +403,69 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         .unwrap_or_else(|| panic!("no exit 5 s after the drain; stderr:\n{}", proxy.stderr()));
     assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
 }
+
+/// The access log of the binary: one line per answered request, on stderr, every line written
+/// by the time it exits (the writer thread's last batch included), never the query string, no
+/// colour codes when stderr is not a terminal.
+#[tokio::test]
+async fn the_binary_logs_every_request_before_it_exits_without_queries_or_colours() {
+    let users = support::echo_upstream("users").await;
+    let monolith = support::echo_upstream("monolith").await;
+    let (public, admin) = free_ports();
+    let path = ProxyBuilder::new("bin-access-log")
+        .listen(public, admin)
+        .proxy_key(NO_GRACE)
+        .service("monolith", monolith)
+        .service("users", users)
+        .route("/api/users", "users", 100)
+        .write();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("access_log = false", "access_log = true"),
+    )
+    .unwrap();
+    let mut proxy = Proxy::spawn(&path);
+    let healthy = eventually(Duration::from_secs(10), || async {
+        send(&client(), Method::GET, &url(admin, "/healthz"), &[])
+            .await
+            .is_ok_and(|a| a.status == StatusCode::OK)
+    })
+    .await;
+    assert!(
+        healthy,
+        "no /healthz on {admin}; stderr:\n{}",
+        proxy.stderr()
+    );
+    const REQUESTS: usize = 25;
+    for i in 0..REQUESTS {
+        let answer = get(&url(public, &format!("/api/users/{i}?access_token=SECRET"))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    kill("-TERM", proxy.child.id());
+    let status = proxy.exit_within(Duration::from_secs(10)).await;
+    let stderr = proxy.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("strangler::access:"))
+        .collect();
+    assert_eq!(lines.len(), REQUESTS, "stderr:\n{stderr}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.contains(&format!(
+                " method=GET path=/api/users/{i} route=\"users\" backend=\"users\" status=200 "
+            )),
+            "{line}"
+        );
+        assert!(line.contains(" revision=1"), "{line}");
+    }
+    assert!(
+        !stderr.contains("SECRET"),
+        "a query value in the log:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a file:\n{stderr}"
+    );
+}

@@ -44,6 +44,7 @@ pub struct ProxySection {
     pub(super) max_uri_bytes: Option<Spanned<i64>>,
     pub(super) max_header_bytes: Option<Spanned<i64>>,
     pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) workers: Option<Spanned<i64>>,
     pub(super) first_byte_timeout: Option<Spanned<String>>,
     pub(super) header_read_timeout: Option<Spanned<String>>,
     pub(super) client_idle_timeout: Option<Spanned<String>>,

@@ -48,6 +48,9 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Client connections each listener holds before it closes the oldest idle one.
     pub max_connections: usize,
+    /// Worker threads, each with its own runtime and listener (`SO_REUSEPORT`); `None`: as
+    /// many as the CPUs the process may run on (its affinity mask). Read at start-up.
+    pub workers: Option<usize>,
     /// A new connection that sends nothing for this long is closed.
     pub first_byte_timeout: Duration,
     /// A request head not complete this long after its first byte closes the connection.

@@ -176,6 +176,10 @@ impl Validator<'_> {
             defaults::MAX_CONNECTIONS,
             1..=1_000_000,
         );
+        let workers = match p.workers.as_ref() {
+            None => Some(None),
+            Some(v) => self.bounded_int("workers", Some(v), 1, 1..=1024).map(Some),
+        };
         let first_byte_timeout = self.duration(
             "first_byte_timeout",
             p.first_byte_timeout.as_ref(),
@@ -208,6 +212,7 @@ impl Validator<'_> {
             max_uri_bytes: max_uri_bytes?,
             max_header_bytes: max_header_bytes?,
             max_connections: max_connections?,
+            workers: workers?,
             first_byte_timeout: first_byte_timeout?,
             header_read_timeout: header_read_timeout?,
             client_idle_timeout: client_idle_timeout?,
