@@ -227,10 +227,14 @@ pub async fn serve(listen: SocketAddr, router: Router) -> Result<(), ServeError>
     Ok(())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`), in colour only on a terminal.
 pub fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 }
 
 /// Resolves on SIGTERM (how orchestrators stop us) or Ctrl-C. A signal that cannot be

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-bin="$root/target/release/strangler-ops"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/strangler-ops"   # where cargo builds it
 
 stale() {
   [[ ! -x "$bin" ]] && return 0

@@ -1,5 +1,9 @@
-//! The admin listener: metrics, health, readiness, the route table in service and the latest
-//! shadow differences.
+//! The admin listener: the dashboard, metrics, health, readiness, the route table in service,
+//! its recent traffic and reloads, and the latest shadow differences.
+//!
+//! The dashboard (`/`) is a read-only page built into the binary (`assets/`): it fetches
+//! nothing but this listener's own JSON documents (`/routes`, `/history`, `/reloads`,
+//! `/diffs`), which it polls.
 //!
 //! It binds to loopback unless `[proxy] admin` says otherwise, because `/routes` tells anyone
 //! who can reach it where every service lives. The `/routes` document is typed
@@ -18,10 +22,22 @@ use serde_json::{Value, json};
 use crate::compare::HeaderRules;
 use crate::config::{RouteConfig, Stage, StickyKey};
 use crate::drain::Draining;
+use crate::history::{History, HistoryDoc};
 use crate::metrics::{Metrics, ShadowCounts, shadow_result};
+use crate::near_miss;
 use crate::outlier::State;
-use crate::reload::Reloader;
-use crate::shadow::Shadows;
+use crate::reload::{ReloadEvent, Reloader};
+use crate::shadow::{Mismatch, Shadows};
+
+/// The dashboard's page, stylesheet and script, built into the binary.
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+
+/// The dashboard may load only its own assets and talk only to this listener.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                             connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                             form-action 'none'; frame-ancestors 'none'";
 
 /// The `/routes` document: the table in service and how it got there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +112,9 @@ pub struct RouteDoc {
     /// Whether the service takes non-safe methods (writes) at a weight above 0.
     #[serde(default)]
     pub sends_writes: bool,
+    /// What the route moved to its service: nothing, reads only, or reads and writes.
+    #[serde(default)]
+    pub moved: Moved,
     /// The write fence (`hold_writes`): non-safe requests are held, not forwarded.
     #[serde(default)]
     pub hold_writes: bool,
@@ -120,6 +139,41 @@ pub struct RouteDoc {
     /// Shadowed requests since the proxy started, by verdict, and the coverage they give.
     #[serde(default)]
     pub shadow_counts: ShadowDoc,
+}
+
+/// What a route moved to its service (`moved` in [`RouteDoc`]): the rule the dashboard and
+/// `scripts/status` show, so a route at 100 % whose writes stay on the default is never shown
+/// as plainly `live`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Moved {
+    /// Weight 0: the default serves everything.
+    #[default]
+    Nothing,
+    /// A share of the safe methods (RFC 9110 §9.2.1) only; writes stay on the default.
+    Reads,
+    /// A share of reads and writes (`RouteConfig::sends_writes`).
+    ReadsAndWrites,
+}
+
+impl Moved {
+    /// What `c` moves.
+    pub fn of(c: &RouteConfig) -> Self {
+        match (c.weight, c.sends_writes()) {
+            (0, _) => Moved::Nothing,
+            (_, false) => Moved::Reads,
+            (_, true) => Moved::ReadsAndWrites,
+        }
+    }
+
+    /// `nothing`, `reads only` or `reads and writes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Moved::Nothing => "nothing",
+            Moved::Reads => "reads only",
+            Moved::ReadsAndWrites => "reads and writes",
+        }
+    }
 }
 
 /// A route's shadow verdicts since the proxy started (`strangler_shadow_comparisons_total`
@@ -179,6 +233,7 @@ impl RouteDoc {
                 StickyKey::Cookie(c) => format!("cookie:{c}"),
             }),
             sends_writes: c.sends_writes(),
+            moved: Moved::of(c),
             hold_writes: c.hold_writes,
             held: 0,
             in_flight: BTreeMap::new(),
@@ -208,6 +263,63 @@ pub struct Admin {
     pub shadows: Arc<Shadows>,
     /// `/readyz` answers 503 once set.
     pub draining: Arc<Draining>,
+    /// The last 15 minutes of traffic, at `/history`.
+    pub history: Arc<History>,
+}
+
+/// The `/reloads` document: the latest loads of the file, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadsDoc {
+    /// The file the proxy serves.
+    pub file: String,
+    /// Newest first, at most `reload::RELOADS_KEPT`.
+    pub reloads: Vec<ReloadDoc>,
+}
+
+/// One load in [`ReloadsDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadDoc {
+    /// When, RFC 3339 in UTC.
+    pub at: String,
+    /// `applied` or `rejected`.
+    pub result: String,
+    /// Applied: the new revision; rejected: the revision that kept serving.
+    pub revision: u64,
+    /// sha256 (hex) of the bytes read; `None` when the file could not be read.
+    pub sha256: Option<String>,
+    /// Rejected: every error, with its position in the file.
+    pub errors: Vec<ReloadErrorDoc>,
+}
+
+/// One error of a refused load, in [`ReloadDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadErrorDoc {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl ReloadDoc {
+    fn of(e: &ReloadEvent) -> Self {
+        ReloadDoc {
+            at: rfc3339(e.at),
+            result: if e.applied { "applied" } else { "rejected" }.into(),
+            revision: e.revision,
+            sha256: e.sha256.clone(),
+            errors: e
+                .errors
+                .iter()
+                .map(|e| ReloadErrorDoc {
+                    line: e.line,
+                    column: e.column,
+                    message: e.message.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Admin {
@@ -217,6 +329,11 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         }
         match req.uri().path() {
+            "/" | "/index.html" => asset("text/html; charset=utf-8", DASHBOARD_HTML),
+            "/dashboard.css" => asset("text/css; charset=utf-8", DASHBOARD_CSS),
+            "/dashboard.js" => asset("text/javascript; charset=utf-8", DASHBOARD_JS),
+            "/history" => json_response(&self.history()),
+            "/reloads" => json_response(&self.reloads()),
             "/metrics" => Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .body(Full::new(Bytes::from(self.metrics.render())))
@@ -234,6 +351,13 @@ impl Admin {
             ),
             "/routes" => json_response(&self.routes()),
             "/diffs" => match query_param(req.uri().query().unwrap_or(""), "route") {
+                Some(route) if !self.knows_route(&route) => text(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no route named {route:?} in the table in service; routes: {}\n",
+                        self.route_names().join(", ")
+                    ),
+                ),
                 Some(route) => json_response(&self.diffs(&route)),
                 None => text(
                     StatusCode::BAD_REQUEST,
@@ -242,7 +366,8 @@ impl Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz, /routes or /diffs?route=NAME\n",
+                "not found: try / (the dashboard), /metrics, /healthz, /readyz, /routes, \
+                 /history, /reloads or /diffs?route=NAME\n",
             ),
         }
     }
@@ -316,38 +441,114 @@ impl Admin {
         }
     }
 
-    /// The `/diffs?route=NAME` document: the latest shadow mismatches, newest first, and the
-    /// fields learned as noise.
-    pub fn diffs(&self, route: &str) -> Value {
-        let mismatches: Vec<Value> = self
-            .shadows
-            .mismatches(route)
-            .into_iter()
-            .map(|m| {
-                json!({
-                    "at": rfc3339(m.at),
-                    "method": m.method,
-                    "path": m.path,
-                    "request_id": m.request_id,
-                    "default_status": m.default_status,
-                    "service_status": m.service_status,
-                    "diff": m.diff,
-                    "differences": m.differences.iter().map(|d| json!({
-                        "at": d.at,
-                        "default": d.default,
-                        "service": d.service,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+    /// The `/history` document: every route's traffic over the last 15 minutes.
+    pub fn history(&self) -> HistoryDoc {
         let table = self.reloader.live().table();
+        let routes: Vec<(&str, &str)> = table
+            .routes()
+            .iter()
+            .map(|r| (r.config.name.as_str(), r.config.service.as_str()))
+            .collect();
+        self.history
+            .doc(&routes, &table.config.proxy.default, SystemTime::now())
+    }
+
+    /// The `/reloads` document: the latest loads of the file, newest first.
+    pub fn reloads(&self) -> ReloadsDoc {
+        ReloadsDoc {
+            file: self.reloader.path().display().to_string(),
+            reloads: self
+                .reloader
+                .events()
+                .iter()
+                .rev()
+                .map(ReloadDoc::of)
+                .collect(),
+        }
+    }
+
+    fn route_names(&self) -> Vec<String> {
+        let table = self.reloader.live().table();
+        table
+            .routes()
+            .iter()
+            .map(|r| r.config.name.clone())
+            .collect()
+    }
+
+    fn knows_route(&self, route: &str) -> bool {
+        self.route_names().iter().any(|r| r == route)
+    }
+
+    /// The `/diffs?route=NAME` document: the latest shadow mismatches, newest first; the same
+    /// grouped by request shape (method and path with ids generalised, as near misses are
+    /// logged), newest group first; and the fields learned as noise.
+    pub fn diffs(&self, route: &str) -> Value {
+        let mismatches = self.shadows.mismatches(route);
         json!({
             "route": route,
-            "known_route": table.routes().iter().any(|r| r.config.name == route),
+            "known_route": self.knows_route(route),
             "learned_noise": self.shadows.noise(route),
-            "mismatches": mismatches,
+            "groups": groups(&mismatches),
+            "mismatches": mismatches.iter().map(mismatch_json).collect::<Vec<_>>(),
         })
     }
+}
+
+fn mismatch_json(m: &Mismatch) -> Value {
+    json!({
+        "at": rfc3339(m.at),
+        "method": m.method,
+        "path": m.path,
+        "request_id": m.request_id,
+        "default_status": m.default_status,
+        "service_status": m.service_status,
+        "diff": m.diff,
+        "differences": m.differences.iter().map(|d| json!({
+            "at": d.at,
+            "default": d.default,
+            "service": d.service,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Mismatches (newest first) grouped by request shape: `METHOD /path/{n}` (query left out),
+/// each with its count, how many of them differ exactly as the newest does, and the newest.
+fn groups(mismatches: &[Mismatch]) -> Vec<Value> {
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut members: BTreeMap<(String, String), Vec<&Mismatch>> = BTreeMap::new();
+    for m in mismatches {
+        let path = m.path.split_once('?').map_or(m.path.as_str(), |(p, _)| p);
+        let key = (m.method.clone(), near_miss::shape(path));
+        if !members.contains_key(&key) {
+            order.push(key.clone());
+        }
+        members.entry(key).or_default().push(m);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let ms = &members[&key];
+            let newest = ms[0];
+            json!({
+                "method": key.0,
+                "shape": key.1,
+                "count": ms.len(),
+                "same_diff": ms.iter().filter(|m| m.diff == newest.diff).count(),
+                "latest": mismatch_json(newest),
+            })
+        })
+        .collect()
+}
+
+fn asset(content_type: &str, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -365,12 +566,14 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// JSON indented, one field a line, ending in a newline: `curl` on a terminal shows it as
+/// readably as a browser does.
 fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_string(value).unwrap_or_default(),
-        )))
+        .body(Full::new(Bytes::from(body)))
         .unwrap_or_default()
 }
 

@@ -15,6 +15,7 @@
 //! would drop every route of a table that has some is refused unless the file says
 //! `routes = "none"` under `[proxy]`.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,26 @@ pub struct Rejection {
     pub errors: ConfigErrors,
 }
 
+/// Reloads remembered for `/reloads`: the oldest is forgotten first.
+pub const RELOADS_KEPT: usize = 50;
+
+/// One load of the file that applied a table or was refused (the first load included), for
+/// `/reloads` and the dashboard. Reads that found nothing new (unchanged, already refused) are
+/// not events.
+#[derive(Debug, Clone)]
+pub struct ReloadEvent {
+    /// When.
+    pub at: SystemTime,
+    /// Whether a table now serves from it.
+    pub applied: bool,
+    /// Applied: the new revision; refused: the revision that keeps serving.
+    pub revision: u64,
+    /// Digest of the bytes read (`None` when the file could not be read).
+    pub sha256: Option<String>,
+    /// Refused: every error, with its line and column.
+    pub errors: Vec<ConfigError>,
+}
+
 /// What one reload did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -101,6 +122,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     reloading: Mutex<()>,
     last_rejection: Mutex<Option<Rejection>>,
+    /// The latest [`RELOADS_KEPT`] applied and refused loads, oldest first.
+    events: Mutex<VecDeque<ReloadEvent>>,
     /// Label sets of `strangler_route_weight` exported now, and the `sha256` of
     /// `strangler_config_info`.
     published: Mutex<(Vec<[String; 3]>, String)>,
@@ -119,9 +142,18 @@ impl Reloader {
             metrics,
             reloading: Mutex::new(()),
             last_rejection: Mutex::new(None),
+            events: Mutex::new(VecDeque::new()),
             published: Mutex::new((Vec::new(), String::new())),
         });
-        reloader.publish(&reloader.live.table());
+        let table = reloader.live.table();
+        reloader.publish(&table);
+        reloader.remember(ReloadEvent {
+            at: SystemTime::now(),
+            applied: true,
+            revision: table.revision,
+            sha256: Some(table.sha256.clone()),
+            errors: Vec::new(),
+        });
         Ok(reloader)
     }
 
@@ -155,6 +187,20 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The latest applied and refused loads, oldest first (at most [`RELOADS_KEPT`]).
+    pub fn events(&self) -> Vec<ReloadEvent> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().cloned().collect()
+    }
+
+    fn remember(&self, event: ReloadEvent) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() == RELOADS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(event);
     }
 
     /// Reads the file again and swaps in a new table if it changed and is valid.
@@ -219,6 +265,13 @@ impl Reloader {
         self.live.store(table.clone());
         self.publish(&table);
         self.metrics.reloads.with_label_values(&["applied"]).inc();
+        self.remember(ReloadEvent {
+            at: SystemTime::now(),
+            applied: true,
+            revision,
+            sha256: Some(table.sha256.clone()),
+            errors: Vec::new(),
+        });
         self.last_rejection
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -239,6 +292,13 @@ impl Reloader {
             return Outcome::Superseded;
         }
         self.metrics.reloads.with_label_values(&["rejected"]).inc();
+        self.remember(ReloadEvent {
+            at: SystemTime::now(),
+            applied: false,
+            revision: current.revision,
+            sha256: sha256.clone(),
+            errors: errors.errors.clone(),
+        });
         tracing::error!(
             revision = current.revision,
             "reload rejected; revision {} keeps serving:\n{errors}",

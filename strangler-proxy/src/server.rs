@@ -26,6 +26,7 @@ use crate::admin::Admin;
 use crate::config::ProxySettings;
 use crate::connections::{Connections, Limits, Tracked};
 use crate::drain::Draining;
+use crate::history::History;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -63,6 +64,8 @@ pub struct Running {
     pub draining: Arc<Draining>,
     /// Every metric family.
     pub metrics: Arc<Metrics>,
+    /// The last 15 minutes of traffic (`/history`), sampled every 10 s.
+    pub history: Arc<History>,
     shutdown: watch::Sender<bool>,
     access_log: AccessLog,
     public_task: JoinHandle<()>,
@@ -136,11 +139,13 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         shadows.clone(),
         Some(access_log.clone()),
     );
+    let history = Arc::new(History::new(metrics.clone(), std::time::SystemTime::now()));
     let admin = Arc::new(Admin {
         reloader: reloader.clone(),
         metrics: metrics.clone(),
         shadows,
         draining: draining.clone(),
+        history: history.clone(),
     });
     let public_task = spawn_workers(
         public,
@@ -168,6 +173,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
             }
         }),
         tokio::spawn(reload_on_sighup(reloader.clone(), hup)),
+        tokio::spawn(history.clone().run()),
     ];
     tracing::info!(
         public = %public_addr,
@@ -184,6 +190,7 @@ pub async fn start(config: &Path) -> anyhow::Result<Running> {
         reloader,
         draining,
         metrics,
+        history,
         shutdown,
         access_log,
         public_task,

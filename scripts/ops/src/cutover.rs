@@ -77,6 +77,43 @@ pub fn route_of(config: &Config, resource: Resource) -> anyhow::Result<&RouteCon
     }
 }
 
+/// Refuses weights that would split `route`'s writes between the service's database and the
+/// monolith's ([`RouteConfig::splits_writes_at`]) unless `allow` (the service writes through
+/// to the monolith): the one rule `shift` and `rollout` share. `weights` are the weights the
+/// command would set (a rollout's steps, a shift's one weight).
+pub fn guard_split_writes(route: &RouteConfig, weights: &[u8], allow: bool) -> Result<(), String> {
+    let splits: Vec<u8> = weights
+        .iter()
+        .copied()
+        .filter(|w| route.splits_writes_at(*w))
+        .collect();
+    if splits.is_empty() || allow {
+        return Ok(());
+    }
+    let what = route
+        .methods
+        .as_ref()
+        .map_or("every method (writes included)".to_string(), |m| {
+            format!(
+                "writes ({})",
+                m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+            )
+        });
+    let weights = splits
+        .iter()
+        .map(|w| format!("{w}%"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(format!(
+        "route {:?} sends {what} to {:?}, and {weights} would split them between two databases \
+         (the service's and the monolith's), which is how data gets lost. Move reads first \
+         (scripts/shift {} WEIGHT --methods GET,HEAD), move every method at once (weight 100), \
+         or pass --allow-split-writes if the service writes through to the monolith. Nothing \
+         was changed.",
+        route.name, route.service, route.name
+    ))
+}
+
 /// Refuses a table that would move `route`'s writes against the running sync: while changes
 /// flow monolith → service (forward), writes must stay on the monolith; once writes switched
 /// (reverse sync), they must all stay on the service. Only `cutover` moves them, behind the

@@ -1,7 +1,7 @@
 //! `strangler-ops`: the operator scripts (`scripts/migrate-data`, `shift`, `rollout`,
 //! `rollback`, `status`). Parses arguments and calls the library.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -249,6 +249,9 @@ struct ShiftArgs {
     /// Only these methods are peeled off (e.g. GET,HEAD); `all` removes the restriction.
     #[arg(long, value_name = "LIST")]
     methods: Option<String>,
+    /// Allow a weight of 1..=99 on a route that sends writes to the service (as `rollout`).
+    #[arg(long)]
+    allow_split_writes: bool,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -304,8 +307,10 @@ struct RolloutArgs {
     /// Allow weights 1..=99 on a route that sends writes to the service.
     #[arg(long)]
     allow_split_writes: bool,
-    /// Give up (writing the last safe weight back) after this many holds at one step; 0 waits forever.
-    #[arg(long, default_value_t = 0)]
+    /// Give up (writing the last safe weight back, exit 3) after this many intervals in a row
+    /// at one step that cannot be judged: fewer than --min-requests requests (or shadow
+    /// comparisons), or shadow coverage under --min-shadow-coverage. 0 waits forever.
+    #[arg(long, default_value_t = rollout::DEFAULT_MAX_HOLDS)]
     max_holds: u32,
     #[command(flatten)]
     data: DataDirArg,
@@ -327,6 +332,16 @@ struct StatusArgs {
     /// Time between the two scrapes the rates are computed from.
     #[arg(long, default_value = "1s", value_parser = duration)]
     window: Duration,
+    /// Show the status again every --interval, in place on a terminal, until Ctrl-C (or
+    /// --count refreshes).
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: time from one refresh to the next (at least --window).
+    #[arg(long, default_value = "2s", value_parser = duration, requires = "watch")]
+    interval: Duration,
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -482,7 +497,8 @@ fn print_edit(
             if (1..=99).contains(&after.weight) && after.includes_writes() {
                 eprintln!(
                     "warning: route {route} now splits writes between the service's database and \
-                     the monolith's; consider --methods GET,HEAD until the data is moved"
+                     the monolith's (--allow-split-writes): the service must write through to \
+                     the monolith"
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -515,9 +531,23 @@ fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
     };
     let path = args.config.config;
     let data_dir = args.data.data_dir;
-    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, r);
+    let allow_split = args.allow_split_writes;
+    let check = |r: &RouteConfig| {
+        cutover::guard_split_writes(r, &[r.weight], allow_split)?;
+        cutover::guard_writes(&data_dir, r)
+    };
     let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
-    print_edit(&path, &args.route, result)
+    let shadowed = result.is_ok() && change.shadow == Some(true);
+    let code = print_edit(&path, &args.route, result)?;
+    if shadowed
+        && let Ok(loaded) = strangler_proxy::config::load(&path)
+        && let Some(route) = loaded.config.routes.iter().find(|r| r.name == args.route)
+        && let Ok(resource) = resource::parse(&route.service)
+        && let Some(why) = migrate::empty_service_database(&data_dir, resource)
+    {
+        eprintln!("warning: {why}");
+    }
+    Ok(code)
 }
 
 fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
@@ -642,11 +672,35 @@ fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(ending.exit_code()))
 }
 
+/// The admin listener `status` asks: `--admin`, else the config's `[proxy] admin` — read
+/// even from a file with errors elsewhere, since the proxy keeps serving its last good table
+/// and `status` is how to look at it then.
+fn status_admin(admin: Option<String>, config: &Path) -> anyhow::Result<String> {
+    if let Some(url) = admin {
+        return Ok(url);
+    }
+    if let Ok(url) = admin_from_config(config) {
+        return Ok(url);
+    }
+    let text = std::fs::read_to_string(config).with_context(|| {
+        format!(
+            "reading {} (or name the proxy with --admin URL)",
+            config.display()
+        )
+    })?;
+    match strangler_proxy::config::admin_address(&text) {
+        Some(addr) => Ok(status::admin_url(addr)),
+        None => anyhow::bail!(
+            "{} is invalid and its [proxy] admin cannot be read from it; name the proxy with \
+             --admin URL (`strangler-proxy check {}` shows the errors)",
+            config.display(),
+            config.display()
+        ),
+    }
+}
+
 fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let admin = match args.admin {
-        Some(url) => url,
-        None => admin_from_config(&args.config.config)?,
-    };
+    let admin = status_admin(args.admin, &args.config.config)?;
     let admin = if admin.contains("://") {
         admin
     } else {
@@ -662,6 +716,21 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .config
         .exists()
         .then_some(args.config.config.as_path());
+    if args.watch {
+        let stop = Stop::on_signals();
+        let in_place = std::io::stdout().is_terminal();
+        let every = args.interval.max(args.window);
+        status::watch(
+            &options,
+            config,
+            every,
+            args.count,
+            &stop,
+            in_place,
+            &mut LineOut,
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     status::run(&options, config, &mut out)?;
     Ok(ExitCode::SUCCESS)

@@ -77,6 +77,37 @@ pub fn paths(data_dir: &Path, resource: Resource) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Why shadowing `resource` to its service now compares nothing useful: the service's database
+/// in `data_dir` is missing or holds no row of the resource, so every shadowed read that finds
+/// a row on the monolith mismatches until `migrate-data` copies them. `None` when it holds
+/// rows (or cannot be read, which the service itself will say).
+pub fn empty_service_database(data_dir: &Path, resource: Resource) -> Option<String> {
+    let (_, target) = paths(data_dir, resource);
+    let name = resource.name();
+    let copy = format!("run `scripts/migrate-data {name} --follow` first");
+    if !target.is_file() {
+        return Some(format!(
+            "the {name} service has no database at {} yet: every shadowed read of an existing \
+             {name} row will mismatch; {copy} (or pass --data-dir)",
+            target.display()
+        ));
+    }
+    let conn =
+        Connection::open_with_flags(&target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {})",
+        Table::of(resource).name()
+    );
+    let any: bool = conn.query_row(&sql, [], |row| row.get(0)).ok()?;
+    (!any).then(|| {
+        format!(
+            "the {name} service's database ({}) holds no {name} yet: every shadowed read of an \
+             existing {name} row will mismatch; {copy}",
+            target.display()
+        )
+    })
+}
+
 /// Opens the service's database (creating it with the schema the service itself creates) with
 /// the monolith's attached as `src`.
 pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connection> {

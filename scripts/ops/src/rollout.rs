@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use http::Method;
 use strangler_proxy::config::Config;
 
 use crate::figures::{RouteWindow, Side};
@@ -225,11 +224,17 @@ pub struct RolloutOptions {
     pub source: Source,
     /// Allow 1..=99% on a route that sends writes to the service.
     pub allow_split_writes: bool,
-    /// Give up after this many holds in a row at one step (0: never).
+    /// Give up after this many holds in a row at one step (0: never; the command's default
+    /// is [`DEFAULT_MAX_HOLDS`]).
     pub max_holds: u32,
     /// How long to wait for the proxy to report a new weight.
     pub apply_timeout: Duration,
 }
+
+/// `--max-holds` unless told otherwise: a step that cannot be judged for this many intervals
+/// in a row (too few requests or shadow comparisons, too little shadow coverage) ends the
+/// rollout with the last safe weight written back (exit 3), never a wait without end.
+pub const DEFAULT_MAX_HOLDS: u32 = 10;
 
 /// How a rollout ended; each has its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,33 +325,8 @@ impl Plan {
             service: route.service.clone(),
             default: config.proxy.default.clone(),
         };
-        let splits: Vec<u8> = options
-            .steps
-            .iter()
-            .copied()
-            .filter(|w| (1..=99).contains(w))
-            .collect();
-        if route.claims_writes() && !splits.is_empty() && !options.allow_split_writes {
-            return Err(Refusal::SplitsWrites(format!(
-                "refusing to roll out {:?}: it sends {} to {:?}, and steps {:?} would split them \
-                 between two databases (the service's and the monolith's), which is how data gets \
-                 lost. Restrict the route to reads first (scripts/shift {} {} --methods GET,HEAD), \
-                 step straight to 100 (--steps 100), or pass --allow-split-writes if the service \
-                 writes through to the monolith. Nothing was changed.",
-                names.route,
-                route.methods.as_ref().map_or(
-                    "every method (writes included)".to_string(),
-                    |m| format!(
-                        "writes ({})",
-                        m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
-                    )
-                ),
-                names.service,
-                splits,
-                names.route,
-                route.weight
-            )));
-        }
+        crate::cutover::guard_split_writes(route, &options.steps, options.allow_split_writes)
+            .map_err(|why| Refusal::SplitsWrites(format!("refusing to roll out: {why}")))?;
         let start_weight = route.weight;
         let (skipped, steps) = options.steps.iter().partition(|w| **w < start_weight);
         Ok(Plan {
@@ -556,17 +536,25 @@ impl Rollout<'_> {
             }
             Verdict::Hold(reasons) => {
                 *holds += 1;
-                for r in reasons {
+                let max_holds = self.options.max_holds;
+                let count = if max_holds > 0 {
+                    format!(" (hold {holds} of --max-holds {max_holds})")
+                } else {
+                    format!(" (hold {holds}; --max-holds 0 waits forever)")
+                };
+                let last = max_holds > 0 && *holds >= max_holds;
+                for r in reasons.iter().filter(|_| !last) {
                     writeln!(
                         out,
-                        "{label}: holding at {weight}%: {r}; waiting another interval"
+                        "{label}: holding at {weight}%: {r}; waiting another interval{count}"
                     )?;
                 }
-                let max_holds = self.options.max_holds;
-                if max_holds > 0 && *holds >= max_holds {
+                if last {
                     writeln!(
                         out,
-                        "{label}: still too little traffic after {holds} intervals (--max-holds); giving up"
+                        "{label}: still holding after {holds} intervals (--max-holds {max_holds}): \
+                         {}; giving up",
+                        reasons.join("; ")
                     )?;
                     return Ok(Next::End(Ending::GaveUp));
                 }
@@ -714,6 +702,7 @@ mod tests {
             default,
             fallbacks: 0.0,
             shadow,
+            near_misses: 0.0,
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use strangler_proxy::admin::{RouteDoc, RoutesDoc};
+use strangler_proxy::admin::{Moved, RouteDoc, RoutesDoc};
 
 use crate::exposition::Scrape;
 use crate::fetch;
@@ -67,14 +67,37 @@ pub fn run(
     let second = scrape(&metrics_url)?;
     let seconds = started.elapsed().as_secs_f64();
 
+    let invalid = config.and_then(|path| strangler_proxy::config::load(path).err());
     writeln!(
         out,
         "proxy {base}: revision {}, loaded {}, default {}{}",
         doc.revision,
         doc.loaded_at,
         doc.default,
-        file_note(&doc, config),
+        if invalid.is_some() {
+            String::new()
+        } else {
+            file_note(&doc, config)
+        },
     )?;
+    if let Some(errors) = &invalid {
+        // The proxy's own refusal, printed next, lists the same errors.
+        let listed = doc.last_reload_error.is_none();
+        writeln!(
+            out,
+            "WARNING: {} is invalid; the proxy keeps serving its last good table (revision {}) \
+             until the file is fixed (`strangler-proxy check {}`){}",
+            errors.file,
+            doc.revision,
+            errors.file,
+            if listed { ":" } else { "." }
+        )?;
+        if listed {
+            for e in errors.to_string().lines() {
+                writeln!(out, "  {e}")?;
+            }
+        }
+    }
     if let Some(rejected) = &doc.last_reload_error {
         writeln!(
             out,
@@ -90,6 +113,7 @@ pub fn run(
         "{}",
         render(&doc.routes, &doc.default, &first, &second, seconds)
     )?;
+    write!(out, "{}", settings(&doc))?;
     write!(out, "{}", near_miss_notes(&doc.routes, &first, &second))?;
     if let Some(data_dir) = &options.data_dir {
         write!(out, "{}", migrations(data_dir, &doc.routes)?)?;
@@ -319,6 +343,103 @@ pub fn render(
     out
 }
 
+/// What each route moved and how (the dashboard's per-route facts), then each service's outlier
+/// state.
+pub fn settings(doc: &RoutesDoc) -> String {
+    let mut t = TextTable::new([
+        "route", "prefix", "service", "moved", "sticky", "shadow", "fence",
+    ]);
+    for r in &doc.routes {
+        let moved = match &r.methods {
+            Some(methods) if r.moved != Moved::Nothing => {
+                format!("{} ({})", r.moved.as_str(), methods.join(" "))
+            }
+            _ => r.moved.as_str().to_string(),
+        };
+        t.row([
+            r.name.clone(),
+            r.prefix.clone(),
+            r.service.clone(),
+            moved,
+            r.sticky.clone().unwrap_or_else(|| "-".into()),
+            if r.shadow { "on" } else { "off" }.to_string(),
+            match (r.hold_writes, r.held) {
+                (true, held) => format!("UP ({held} held)"),
+                (false, 0) => "-".to_string(),
+                (false, held) => format!("{held} held"),
+            },
+        ]);
+    }
+    let services: Vec<String> = doc
+        .services
+        .iter()
+        .map(|s| match (s.name == doc.default, s.outlier.as_deref()) {
+            (true, _) => format!("{} default", s.name),
+            (false, Some("ejected")) => format!(
+                "{} EJECTED until {}",
+                s.name,
+                s.ejected_until.as_deref().unwrap_or("?")
+            ),
+            (false, Some("probing")) => format!("{} PROBING", s.name),
+            (false, Some(_)) if s.consecutive_failures > 0 => {
+                format!(
+                    "{} closed ({} failures in a row)",
+                    s.name, s.consecutive_failures
+                )
+            }
+            (false, Some(state)) => format!("{} {state}", s.name),
+            (false, None) => format!("{} unused", s.name),
+        })
+        .collect();
+    format!("{}services: {}\n", t.render(), services.join(", "))
+}
+
+/// Runs [`run`] every `every` until `stop` is set or `count` renderings were shown: on a
+/// terminal each replaces the last in place, elsewhere they follow one another under a
+/// timestamp. A proxy that cannot be reached is said so, and watching goes on.
+pub fn watch(
+    options: &StatusOptions,
+    config: Option<&Path>,
+    every: Duration,
+    count: Option<u64>,
+    stop: &crate::signals::Stop,
+    in_place: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut shown = 0u64;
+    while !stop.is_set() && count.is_none_or(|n| shown < n) {
+        let started = std::time::Instant::now();
+        let mut page = Vec::new();
+        if let Err(e) = run(options, config, &mut page) {
+            writeln!(page, "error: {e:#}")?;
+        }
+        let now = strangler_proxy::admin::rfc3339(std::time::SystemTime::now());
+        if in_place {
+            // Home, the page, then clear what an earlier, longer page left below it.
+            write!(out, "\x1b[H\x1b[2J")?;
+            writeln!(
+                out,
+                "{now}  every {:.1}s; Ctrl-C stops",
+                every.as_secs_f64()
+            )?;
+        } else {
+            writeln!(out, "--- {now}")?;
+        }
+        out.write_all(&page)?;
+        out.flush()?;
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            break;
+        }
+        let next = started + every;
+        while !stop.is_set() && std::time::Instant::now() < next {
+            let left = next.saturating_duration_since(std::time::Instant::now());
+            std::thread::sleep(Duration::from_millis(50).min(left));
+        }
+    }
+    Ok(())
+}
+
 /// One note per route with near misses (`strangler_route_near_misses_total`): requests the
 /// default served that match the route only when letter case is ignored, which a
 /// case-insensitive legacy router serves as the route's.
@@ -373,7 +494,7 @@ fn shadow_cell(s: &Shadow, mark: &str) -> String {
 /// its write fence is up.
 fn stage_cell(r: &RouteDoc) -> String {
     let mut stage = r.stage.as_str().to_string();
-    if r.weight > 0 && !r.sends_writes {
+    if r.moved == Moved::Reads {
         stage.push_str(" (reads)");
     }
     if r.hold_writes {

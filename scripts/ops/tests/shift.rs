@@ -36,13 +36,28 @@ fn shift_changes_one_value_and_nothing_else() {
     let dir = OpsTest::new("shift").shipped_routes().start();
     let path = dir.config.clone();
     let inode = std::fs::metadata(&path).unwrap().ino();
+    // Every method would go to the service: a canary splits writes, refused as `rollout`
+    // refuses it, the file untouched.
     let o = dir.run(&["shift", "users", "25"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("25% would split them between two databases"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("--allow-split-writes"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), SHIPPED);
+    let o = dir.run(&["shift", "users", "25", "--allow-split-writes"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
         format!("{path}: route users: weight 0 → 25, stage dark → canary\n")
     );
-    // Every method still goes to the service: a canary now splits writes.
     assert!(stderr(&o).contains("splits writes"), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
@@ -179,4 +194,53 @@ fn a_file_that_is_not_toml_is_refused() {
         std::fs::read_to_string(&dir.config).unwrap(),
         "[[routes]\nweight = "
     );
+}
+
+#[test]
+fn shadowing_to_a_service_whose_database_is_empty_warns() {
+    let dir = OpsTest::new("shadow-empty").shipped_routes().start();
+    let shadow = [
+        "shift",
+        "users",
+        "0",
+        "--shadow",
+        "on",
+        "--methods",
+        "GET,HEAD",
+        "--data-dir",
+        &dir.data,
+    ];
+    let users_db = Path::new(&dir.data).join("users.db");
+    let o = dir.run(&shadow);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "warning: the users service has no database at {} yet",
+            users_db.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("scripts/migrate-data users --follow"));
+
+    let db = common::sqlite(&users_db);
+    db.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT)")
+        .unwrap();
+    let o = dir.run(&shadow);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("database") && stderr(&o).contains("holds no users yet"),
+        "{}",
+        stderr(&o)
+    );
+
+    db.execute("INSERT INTO users (username) VALUES ('finn')", [])
+        .unwrap();
+    let o = dir.run(&shadow);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    // Without --shadow on, nothing is said about the data.
+    std::fs::remove_file(&users_db).unwrap();
+    let o = dir.run(&["shift", "users", "0", "--data-dir", &dir.data]);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }

@@ -192,3 +192,108 @@ fn an_unreachable_admin_endpoint_says_where_it_looked() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_live_route_whose_writes_stay_on_the_default_is_not_plainly_live() {
+    let reads_live = SHIPPED.replacen(
+        "weight  = 0\n# methods = [\"GET\", \"HEAD\"]",
+        "weight  = 100\nmethods = [\"GET\", \"HEAD\"]",
+        1,
+    );
+    assert_ne!(reads_live, SHIPPED);
+    let dir = OpsTest::new("status-reads").routes(&reads_live).start();
+    let fake = dir.fake(Behaviour::default());
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "100ms"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("users ")).collect();
+    assert!(rows[0].contains("live (reads)"), "{out}");
+    // The settings table: what moved, sticky, shadow, fence; then the services.
+    assert!(rows[1].contains("reads only (GET HEAD)"), "{out}");
+    let threads = out
+        .lines()
+        .filter(|l| l.starts_with("threads "))
+        .nth(1)
+        .expect("threads settings row");
+    assert!(threads.contains("nothing"), "{threads}");
+    assert!(
+        out.contains("services: monolith default, posts closed, threads closed, users closed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_invalid_routes_file_is_said_and_the_served_table_still_shown() {
+    let dir = OpsTest::new("status-invalid").routes(SHIPPED).start();
+    let served = dir.join("served.toml");
+    std::fs::write(&served, SHIPPED).unwrap();
+    let fake = FakeProxy::start(served, Behaviour::default());
+    // The admin address is read from the broken file itself: no --admin.
+    let admin = fake.url.trim_start_matches("http://");
+    let broken =
+        SHIPPED
+            .replace("127.0.0.1:9901", admin)
+            .replacen("weight  = 0", "weight  = 250", 1);
+    dir.write_routes(&broken);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("weight  = 250"))
+        .unwrap()
+        + 1;
+    let p = &dir.config;
+    let o = dir.run(&["status", "--window", "100ms"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!(
+            "WARNING: {p} is invalid; the proxy keeps serving its last good table (revision 1)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{p}:{line}:")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("users ")), "{out}");
+
+    // A file whose admin address itself cannot be read: told to name the proxy.
+    dir.write_routes("[proxy\nadmin = \n");
+    let o = dir.run(&["status", "--window", "100ms"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("--admin URL"), "{}", stderr(&o));
+    let o = dir.run(&["status", "--admin", &fake.url, "--window", "100ms"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("is invalid"), "{}", stdout(&o));
+}
+
+#[test]
+fn watch_refreshes_until_its_count() {
+    let dir = OpsTest::new("status-watch").routes(SHIPPED).start();
+    let fake = dir.fake(Behaviour::default());
+    let o = dir.run(&[
+        "status",
+        "--admin",
+        &fake.url,
+        "--window",
+        "100ms",
+        "--watch",
+        "--interval",
+        "200ms",
+        "--count",
+        "3",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    // Not a terminal: one timestamped page after another, never escape codes.
+    assert_eq!(
+        out.matches("\n--- ").count() + usize::from(out.starts_with("--- ")),
+        3,
+        "{out}"
+    );
+    assert_eq!(out.matches("over the last").count(), 3, "{out}");
+    assert!(!out.contains('\x1b'), "{out}");
+    assert_eq!(fake.scrapes(), 6);
+    let o = dir.run(&["status", "--count", "2"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--count without --watch is refused"
+    );
+}

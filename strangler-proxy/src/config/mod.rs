@@ -162,6 +162,19 @@ pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, ConfigErrors> {
     })
 }
 
+/// The admin listener's address as far as `text` tells it, even when the file has errors
+/// elsewhere (read with the same recovering TOML parse as [`parse`]): its `[proxy] admin`,
+/// else the default when the whole file parsed; `None` when the key holds no address or a
+/// syntax error may hide it. The operator scripts use it to reach a proxy whose file was
+/// broken after it loaded.
+pub fn admin_address(text: &str) -> Option<std::net::SocketAddr> {
+    match syntax::proxy_key(text, "admin") {
+        syntax::ProxyKey::String(admin) => admin.parse().ok(),
+        syntax::ProxyKey::Absent => defaults::ADMIN.parse().ok(),
+        syntax::ProxyKey::NotAString | syntax::ProxyKey::Unknown => None,
+    }
+}
+
 /// Parses and validates `text`, returning every error found, in file order.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let parsed = syntax::parse(text);
@@ -175,4 +188,29 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_address_is_read_from_a_file_with_errors_elsewhere() {
+        let broken = "[proxy]\nadmin = \"127.0.0.1:9999\"\ndefault = \"m\"\nwieght = 3\n\
+                      [services.m]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/a\"\n\
+                      service = \"nope\"\nweight = 400\n";
+        assert!(parse(broken).is_err());
+        assert_eq!(
+            admin_address(broken),
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
+        let unset = "[proxy]\ndefault = \"m\"\n[[routes]]\nprefix = \"/a\"\nweight = \"x\"\n";
+        assert_eq!(admin_address(unset), Some(defaults::ADMIN.parse().unwrap()));
+        assert_eq!(admin_address("[proxy]\nadmin = \"nowhere\"\n"), None);
+        assert_eq!(admin_address("[proxy]\nadmin = 9901\n"), None);
+        // A syntax error may hide the key: no guess at the default.
+        assert_eq!(admin_address("[proxy\nadmin = \n"), None);
+        let hidden = "[proxy]\nlisten = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:7\"\nx = [\n";
+        assert_eq!(admin_address(hidden), Some("127.0.0.1:7".parse().unwrap()));
+    }
 }

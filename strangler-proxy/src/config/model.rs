@@ -177,6 +177,14 @@ impl RouteConfig {
             .is_none_or(|methods| methods.iter().any(|m| !m.is_safe()))
     }
 
+    /// Whether, at `weight`, the route would split its writes between two databases: it
+    /// claims non-safe methods and sends only a share (1..=99 %) of them to its service, the
+    /// rest to the default. The one rule `shift` and `rollout` refuse by (unless told the
+    /// service writes through to the monolith).
+    pub fn splits_writes_at(&self, weight: u8) -> bool {
+        (1..=99).contains(&weight) && self.claims_writes()
+    }
+
     /// Whether the route sends writes (any non-safe method, RFC 9110 §9.2.1) to its service:
     /// it claims one and its weight is above 0. Such a service's database takes changes the
     /// monolith's does not have.

@@ -27,6 +27,33 @@ pub(super) struct Parsed {
     pub(super) errors: Vec<ConfigError>,
 }
 
+/// What a `[proxy]` key holds in whatever part of `text` parses, whatever errors the rest has.
+pub(super) enum ProxyKey {
+    /// A string.
+    String(String),
+    /// Something else.
+    NotAString,
+    /// No such key, and the whole file parsed: the default applies.
+    Absent,
+    /// No such key in what parsed, but some of the file did not parse.
+    Unknown,
+}
+
+/// The value of `[proxy] KEY` as far as `text` can be read.
+pub(super) fn proxy_key(text: &str, key: &str) -> ProxyKey {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    let value = match doc.get_ref().get("proxy").map(Spanned::get_ref) {
+        Some(DeValue::Table(proxy)) => proxy.get(key).map(Spanned::get_ref),
+        _ => None,
+    };
+    match value {
+        Some(DeValue::String(s)) => ProxyKey::String(s.to_string()),
+        Some(_) => ProxyKey::NotAString,
+        None if syntax.is_empty() => ProxyKey::Absent,
+        None => ProxyKey::Unknown,
+    }
+}
+
 /// Parses `text`, reporting every syntax error, unknown key and wrong type.
 pub(super) fn parse(text: &str) -> Parsed {
     let lines = Lines::new(text);

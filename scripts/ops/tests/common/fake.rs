@@ -211,7 +211,10 @@ impl Sim {
                 .map(|s| ServiceDoc {
                     name: s.name.clone(),
                     url: format!("http://{}", s.authority),
-                    outlier: None,
+                    // As the proxy: a route's service has a breaker, closed here.
+                    outlier: (s.name != config.proxy.default
+                        && config.routes.iter().any(|r| r.service == s.name))
+                    .then(|| "closed".to_string()),
                     ejected_until: None,
                     consecutive_failures: 0,
                 })
