@@ -13,6 +13,7 @@ use strangler_proxy::admin::{RouteDoc, RoutesDoc};
 use crate::exposition::Scrape;
 use crate::fetch;
 use crate::figures::{RouteWindow, Shadow, Side, increases, names};
+use crate::migrations::Migrations;
 use crate::source::scrape;
 use crate::sync::{self, Direction, SyncStage, SyncState};
 use crate::text_table::TextTable;
@@ -27,6 +28,8 @@ pub struct StatusOptions {
     /// Where the migration state of each resource is kept (`monolith.db` and the services'
     /// databases); `None` leaves the migrations table out.
     pub data_dir: Option<PathBuf>,
+    /// The declared resources (`migrations.toml`).
+    pub migrations: Migrations,
 }
 
 /// The admin address of `[proxy] admin` as a URL; a wildcard listen address is reached on
@@ -92,14 +95,22 @@ pub fn run(
     )?;
     write!(out, "{}", near_miss_notes(&doc.routes, &first, &second))?;
     if let Some(data_dir) = &options.data_dir {
-        write!(out, "{}", migrations(data_dir, &doc.routes)?)?;
+        write!(
+            out,
+            "{}",
+            migrations(data_dir, &options.migrations, &doc.routes)?
+        )?;
     }
     Ok(())
 }
 
 /// The migrations table: per resource with a recorded migration, its state (reference §7), the
 /// sync direction and lag, the follower, conflicts and the write fence.
-pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String> {
+pub fn migrations(
+    data_dir: &Path,
+    declared: &Migrations,
+    routes: &[RouteDoc],
+) -> anyhow::Result<String> {
     let mut t = TextTable::new([
         "resource",
         "state",
@@ -111,13 +122,13 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
     ]);
     let mut notes = Vec::new();
     let mut any = false;
-    for resource in monolith::legacy::Resource::ALL {
+    for resource in &declared.resources {
         let name = resource.name();
         let Some(state) = sync::read_state(data_dir, resource)? else {
             continue;
         };
         any = true;
-        let route = routes.iter().find(|r| r.name == name || r.service == name);
+        let route = routes.iter().find(|r| r.name == resource.route);
         let backlog = match state.direction {
             Direction::Forward => state.forward_backlog,
             Direction::Reverse => state.reverse_backlog,
