@@ -187,6 +187,14 @@ impl Db {
         }
     }
 
+    /// The PostgreSQL session, when this is PostgreSQL.
+    pub fn postgres(&mut self) -> Option<&mut postgres::Client> {
+        match self {
+            Db::Postgres(client) => Some(client),
+            Db::Sqlite(_) => None,
+        }
+    }
+
     /// `SQLite` or `PostgreSQL`.
     pub fn engine(&self) -> &'static str {
         match self {

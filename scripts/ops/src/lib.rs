@@ -15,6 +15,7 @@ pub mod figures;
 pub mod migrate;
 pub mod migrations;
 pub mod progress;
+pub mod replication;
 pub mod resource;
 pub mod rollout;
 pub mod routes_file;

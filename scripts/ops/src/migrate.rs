@@ -18,6 +18,7 @@ use crate::copy::{self, CopyOptions};
 use crate::db::Db;
 use crate::migrations::{DbUrl, Declared};
 use crate::progress::{Display, Progress};
+use crate::replication;
 use crate::resource::Table;
 use crate::signals::Stop;
 use crate::sync::{self, Direction, Record, Side, SyncStage};
@@ -567,16 +568,29 @@ fn across_engines(
 ) -> anyhow::Result<Outcome> {
     let r = &options.resource;
     let name = r.name();
-    if options.follow || options.reverse {
-        return Ok(Outcome::Refused(format!(
-            "{name}: change capture (--follow, --reverse) and cutover run between two SQLite \
-             databases only so far; {} → {} supports the copy (resumable) and --verify-only",
-            r.source.url.engine(),
-            r.target.url.engine()
-        )));
+    let refusal = format!(
+        "{name}: change capture by triggers (--follow, --reverse) and cutover run between two \
+         SQLite databases only so far; {} → {} supports the copy (resumable) and --verify-only",
+        r.source.url.engine(),
+        r.target.url.engine()
+    );
+    if options.reverse {
+        return Ok(Outcome::Refused(refusal));
     }
     let (mut source, mut target) = open_both(options)?;
     let table = Table::resolve_between(&mut source, &mut target, r)?;
+    if options.follow {
+        let (Some(s), Some(_)) = (source.postgres(), target.postgres()) else {
+            return Ok(Outcome::Refused(refusal));
+        };
+        if let Some(why) = replication::unusable(s, r)? {
+            return Ok(Outcome::Refused(format!(
+                "{name}: between two PostgreSQL databases --follow uses logical replication, \
+                 and here it cannot: {why}"
+            )));
+        }
+        return follow_logical(options, &mut source, &mut target, &table, stop, out);
+    }
     let labels = (r.source.url.display(), r.target.url.display());
     if !options.verify_only
         && let Some(stopped) = copy_reported(options, &mut source, &mut target, &table, stop, out)?
@@ -586,6 +600,120 @@ fn across_engines(
     let v = Verification::between(&mut source, &mut target, &table, labels)?;
     write!(out, "{}", v.render())?;
     Ok(verdict(&v))
+}
+
+/// `--follow` between two PostgreSQL databases: a publication, a slot and a subscription
+/// ([`crate::replication`]) copy the table and stream its changes; verified once caught up;
+/// on Ctrl-C or SIGTERM removed after a last catch-up and verified again.
+fn follow_logical(
+    options: &MigrateOptions,
+    source_db: &mut Db,
+    target_db: &mut Db,
+    table: &Table,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let r = &options.resource;
+    let name = r.name();
+    let pub_name = replication::name_of(name);
+    let DbUrl::Postgres(conninfo) = &r.source.url else {
+        bail!("{name}: the source is not PostgreSQL");
+    };
+    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+    if replication::subscribed(target, name)? {
+        writeln!(
+            out,
+            "resuming: subscription {pub_name} exists on the target (left by a follower that did \
+             not stop cleanly); it kept replicating meanwhile"
+        )?;
+    } else {
+        replication::start(source, target, table, conninfo)?;
+        writeln!(
+            out,
+            "change capture on: PostgreSQL logical replication (publication and slot {pub_name} \
+             on {}, subscription {pub_name} on {}); no triggers are installed; the subscription \
+             copies the table, then streams its changes",
+            r.source.url.display(),
+            r.target.url.display()
+        )?;
+    }
+    out.flush()?;
+    // The initial copy of a large table takes a while: no deadline but Ctrl-C.
+    if let Err(e) = replication::wait_synced(source, target, name, Duration::MAX, stop) {
+        if stop.is_set() {
+            writeln!(
+                out,
+                "stopped before the subscription's copy finished: {e:#}"
+            )?;
+            replication::remove(source, target, name)?;
+            return Ok(Outcome::Stopped { after: None });
+        }
+        return Err(e);
+    }
+    let labels = (r.source.url.display(), r.target.url.display());
+    let v = verify_converged(source_db, target_db, table, &labels, stop)?;
+    write!(out, "{}", v.render())?;
+    if !v.matches() {
+        writeln!(
+            out,
+            "warning: following although verification failed (the source kept changing, or the \
+             tables differ; run --verify-only once writes pause)"
+        )?;
+    }
+    writeln!(
+        out,
+        "following changes to {name} in the source through subscription {pub_name}; Ctrl-C or \
+         SIGTERM stops"
+    )?;
+    out.flush()?;
+    {
+        let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+        replication::watch(
+            source,
+            target,
+            name,
+            options.poll,
+            options.report_every,
+            stop,
+            out,
+        )?;
+    }
+    // The last changes stream in: wait for the two sides to agree (30 s at most), then stop.
+    let v = verify_converged(source_db, target_db, table, &labels, &Stop::new())?;
+    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+    replication::remove(source, target, name)?;
+    writeln!(
+        out,
+        "stopped following; subscription, slot and publication {pub_name} removed; final \
+         verification:"
+    )?;
+    write!(out, "{}", v.render())?;
+    Ok(verdict(&v))
+}
+
+/// Verifies until both sides agree (a subscription applies what the source commits a moment
+/// later), for 30 s at most or until `stop`; returns the last verification.
+fn verify_converged(
+    source: &mut Db,
+    target: &mut Db,
+    table: &Table,
+    labels: &(String, String),
+    stop: &Stop,
+) -> anyhow::Result<Verification> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = Verification::between(source, target, table, labels.clone())?;
+        if v.matches() || Instant::now() >= deadline || stop.is_set() {
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The PostgreSQL session of a side known to be PostgreSQL.
+fn pg_of(db: &mut Db) -> anyhow::Result<&mut postgres::Client> {
+    db.postgres()
+        .context("logical replication runs between two PostgreSQL databases")
 }
 
 /// Applies every captured change of `direction` and digests both sides in the transaction that

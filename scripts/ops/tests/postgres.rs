@@ -289,3 +289,82 @@ fn checksum_line(out: &str, side: &str) -> String {
         .unwrap_or_else(|| panic!("no {side} row in {out}"))
         .to_string()
 }
+
+#[test]
+fn postgres_to_postgres_follows_by_logical_replication() {
+    let pg = Cluster::start();
+    for db in ["shop", "ledger"] {
+        pg.create_db(db);
+        pg.client(db).batch_execute(PG_ACCOUNTS).unwrap();
+    }
+    pg.client("shop")
+        .batch_execute(
+            "INSERT INTO accounts SELECT g * 3, 'user' || g || '@example.org', g % 1000, g % 2 = 0,
+                    timestamp '2024-03-01' + g * interval '1 second', g / 4.0, NULL
+               FROM generate_series(1, 2000) g",
+        )
+        .unwrap();
+    let dir = OpsTest::new("pg-logical").start();
+    std::fs::write(
+        dir.join("migrations.toml"),
+        declaration(&pg.url("shop"), &pg.url("ledger")),
+    )
+    .unwrap();
+    let (mut child, mut lines) =
+        dir.spawn_migrate(&["accounts", "--follow", "--report-every", "100ms"]);
+    lines.wait_for("change capture on: PostgreSQL logical replication");
+    lines.wait_for("verification OK: 2000 rows, checksums equal");
+    lines.wait_for(
+        "following changes to accounts in the source through subscription strangler_accounts",
+    );
+    // No trigger: the mechanism is PostgreSQL's own.
+    let triggers: i64 = pg
+        .client("shop")
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0);
+
+    pg.client("shop")
+        .batch_execute(
+            "INSERT INTO accounts VALUES (90000, 'late@example.org', 1, true, '2025-01-01', NULL, 'n');
+             UPDATE accounts SET nickname = 'changed', active = NOT active WHERE account_no = 30;
+             DELETE FROM accounts WHERE account_no = 60;",
+        )
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "changes to reach the target",
+        || (pg_rows(&pg, "shop") == pg_rows(&pg, "ledger")).then_some(()),
+    );
+    lines.wait_for("not yet confirmed by subscription strangler_accounts");
+
+    // SIGTERM: the subscription, slot and publication go, and the copy verifies.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    lines.wait_for("subscription, slot and publication strangler_accounts removed");
+    lines.wait_for("verification OK: 2000 rows, checksums equal");
+    assert!(status.success(), "{status}");
+    for (db, catalog) in [
+        ("ledger", "SELECT count(*) FROM pg_subscription"),
+        ("shop", "SELECT count(*) FROM pg_replication_slots"),
+        ("shop", "SELECT count(*) FROM pg_publication"),
+    ] {
+        let n: i64 = pg.client(db).query_one(catalog, &[]).unwrap().get(0);
+        assert_eq!(n, 0, "{catalog} on {db}");
+    }
+
+    // Following again into a table that holds rows is refused: the subscription's own copy
+    // would collide with them.
+    let o = dir.migrate(&["accounts", "--follow"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("the target table accounts holds 2000 rows"),
+        "{}",
+        stderr(&o)
+    );
+}
