@@ -16,6 +16,11 @@
 #[path = "../tests/common/pg.rs"]
 mod pg;
 
+#[path = "../tests/common/accounts.rs"]
+mod accounts;
+
+use accounts::{PG_ACCOUNTS as PG_TABLE, SQLITE_ACCOUNTS as SQLITE_TABLE};
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,14 +31,6 @@ use strangler_ops::migrate::{self, MigrateOptions, Outcome};
 use strangler_ops::migrations::Migrations;
 use strangler_ops::progress::Display;
 use strangler_ops::signals::Stop;
-
-const SQLITE_TABLE: &str = "CREATE TABLE accounts (
-    account_no INTEGER PRIMARY KEY, email TEXT NOT NULL, visits INTEGER NOT NULL DEFAULT 0,
-    active BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL, balance REAL, nickname TEXT)";
-
-const PG_TABLE: &str = "CREATE TABLE accounts (
-    account_no BIGINT PRIMARY KEY, email VARCHAR(200) NOT NULL, visits INTEGER NOT NULL DEFAULT 0,
-    active BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL, balance DOUBLE PRECISION, nickname TEXT)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<u64> = std::env::args()
@@ -357,29 +354,5 @@ fn options(dir: &Path, decl: &strangler_ops::migrations::Declared, follow: bool)
 }
 
 fn fill_sqlite(path: &Path, rows: u64) -> anyhow::Result<()> {
-    let c = rusqlite::Connection::open(path)?;
-    c.execute_batch(SQLITE_TABLE)?;
-    c.execute_batch("PRAGMA journal_mode = WAL")?;
-    let tx = c.unchecked_transaction()?;
-    {
-        let mut ins = tx.prepare("INSERT INTO accounts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-        for i in 1..=rows as i64 {
-            ins.execute(rusqlite::params![
-                i * 3,
-                format!("user{i}@example.org"),
-                i % 1000,
-                i % 2 == 0,
-                format!(
-                    "2024-03-{:02} 12:{:02}:{:02}",
-                    i % 28 + 1,
-                    i % 60,
-                    (i * 7) % 60
-                ),
-                (i % 5 != 0).then_some(i as f64 / 4.0),
-                (i % 4 != 0).then(|| format!("nick {i}")),
-            ])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
+    Ok(accounts::fill_sqlite(path, rows as i64)?)
 }

@@ -148,6 +148,10 @@ struct Run<'a> {
 
 /// Runs a cutover; see the module documentation.
 pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Ending> {
+    if let Err(why) = options.resource.writes_switchable("cutover") {
+        writeln!(out, "refused: {why}")?;
+        return Ok(Ending::NotSwitched(why));
+    }
     let loaded = config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let route = route_of(&loaded.config, &options.resource)?.clone();
     let from = if options.reverse {
@@ -627,6 +631,10 @@ pub fn complete(
     resource: &Declared,
     out: &mut dyn Write,
 ) -> anyhow::Result<Result<(), String>> {
+    if let Err(why) = resource.writes_switchable("complete") {
+        writeln!(out, "refused: {why}")?;
+        return Ok(Err(why));
+    }
     let loaded = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let route = route_of(&loaded.config, resource)?;
     let name = resource.name();

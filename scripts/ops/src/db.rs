@@ -434,10 +434,9 @@ impl Db {
                     &format!("UPDATE {CHECKPOINT} SET copied_up_to = $2, updated_at = now()::text WHERE resource = $1"),
                     &[&resource, &last],
                 )?;
+                // The stage empties itself at commit and lives as long as the session (one
+                // resource's copy).
                 tx.commit()?;
-                // A temporary table of a session that copies again later keeps its columns;
-                // a new session (or a changed table) starts from scratch.
-                client.batch_execute(&format!("DROP TABLE IF EXISTS {STAGE}"))?;
                 Ok(Written { written, removed })
             }
         }

@@ -37,7 +37,22 @@ impl Kind {
     /// which both engines name the same way.
     pub fn of_declared(declared: &str) -> Kind {
         let t = declared.to_ascii_uppercase();
-        if t.contains("BOOL") {
+        // PostgreSQL types read and written as their text form (`information_schema` calls
+        // enums USER-DEFINED); checked first because INTERVAL contains INT.
+        const AS_TEXT: [&str; 9] = [
+            "JSON",
+            "UUID",
+            "USER-DEFINED",
+            "ARRAY",
+            "INTERVAL",
+            "INET",
+            "CIDR",
+            "MACADDR",
+            "XML",
+        ];
+        if AS_TEXT.iter().any(|k| t.contains(k)) {
+            Kind::Text
+        } else if t.contains("BOOL") {
             Kind::Boolean
         } else if t.contains("DATE") || t.contains("TIME") {
             Kind::Timestamp
@@ -511,6 +526,9 @@ mod tests {
         assert_eq!(Kind::of_declared("BOOLEAN"), Kind::Boolean);
         assert_eq!(Kind::of_declared("double precision"), Kind::Real);
         assert_eq!(Kind::of_declared("bytea"), Kind::Blob);
+        assert_eq!(Kind::of_declared("interval"), Kind::Text);
+        assert_eq!(Kind::of_declared("jsonb"), Kind::Text);
+        assert_eq!(Kind::of_declared("USER-DEFINED"), Kind::Text);
         assert!(Kind::Integer.holds(Kind::Boolean));
         assert!(!Kind::Integer.holds(Kind::Text));
     }

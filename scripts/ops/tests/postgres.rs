@@ -7,63 +7,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::accounts::{self, PG_ACCOUNTS};
 use common::pg::Cluster;
 use common::{OpsTest, eventually, stderr, stdout};
 
-const SQLITE_ACCOUNTS: &str = "CREATE TABLE accounts (
-    account_no INTEGER PRIMARY KEY,
-    email TEXT NOT NULL,
-    visits INTEGER NOT NULL DEFAULT 0,
-    active BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    balance REAL,
-    nickname TEXT
-);";
-
-const PG_ACCOUNTS: &str = "CREATE TABLE accounts (
-    account_no BIGINT PRIMARY KEY,
-    email VARCHAR(200) NOT NULL,
-    visits INTEGER NOT NULL DEFAULT 0,
-    active BOOLEAN NOT NULL,
-    created_at TIMESTAMP NOT NULL,
-    balance DOUBLE PRECISION,
-    nickname TEXT
-);";
-
-/// Fills an SQLite `accounts` table with `n` rows: NULLs, quotes, tabs, newlines, backslashes
-/// and non-ASCII text included.
+/// Fills an SQLite `accounts` table with `n` rows (see `common::accounts`).
 fn fill_sqlite(path: &std::path::Path, n: i64) {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch(SQLITE_ACCOUNTS).unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    {
-        let mut ins = tx
-            .prepare("INSERT INTO accounts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .unwrap();
-        for i in 1..=n {
-            ins.execute(rusqlite::params![
-                i * 3,
-                format!("user{i}@example.org"),
-                i % 1000,
-                i % 2 == 0,
-                format!(
-                    "2024-03-{:02} 12:{:02}:{:02}",
-                    i % 28 + 1,
-                    i % 60,
-                    (i * 7) % 60
-                ),
-                (i % 5 != 0).then_some(i as f64 / 4.0),
-                match i % 4 {
-                    0 => None,
-                    1 => Some(format!("nick {i}")),
-                    2 => Some(format!("tab\there, new\nline, back\\slash, 'quote' é {i}")),
-                    _ => Some(String::new()),
-                },
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
+    accounts::fill_sqlite(path, n).expect("fill accounts");
 }
 
 fn declaration(source: &str, target: &str) -> String {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod fake;
 pub mod pg;
 pub mod prometheus;
