@@ -458,6 +458,35 @@ fn remove_capture(
     resource: &migrations::Declared,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
+    if matches!(
+        (&resource.source.url, &resource.target.url),
+        (
+            migrations::DbUrl::Postgres(_),
+            migrations::DbUrl::Postgres(_)
+        )
+    ) {
+        let name = strangler_ops::replication::name_of(resource.name());
+        return Ok(
+            match strangler_ops::replication::remove_declared(data_dir, resource) {
+                Ok(was) => {
+                    println!(
+                        "logical replication of {}: subscription, slot and publication {name} {}",
+                        resource.name(),
+                        if was {
+                            "removed"
+                        } else {
+                            "not found (nothing to remove)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        );
+    }
     let removed = match sync::remove_capture(data_dir, resource, force) {
         Ok(removed) => removed,
         Err(e) => {

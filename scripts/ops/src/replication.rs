@@ -219,6 +219,26 @@ pub fn remove(source: &mut Client, target: &mut Client, resource: &str) -> anyho
     Ok(())
 }
 
+/// `migrate-data R --remove-capture` for a resource whose two sides are PostgreSQL: removes
+/// what a follower killed with -9 left replicating (subscription, slot, publication), so the
+/// slot stops holding the source's WAL. Returns whether a subscription was there.
+///
+/// Errors: either database refuses the connection or a statement.
+pub fn remove_declared(data_dir: &std::path::Path, decl: &Declared) -> anyhow::Result<bool> {
+    use crate::db::Db;
+    let mut source = Db::open(&decl.source.url, data_dir, false)?;
+    let mut target = Db::open(&decl.target.url, data_dir, false)?;
+    let (Some(s), Some(t)) = (source.postgres(), target.postgres()) else {
+        bail!(
+            "{}: logical replication runs between two PostgreSQL databases",
+            decl.name()
+        );
+    };
+    let was = subscribed(t, decl.name())?;
+    remove(s, t, decl.name())?;
+    Ok(was)
+}
+
 /// Reports lag every `report_every` until `stop`.
 ///
 /// Errors: the subscription or slot disappears; a catalogue cannot be read.

@@ -308,6 +308,47 @@ fn postgres_to_postgres_follows_by_logical_replication() {
         assert_eq!(n, 0, "{catalog} on {db}");
     }
 
+    // A follower killed with -9 leaves the subscription replicating; --remove-capture removes
+    // it, its slot and the publication.
+    pg.client("ledger")
+        .batch_execute("TRUNCATE accounts")
+        .unwrap();
+    let (mut child, mut lines) = dir.spawn_migrate(&["accounts", "--follow"]);
+    lines.wait_for("following changes to accounts in the source through subscription");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pg.client("shop")
+        .batch_execute("UPDATE accounts SET visits = 4242 WHERE account_no = 90")
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the subscription to replicate without a follower",
+        || {
+            let v: i32 = pg
+                .client("ledger")
+                .query_one("SELECT visits FROM accounts WHERE account_no = 90", &[])
+                .ok()?
+                .get(0);
+            (v == 4242).then_some(())
+        },
+    );
+    let o = dir.migrate(&["accounts", "--remove-capture"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(
+            "logical replication of accounts: subscription, slot and publication \
+             strangler_accounts removed"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    let slots: i64 = pg
+        .client("shop")
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+
     // Following again into a table that holds rows is refused: the subscription's own copy
     // would collide with them.
     let o = dir.migrate(&["accounts", "--follow"]);
