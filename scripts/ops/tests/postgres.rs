@@ -267,6 +267,15 @@ fn postgres_to_postgres_follows_by_logical_replication() {
     lines.wait_for(
         "following changes to accounts in the source through subscription strangler_accounts",
     );
+    // `status` says which mechanism runs.
+    let declared =
+        strangler_ops::migrations::Migrations::load(&dir.join("migrations.toml")).unwrap();
+    let table = strangler_ops::status::migrations(dir.path(), &declared, &[]).unwrap();
+    assert!(
+        table.contains("monolith → service (logical replication)")
+            && table.contains("subscription strangler_accounts (in the target server)"),
+        "{table}"
+    );
     // No trigger: the mechanism is PostgreSQL's own.
     let triggers: i64 = pg
         .client("shop")
