@@ -37,7 +37,7 @@ pub const APPLYING: &str = "_strangler_applying";
 /// Milliseconds since the epoch, as SQLite computes it inside a trigger.
 const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
-fn trigger_name(table: Table, event: &str) -> String {
+fn trigger_name(table: &Table, event: &str) -> String {
     format!("_strangler_capture_{}_{event}", table.name())
 }
 
@@ -55,9 +55,10 @@ pub fn exists(conn: &Connection, side: Side, kind: &str, name: &str) -> rusqlite
 }
 
 /// Creates the change and marker tables and the resource's triggers on `side` (idempotent).
-pub fn install(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Result<()> {
+pub fn install(conn: &mut Connection, table: &Table, side: Side) -> rusqlite::Result<()> {
     let name = table.name();
     let s = side.schema();
+    let (on, key) = (table.table_on(side), table.key_on(side));
     let skip = format!("WHEN NOT EXISTS (SELECT 1 FROM {APPLYING})");
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {s}.{CHANGES} (
@@ -68,16 +69,16 @@ pub fn install(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Res
         );
         CREATE INDEX IF NOT EXISTS {s}.{CHANGES}_by_row ON {CHANGES} (resource, row_id);
         CREATE TABLE IF NOT EXISTS {s}.{APPLYING} (pid INTEGER);
-        CREATE TRIGGER IF NOT EXISTS {s}.{ins} AFTER INSERT ON {name} {skip} BEGIN
-            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', NEW.id, {NOW_MS});
+        CREATE TRIGGER IF NOT EXISTS {s}.{ins} AFTER INSERT ON {on} {skip} BEGIN
+            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', NEW.{key}, {NOW_MS});
         END;
-        CREATE TRIGGER IF NOT EXISTS {s}.{upd} AFTER UPDATE ON {name} {skip} BEGIN
-            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', NEW.id, {NOW_MS});
+        CREATE TRIGGER IF NOT EXISTS {s}.{upd} AFTER UPDATE ON {on} {skip} BEGIN
+            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', NEW.{key}, {NOW_MS});
             INSERT INTO {CHANGES} (resource, row_id, at_ms)
-                SELECT '{name}', OLD.id, {NOW_MS} WHERE OLD.id IS NOT NEW.id;
+                SELECT '{name}', OLD.{key}, {NOW_MS} WHERE OLD.{key} IS NOT NEW.{key};
         END;
-        CREATE TRIGGER IF NOT EXISTS {s}.{del} AFTER DELETE ON {name} {skip} BEGIN
-            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', OLD.id, {NOW_MS});
+        CREATE TRIGGER IF NOT EXISTS {s}.{del} AFTER DELETE ON {on} {skip} BEGIN
+            INSERT INTO {CHANGES} (resource, row_id, at_ms) VALUES ('{name}', OLD.{key}, {NOW_MS});
         END;",
         ins = trigger_name(table, "insert"),
         upd = trigger_name(table, "update"),
@@ -93,7 +94,7 @@ pub fn install(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Res
 }
 
 /// Drops the resource's triggers on `side`; changes already captured stay for [`apply`].
-pub fn uninstall(conn: &mut Connection, table: Table, side: Side) -> rusqlite::Result<()> {
+pub fn uninstall(conn: &mut Connection, table: &Table, side: Side) -> rusqlite::Result<()> {
     // Immediate for the reason given in `install`.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for event in ["insert", "update", "delete"] {
@@ -107,7 +108,7 @@ pub fn uninstall(conn: &mut Connection, table: Table, side: Side) -> rusqlite::R
 }
 
 /// Whether the resource's triggers are in place on `side`.
-pub fn installed(conn: &Connection, table: Table, side: Side) -> rusqlite::Result<bool> {
+pub fn installed(conn: &Connection, table: &Table, side: Side) -> rusqlite::Result<bool> {
     let n: i64 = conn.query_row(
         &format!(
             "SELECT count(*) FROM {}.sqlite_master WHERE type = 'trigger' AND name GLOB ?1",
@@ -182,7 +183,7 @@ pub struct Applied {
 /// lose it silently. It becomes a [`Conflict`] carrying both rows instead.
 pub fn apply(
     tx: &Transaction<'_>,
-    table: Table,
+    table: &Table,
     direction: Direction,
     after_seq: i64,
     limit: u32,
@@ -199,9 +200,12 @@ pub fn apply(
         })?
         .collect::<Result<_, _>>()?;
     let dest_captures = exists(tx, dest, "table", CHANGES)?;
-    let mut upsert = tx.prepare_cached(&table.upsert(s, d, "id = ?1"))?;
+    let (sk, dk) = (table.key_on(source), table.key_on(dest));
+    let mut upsert = tx.prepare_cached(&table.upsert(source, dest, &format!("{sk} = ?1")))?;
     let mut remove = tx.prepare_cached(&format!(
-        "DELETE FROM {d}.{name} WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM {s}.{name} WHERE id = ?1)"
+        "DELETE FROM {} WHERE {dk} = ?1 AND NOT EXISTS (SELECT 1 FROM {} WHERE {sk} = ?1)",
+        table.qualified(dest),
+        table.qualified(source)
     ))?;
     let now = now_ms();
     let mut applied = Applied {
@@ -243,22 +247,23 @@ pub fn apply(
     Ok(applied)
 }
 
-/// The row `id` of `table` on `side` as a JSON object, `None` when there is no such row.
+/// The row `id` of `table` on `side` as a JSON object keyed by the service's column names
+/// (so both sides' versions of a row compare equal), `None` when there is no such row.
 pub fn row_json(
     conn: &Connection,
     side: Side,
-    table: Table,
+    table: &Table,
     id: i64,
 ) -> rusqlite::Result<Option<String>> {
     let sql = format!(
-        "SELECT {} FROM {}.{} WHERE id = ?1",
-        table.column_list(),
-        side.schema(),
-        table.name()
+        "SELECT {} FROM {} WHERE {} = ?1",
+        table.column_list(side),
+        table.qualified(side),
+        table.key_on(side)
     );
     conn.query_row(&sql, [id], |row| {
         let mut object = serde_json::Map::new();
-        for (i, column) in table.columns.iter().enumerate() {
+        for (i, column) in table.columns_on(Side::Service).enumerate() {
             let value = match row.get_ref(i)? {
                 ValueRef::Null => serde_json::Value::Null,
                 ValueRef::Integer(v) => v.into(),
@@ -267,7 +272,7 @@ pub fn row_json(
                     String::from_utf8_lossy(v).into_owned().into()
                 }
             };
-            object.insert((*column).to_string(), value);
+            object.insert(column.to_string(), value);
         }
         Ok(serde_json::Value::Object(object).to_string())
     })
@@ -277,7 +282,7 @@ pub fn row_json(
 /// Deletes the resource's changes up to `seq` from `side`'s change table once they are applied.
 pub fn forget(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     side: Side,
     up_to_seq: i64,
 ) -> rusqlite::Result<u64> {
@@ -292,7 +297,7 @@ pub fn forget(
 }
 
 /// Deletes every captured change of the resource on `side`; returns how many there were.
-pub fn discard(conn: &Connection, table: Table, side: Side) -> rusqlite::Result<u64> {
+pub fn discard(conn: &Connection, table: &Table, side: Side) -> rusqlite::Result<u64> {
     if !exists(conn, side, "table", CHANGES)? {
         return Ok(0);
     }
@@ -303,7 +308,7 @@ pub fn discard(conn: &Connection, table: Table, side: Side) -> rusqlite::Result<
 /// the oldest of them; `(0, 0)` when `side` has no change table.
 pub fn backlog(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     side: Side,
     after_seq: i64,
 ) -> rusqlite::Result<(u64, u64)> {
@@ -325,7 +330,7 @@ pub fn backlog(
 /// The ids of the resource's captured, unapplied changes on `side` (at most `limit`).
 pub fn pending_ids(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     side: Side,
     limit: u32,
 ) -> rusqlite::Result<Vec<i64>> {

@@ -102,7 +102,7 @@ pub fn record(conn: &Connection, conflicts: &[Conflict]) -> rusqlite::Result<()>
 }
 
 /// The resource's unresolved conflicts, oldest first.
-pub fn unresolved(conn: &Connection, table: Table) -> rusqlite::Result<Vec<Conflict>> {
+pub fn unresolved(conn: &Connection, table: &Table) -> rusqlite::Result<Vec<Conflict>> {
     if !table_exists(conn)? {
         return Ok(Vec::new());
     }
@@ -130,7 +130,7 @@ pub fn unresolved(conn: &Connection, table: Table) -> rusqlite::Result<Vec<Confl
 }
 
 /// How many of the resource's conflicts are unresolved.
-pub fn count(conn: &Connection, table: Table) -> rusqlite::Result<u64> {
+pub fn count(conn: &Connection, table: &Table) -> rusqlite::Result<u64> {
     if !table_exists(conn)? {
         return Ok(0);
     }
@@ -146,7 +146,7 @@ pub fn count(conn: &Connection, table: Table) -> rusqlite::Result<u64> {
 
 /// Marks every unresolved conflict of the resource resolved (the operator has repaired the rows
 /// on the writing side, from where the follower carries them); returns how many.
-pub fn resolve_all(conn: &Connection, table: Table) -> rusqlite::Result<u64> {
+pub fn resolve_all(conn: &Connection, table: &Table) -> rusqlite::Result<u64> {
     if !table_exists(conn)? {
         return Ok(0);
     }

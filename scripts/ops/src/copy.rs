@@ -1,5 +1,6 @@
-//! The batched copy of one resource's table from the monolith's database (attached as `src`)
-//! into the service's (`main`), resumable through a checkpoint kept in the service's database.
+//! The batched copy of one resource's table from its source database into its target, in key
+//! order, resumable through a checkpoint kept in the target database; any pair of engines
+//! (see [`crate::db`]).
 //!
 //! Each batch is one transaction that upserts a range of ids, removes rows of that range the
 //! monolith no longer has, and records the range's last id; a copy killed at any instant
@@ -8,9 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 
 use crate::capture;
+use crate::db::Db;
 use crate::resource::Table;
 use crate::signals::Stop;
 use crate::sync::Side;
@@ -46,8 +48,8 @@ pub struct Copied {
     pub elapsed: Duration,
 }
 
-/// Creates the checkpoint table and this resource's row in it.
-pub fn ensure_checkpoint(conn: &Connection, table: Table) -> rusqlite::Result<()> {
+/// Creates the checkpoint table in an SQLite target and `resource`'s row in it.
+pub fn ensure_checkpoint_named(conn: &Connection, resource: &str) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS main.{CHECKPOINT} (
             resource TEXT PRIMARY KEY,
@@ -57,56 +59,68 @@ pub fn ensure_checkpoint(conn: &Connection, table: Table) -> rusqlite::Result<()
     ))?;
     conn.execute(
         &format!("INSERT INTO main.{CHECKPOINT} (resource) VALUES (?1) ON CONFLICT DO NOTHING"),
-        [table.name()],
+        [resource],
     )?;
     Ok(())
 }
 
-/// The last id copied by a run that did not finish, if one did not.
-pub fn interrupted_at(conn: &Connection, table: Table) -> rusqlite::Result<Option<i64>> {
+/// The last key an unfinished copy of `resource` into this SQLite target copied, if one did
+/// not finish.
+pub fn interrupted_at_named(conn: &Connection, resource: &str) -> rusqlite::Result<Option<i64>> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?1",
+        [CHECKPOINT],
+        |row| row.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(None);
+    }
     conn.query_row(
         &format!("SELECT copied_up_to FROM main.{CHECKPOINT} WHERE resource = ?1"),
-        [table.name()],
+        [resource],
         |row| row.get(0),
     )
     .optional()
     .map(Option::flatten)
 }
 
-/// Starts a transaction holding the target's write lock and no lock on the source yet.
-///
-/// `BEGIN IMMEDIATE` would take write locks on every attached database, the monolith's
-/// included, and stall its writers; a deferred transaction whose first statement writes the
-/// checkpoint takes only the target's, and later reads of `src` take a read snapshot. When the
-/// service captures changes, the copy's writes are marked as the applier's (not captured);
-/// finish with [`commit_on_target`].
-pub fn begin_on_target(conn: &mut Connection, table: Table) -> rusqlite::Result<Transaction<'_>> {
+/// Starts a transaction on an SQLite target holding its write lock: its first statement
+/// writes `resource`'s checkpoint row. When the target captures changes, the copy's writes
+/// are marked as the applier's (not captured); finish with [`commit_on_target`].
+pub fn begin_on_target_named<'c>(
+    conn: &'c mut Connection,
+    resource: &str,
+) -> rusqlite::Result<Transaction<'c>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     tx.execute(
         &format!("UPDATE main.{CHECKPOINT} SET updated_at = datetime('now') WHERE resource = ?1"),
-        [table.name()],
+        [resource],
     )?;
     capture::mark(&tx, Side::Service)?;
     Ok(tx)
 }
 
-/// Commits a transaction from [`begin_on_target`].
+/// Commits a transaction from [`begin_on_target_named`].
 pub fn commit_on_target(tx: Transaction<'_>) -> rusqlite::Result<()> {
     capture::commit(tx, Side::Service)
 }
 
-/// Copies every row of `table` from `src` to `main`, continuing an interrupted run.
+/// Copies every row of `table` from `source` into `target`, continuing an interrupted run.
+///
+/// Errors: either database refuses a statement; the batches committed so far stay, with their
+/// checkpoint.
 pub fn run(
-    conn: &mut Connection,
-    table: Table,
+    source: &mut Db,
+    target: &mut Db,
+    table: &Table,
     options: CopyOptions,
     progress: &mut dyn FnMut(u64, u64),
     stop: &Stop,
-) -> rusqlite::Result<Copied> {
+) -> anyhow::Result<Copied> {
     let started = Instant::now();
-    ensure_checkpoint(conn, table)?;
-    let resumed_after = interrupted_at(conn, table)?;
-    // Ids are any i64; `from` is the first id not yet copied, `None` once past i64::MAX.
+    target.ensure_checkpoint(table.name())?;
+    let resumed_after = target.interrupted_at(table.name())?;
+    // Keys are any i64; `from` is the first key not yet copied, `None` once past i64::MAX.
     let mut from = match resumed_after {
         Some(id) => id.checked_add(1),
         None => Some(i64::MIN),
@@ -115,65 +129,33 @@ pub fn run(
         resumed_after,
         ..Copied::default()
     };
-    let name = table.name();
-    let total: i64 = match from {
-        Some(from) => conn.query_row(
-            &format!("SELECT count(*) FROM src.{name} WHERE id >= ?1"),
-            [from],
-            |row| row.get(0),
-        )?,
+    let total = match from {
+        Some(from) => source.count_from(table, Side::Monolith, from)?,
         None => 0,
     };
-    let total = total.unsigned_abs();
     progress(0, total);
-    let last_of_batch = format!(
-        "SELECT max(id), count(*) FROM (SELECT id FROM src.{name} WHERE id >= ?1 ORDER BY id LIMIT ?2)"
-    );
-    let upsert = table.upsert_from_source("id >= ?1 AND id <= ?2");
-    let remove_gone = format!(
-        "DELETE FROM main.{name} WHERE id >= ?1 AND id <= ?2 \
-         AND NOT EXISTS (SELECT 1 FROM src.{name} AS s WHERE s.id = main.{name}.id)"
-    );
-    let save = format!("UPDATE main.{CHECKPOINT} SET copied_up_to = ?2 WHERE resource = ?1");
     loop {
         if stop.is_set() {
             copied.stopped = true;
             break;
         }
-        let tx = begin_on_target(conn, table)?;
-        let batch = match from {
-            Some(from) => {
-                let (last, rows): (Option<i64>, i64) =
-                    tx.query_row(&last_of_batch, params![from, options.batch], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })?;
-                last.map(|last| (from, last, rows.unsigned_abs()))
-            }
-            None => None,
+        let rows = match from {
+            Some(from) => source.read_batch(table, Side::Monolith, from, options.batch)?,
+            None => Vec::new(),
         };
-        let Some((first, last, rows)) = batch else {
+        let Some(last) = rows.last().and_then(|r| key_of(r)) else {
             // Past the source's last row: whatever the target holds beyond it is gone.
-            if let Some(from) = from {
-                copied.removed +=
-                    tx.execute(&format!("DELETE FROM main.{name} WHERE id >= ?1"), [from])? as u64;
-            }
-            tx.execute(
-                &format!("UPDATE main.{CHECKPOINT} SET copied_up_to = NULL WHERE resource = ?1"),
-                [name],
-            )?;
-            commit_on_target(tx)?;
+            copied.removed += target.finish_copy(table, Side::Service, from)?;
             copied.batches += 1;
             break;
         };
-        copied.written += tx.prepare_cached(&upsert)?.execute(params![first, last])? as u64;
-        copied.removed += tx
-            .prepare_cached(&remove_gone)?
-            .execute(params![first, last])? as u64;
-        tx.prepare_cached(&save)?.execute(params![name, last])?;
-        commit_on_target(tx)?;
+        let first = from.unwrap_or(i64::MIN);
+        let w = target.write_batch(table, Side::Service, first, last, &rows)?;
+        copied.written += w.written;
+        copied.removed += w.removed;
         copied.batches += 1;
-        copied.scanned += rows;
-        progress(rows, total);
+        copied.scanned += rows.len() as u64;
+        progress(rows.len() as u64, total);
         from = last.checked_add(1);
         if !options.pause.is_zero() {
             std::thread::sleep(options.pause);
@@ -181,4 +163,11 @@ pub fn run(
     }
     copied.elapsed = started.elapsed();
     Ok(copied)
+}
+
+fn key_of(row: &[crate::db::Value]) -> Option<i64> {
+    match row.first() {
+        Some(crate::db::Value::Integer(k)) => Some(*k),
+        _ => None,
+    }
 }

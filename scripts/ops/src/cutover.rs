@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use monolith::legacy::Resource;
 use strangler_proxy::config::{self, Config, RouteConfig};
 
 use crate::figures::names;
+use crate::migrations::{DbUrl, Declared, Migrations};
 use crate::routes_file::{self, Change};
 use crate::signals::Stop;
 use crate::source::Source;
@@ -30,7 +30,9 @@ use crate::sync::{self, Direction, SyncStage};
 #[derive(Clone, Debug)]
 pub struct CutoverOptions {
     /// The resource whose writes move.
-    pub resource: Resource,
+    pub resource: Declared,
+    /// Every declared resource (references between them order cutovers).
+    pub migrations: Migrations,
     /// The routes file every proxy serves.
     pub config: PathBuf,
     /// Holds `monolith.db` and the services' databases.
@@ -60,21 +62,22 @@ pub enum Ending {
     SwitchedWithWarning(String),
 }
 
-/// The route that peels `resource` off: the one named after it, else the only one whose
-/// service it is.
-pub fn route_of(config: &Config, resource: Resource) -> anyhow::Result<&RouteConfig> {
-    let name = resource.name();
-    if let Some(r) = config.routes.iter().find(|r| r.name == name) {
-        return Ok(r);
-    }
-    let mut owned = config.routes.iter().filter(|r| r.service == name);
-    match (owned.next(), owned.next()) {
-        (Some(r), None) => Ok(r),
-        (None, _) => anyhow::bail!("no route sends {name} to a service named {name:?}"),
-        (Some(_), Some(_)) => {
-            anyhow::bail!("several routes go to service {name:?}; name the one for {name} {name:?}")
-        }
-    }
+/// The route that peels `resource` off: the one `migrations.toml` names.
+///
+/// Errors: the routes file has no route of that name.
+pub fn route_of<'c>(config: &'c Config, resource: &Declared) -> anyhow::Result<&'c RouteConfig> {
+    config
+        .routes
+        .iter()
+        .find(|r| r.name == resource.route)
+        .with_context(|| {
+            format!(
+                "no route named {:?} (the route of resource {} in migrations.toml) in the routes \
+                 file",
+                resource.route,
+                resource.name()
+            )
+        })
 }
 
 /// Refuses weights that would split `route`'s writes between the service's database and the
@@ -118,8 +121,12 @@ pub fn guard_split_writes(route: &RouteConfig, weights: &[u8], allow: bool) -> R
 /// flow monolith → service (forward), writes must stay on the monolith; once writes switched
 /// (reverse sync), they must all stay on the service. Only `cutover` moves them, behind the
 /// fence. No sync state (never migrated, or complete) means no constraint.
-pub fn guard_writes(data_dir: &Path, route: &RouteConfig) -> Result<(), String> {
-    let Ok(resource) = crate::resource::parse(&route.service) else {
+pub fn guard_writes(
+    data_dir: &Path,
+    migrations: &Migrations,
+    route: &RouteConfig,
+) -> Result<(), String> {
+    let Some(resource) = migrations.by_route(&route.name) else {
         return Ok(());
     };
     let state = match sync::read_state(data_dir, resource) {
@@ -178,8 +185,12 @@ struct Run<'a> {
 
 /// Runs a cutover; see the module documentation.
 pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Ending> {
+    if let Err(why) = options.resource.writes_switchable("cutover") {
+        writeln!(out, "refused: {why}")?;
+        return Ok(Ending::NotSwitched(why));
+    }
     let loaded = config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let route = route_of(&loaded.config, options.resource)?.clone();
+    let route = route_of(&loaded.config, &options.resource)?.clone();
     let from = if options.reverse {
         Direction::Reverse
     } else {
@@ -231,14 +242,14 @@ impl From<anyhow::Error> for Stop_ {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn say(&mut self, line: &str) {
         let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
     }
 
-    fn resource(&self) -> Resource {
-        self.options.resource
+    fn resource(&self) -> &'a Declared {
+        &self.options.resource
     }
 
     /// Reads at 100 % on the service, writes where `from` says, change capture installed on
@@ -328,7 +339,13 @@ impl Run<'_> {
                  --verify-only`"
             ));
         }
-        match reference_order(&self.options.data_dir, config, self.resource(), self.from) {
+        match reference_order(
+            &self.options.data_dir,
+            &self.options.migrations,
+            config,
+            self.resource(),
+            self.from,
+        ) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(why),
             Err(e) => Err(format!("{e:#}")),
@@ -647,9 +664,14 @@ pub fn describe_longest(buckets: &[(f64, f64)]) -> String {
 pub fn complete(
     data_dir: &Path,
     config_path: &Path,
-    resource: Resource,
+    migrations: &Migrations,
+    resource: &Declared,
     out: &mut dyn Write,
 ) -> anyhow::Result<Result<(), String>> {
+    if let Err(why) = resource.writes_switchable("complete") {
+        writeln!(out, "refused: {why}")?;
+        return Ok(Err(why));
+    }
     let loaded = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let route = route_of(&loaded.config, resource)?;
     let name = resource.name();
@@ -668,7 +690,7 @@ pub fn complete(
         writeln!(out, "refused: {why}")?;
         return Ok(Err(why));
     }
-    if let Some(why) = still_referenced(data_dir, resource)? {
+    if let Some(why) = still_referenced(data_dir, migrations, resource)? {
         writeln!(out, "refused: {why}")?;
         return Ok(Err(why));
     }
@@ -696,25 +718,35 @@ pub fn complete(
     Ok(Ok(()))
 }
 
-/// The references between resources as the monolith's own catalogue declares them: `(from,
-/// to)` for every foreign key of table `from` that points at table `to` in `monolith.db`.
-fn foreign_keys(data_dir: &Path) -> anyhow::Result<Vec<(Resource, Resource)>> {
-    let monolith = data_dir.join("monolith.db");
-    let conn = rusqlite::Connection::open_with_flags(
-        &monolith,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .with_context(|| format!("opening {}", monolith.display()))?;
-    let mut stmt = conn.prepare("SELECT \"table\" FROM pragma_foreign_key_list(?1)")?;
+/// The references between declared resources as the source databases' own catalogues declare
+/// them: `(from, to)` (resource names) for every foreign key of `from`'s source table that
+/// points at `to`'s source table in the same SQLite database.
+fn foreign_keys(data_dir: &Path, migrations: &Migrations) -> anyhow::Result<Vec<(String, String)>> {
     let mut edges = Vec::new();
-    for from in Resource::ALL {
+    for from in &migrations.resources {
+        let DbUrl::Sqlite(path) = from.source.url.resolve(data_dir) else {
+            continue;
+        };
+        if !path.is_file() {
+            continue;
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .with_context(|| format!("opening {}", path.display()))?;
+        let mut stmt = conn.prepare("SELECT \"table\" FROM pragma_foreign_key_list(?1)")?;
         let targets: Vec<String> = stmt
-            .query_map([from.name()], |row| row.get::<_, String>(0))?
+            .query_map([&from.source.table], |row| row.get::<_, String>(0))?
             .collect::<Result<_, _>>()?;
-        for to in Resource::ALL {
-            if to != from && targets.iter().any(|t| t == to.name()) && !edges.contains(&(from, to))
+        for to in &migrations.resources {
+            let edge = (from.name.clone(), to.name.clone());
+            if to.name != from.name
+                && to.source.url == from.source.url
+                && targets.contains(&to.source.table)
+                && !edges.contains(&edge)
             {
-                edges.push((from, to));
+                edges.push(edge);
             }
         }
     }
@@ -723,7 +755,7 @@ fn foreign_keys(data_dir: &Path) -> anyhow::Result<Vec<(Resource, Resource)>> {
 
 /// Whether the service owns `resource`'s writes: they were switched (reverse sync) or the
 /// migration is complete.
-fn writes_moved(data_dir: &Path, resource: Resource) -> anyhow::Result<bool> {
+fn writes_moved(data_dir: &Path, resource: &Declared) -> anyhow::Result<bool> {
     Ok(sync::read_state(data_dir, resource)?
         .is_some_and(|s| s.direction == Direction::Reverse || s.stage == SyncStage::Complete))
 }
@@ -731,19 +763,22 @@ fn writes_moved(data_dir: &Path, resource: Resource) -> anyhow::Result<bool> {
 /// A resource whose rows the monolith still writes and that refers to `resource`: once
 /// capture stops, the monolith's copy of `resource` goes stale and those writes would be
 /// refused for rows created on the service.
-fn still_referenced(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<String>> {
+fn still_referenced(
+    data_dir: &Path,
+    migrations: &Migrations,
+    resource: &Declared,
+) -> anyhow::Result<Option<String>> {
     let name = resource.name();
-    for (other, _) in foreign_keys(data_dir)?
+    for (other, _) in foreign_keys(data_dir, migrations)?
         .into_iter()
-        .filter(|(_, to)| *to == resource)
+        .filter(|(_, to)| to == name)
     {
-        if !writes_moved(data_dir, other)? {
+        if !writes_moved(data_dir, migrations.get(&other)?)? {
             return Ok(Some(format!(
                 "the monolith still takes writes of {other} (its table {other} refers to {name}): \
                  once the reverse sync of {name} stops, the monolith would refuse {other} naming \
                  a {name} row created on the service. Cut {other} over first (scripts/cutover \
-                 {other}), then complete {name}",
-                other = other.name()
+                 {other}), then complete {name}"
             )));
         }
     }
@@ -760,15 +795,16 @@ fn still_referenced(data_dir: &Path, resource: Resource) -> anyhow::Result<Optio
 /// writes are on its service and that refers to this one.
 fn reference_order(
     data_dir: &Path,
+    migrations: &Migrations,
     config: &Config,
-    resource: Resource,
+    resource: &Declared,
     from: Direction,
 ) -> anyhow::Result<Option<String>> {
     let name = resource.name();
-    for (from_table, to_table) in foreign_keys(data_dir)? {
+    for (from_table, to_table) in foreign_keys(data_dir, migrations)? {
         match from {
-            Direction::Forward if from_table == resource => {
-                let other = to_table;
+            Direction::Forward if from_table == name => {
+                let other = migrations.get(&to_table)?;
                 let reads_on_service = route_of(config, other).is_ok_and(|r| {
                     r.weight > 0
                         && r.methods
@@ -785,8 +821,8 @@ fn reference_order(
                     )));
                 }
             }
-            Direction::Reverse if to_table == resource => {
-                let other = from_table;
+            Direction::Reverse if to_table == name => {
+                let other = migrations.get(&from_table)?;
                 if writes_moved(data_dir, other)? {
                     return Ok(Some(format!(
                         "the writes of {other} are on its service and refer to {name}: with the \

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use monolith::legacy::Resource;
 use strangler_ops::copy::CopyOptions;
 use strangler_ops::cutover::{self, CutoverOptions};
 use strangler_ops::migrate::{self, MigrateOptions, Outcome};
+use strangler_ops::migrations::{self, Migrations};
 use strangler_ops::progress::Display;
-use strangler_ops::resource;
 use strangler_ops::rollout::{self, Gates, RolloutOptions};
 use strangler_ops::routes_file::{self, Change, EditError};
 use strangler_ops::signals::Stop;
@@ -116,35 +115,48 @@ enum Command {
     Complete(CompleteArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ResourceArg {
-    Users,
-    Threads,
-    Posts,
-}
-
-impl From<ResourceArg> for Resource {
-    fn from(r: ResourceArg) -> Resource {
-        match r {
-            ResourceArg::Users => Resource::Users,
-            ResourceArg::Threads => Resource::Threads,
-            ResourceArg::Posts => Resource::Posts,
-        }
-    }
+#[derive(Args, Clone)]
+struct DataDirArg {
+    /// Directory the relative `sqlite:` paths of migrations.toml are in (monolith.db and the
+    /// services' databases).
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    migrations: MigrationsArg,
 }
 
 #[derive(Args, Clone)]
-struct DataDirArg {
-    /// Directory holding monolith.db and the services' databases.
-    #[arg(long, value_name = "DIR", default_value = "./data")]
-    data_dir: PathBuf,
+struct MigrationsArg {
+    /// The declared resources (default: migrations.toml beside --config; without one, the
+    /// tutorial's users, threads and posts).
+    #[arg(long, value_name = "PATH")]
+    migrations: Option<PathBuf>,
+}
+
+impl MigrationsArg {
+    /// Loads the declarations: `--migrations`, else `migrations.toml` beside `config`, else
+    /// the tutorial's (the shipped file's) declarations.
+    fn load(&self, config: &Path) -> anyhow::Result<Migrations> {
+        let path = match &self.migrations {
+            Some(path) => path.clone(),
+            None => config
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(migrations::FILE_NAME),
+        };
+        let loaded = if self.migrations.is_some() || path.exists() {
+            Migrations::load(&path)
+        } else {
+            Ok(Migrations::tutorial())
+        };
+        loaded.map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 #[derive(Args)]
 struct CutoverArgs {
-    /// The resource whose writes move.
-    #[arg(value_enum)]
-    resource: ResourceArg,
+    /// The resource whose writes move (as named in migrations.toml).
+    resource: String,
     #[command(flatten)]
     config: ConfigArg,
     #[command(flatten)]
@@ -171,9 +183,8 @@ struct CutoverArgs {
 
 #[derive(Args)]
 struct CompleteArgs {
-    /// The resource whose migration ends.
-    #[arg(value_enum)]
-    resource: ResourceArg,
+    /// The resource whose migration ends (as named in migrations.toml).
+    resource: String,
     #[command(flatten)]
     config: ConfigArg,
     #[command(flatten)]
@@ -182,14 +193,15 @@ struct CompleteArgs {
 
 #[derive(Args)]
 struct MigrateArgs {
-    /// The resource to migrate.
-    #[arg(value_enum)]
-    resource: ResourceArg,
+    /// The resource to migrate (as named in migrations.toml).
+    resource: String,
     #[command(flatten)]
     config: ConfigArg,
-    /// Directory holding monolith.db and the services' databases.
+    /// Directory the relative `sqlite:` paths of migrations.toml are in.
     #[arg(long, value_name = "DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    migrations: MigrationsArg,
     /// After the copy, keep applying changes in the recorded direction until Ctrl-C, SIGTERM
     /// or `complete`.
     #[arg(long)]
@@ -386,8 +398,9 @@ fn main() -> ExitCode {
 }
 
 fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let resource: Resource = args.resource.into();
-    debug_assert_eq!(resource::parse(resource.name()), Ok(resource));
+    let declared = args.migrations.load(&args.config.config)?;
+    let resource = declared.get(&args.resource)?.clone();
+    let resource = &resource;
     if args.remove_capture {
         return remove_capture(&args.data_dir, resource, args.force);
     }
@@ -427,7 +440,7 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let options = MigrateOptions {
-        resource,
+        resource: resource.clone(),
         data_dir: args.data_dir,
         copy: CopyOptions {
             batch: args.batch,
@@ -455,7 +468,40 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyhow::Result<ExitCode> {
+fn remove_capture(
+    data_dir: &Path,
+    resource: &migrations::Declared,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if matches!(
+        (&resource.source.url, &resource.target.url),
+        (
+            migrations::DbUrl::Postgres(_),
+            migrations::DbUrl::Postgres(_)
+        )
+    ) {
+        let name = strangler_ops::replication::name_of(resource.name());
+        return Ok(
+            match strangler_ops::replication::remove_declared(data_dir, resource) {
+                Ok(was) => {
+                    println!(
+                        "logical replication of {}: subscription, slot and publication {name} {}",
+                        resource.name(),
+                        if was {
+                            "removed"
+                        } else {
+                            "not found (nothing to remove)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        );
+    }
     let removed = match sync::remove_capture(data_dir, resource, force) {
         Ok(removed) => removed,
         Err(e) => {
@@ -529,12 +575,13 @@ fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
         methods,
         hold_writes: None,
     };
+    let declared = args.data.migrations.load(&args.config.config)?;
     let path = args.config.config;
     let data_dir = args.data.data_dir;
     let allow_split = args.allow_split_writes;
     let check = |r: &RouteConfig| {
         cutover::guard_split_writes(r, &[r.weight], allow_split)?;
-        cutover::guard_writes(&data_dir, r)
+        cutover::guard_writes(&data_dir, &declared, r)
     };
     let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
     let shadowed = result.is_ok() && change.shadow == Some(true);
@@ -542,7 +589,7 @@ fn shift(args: ShiftArgs) -> anyhow::Result<ExitCode> {
     if shadowed
         && let Ok(loaded) = strangler_proxy::config::load(&path)
         && let Some(route) = loaded.config.routes.iter().find(|r| r.name == args.route)
-        && let Ok(resource) = resource::parse(&route.service)
+        && let Some(resource) = declared.by_route(&route.name)
         && let Some(why) = migrate::empty_service_database(&data_dir, resource)
     {
         eprintln!("warning: {why}");
@@ -557,9 +604,10 @@ fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         methods: None,
         hold_writes: None,
     };
+    let declared = args.data.migrations.load(&args.config.config)?;
     let path = args.config.config;
     let data_dir = args.data.data_dir;
-    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, r);
+    let check = |r: &RouteConfig| cutover::guard_writes(&data_dir, &declared, r);
     let result = routes_file::edit_file_checked(&path, &args.route, &change, &check);
     print_edit(&path, &args.route, result)
 }
@@ -577,8 +625,10 @@ fn run_cutover(args: CutoverArgs) -> anyhow::Result<ExitCode> {
         ),
         one => metrics_source(&one.first().cloned(), &args.prometheus, &args.config.config)?,
     };
+    let migrations = args.data.migrations.load(&args.config.config)?;
     let options = CutoverOptions {
-        resource: args.resource.into(),
+        resource: migrations.get(&args.resource)?.clone(),
+        migrations,
         config: args.config.config,
         data_dir: args.data.data_dir,
         source,
@@ -598,9 +648,16 @@ fn run_cutover(args: CutoverArgs) -> anyhow::Result<ExitCode> {
 
 fn run_complete(args: CompleteArgs) -> anyhow::Result<ExitCode> {
     let mut out = LineOut;
-    let resource = args.resource.into();
+    let migrations = args.data.migrations.load(&args.config.config)?;
+    let resource = migrations.get(&args.resource)?;
     Ok(
-        match cutover::complete(&args.data.data_dir, &args.config.config, resource, &mut out)? {
+        match cutover::complete(
+            &args.data.data_dir,
+            &args.config.config,
+            &migrations,
+            resource,
+            &mut out,
+        )? {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
         },
@@ -639,7 +696,8 @@ fn run_rollout(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     {
         let mut last = route.clone();
         last.weight = 100;
-        if let Err(why) = cutover::guard_writes(&args.data.data_dir, &last) {
+        let declared = args.data.migrations.load(&args.config.config)?;
+        if let Err(why) = cutover::guard_writes(&args.data.data_dir, &declared, &last) {
             println!(
                 "refusing to roll out {:?}: {why}. Nothing was changed.",
                 args.route
@@ -709,6 +767,7 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let options = StatusOptions {
         admin,
         window: args.window,
+        migrations: args.data.migrations.load(&args.config.config)?,
         data_dir: Some(args.data.data_dir),
     };
     let config = args

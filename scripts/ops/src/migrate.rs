@@ -15,7 +15,10 @@ use strangler_proxy::config::Config;
 use crate::capture;
 use crate::conflicts;
 use crate::copy::{self, CopyOptions};
+use crate::db::Db;
+use crate::migrations::{DbUrl, Declared};
 use crate::progress::{Display, Progress};
+use crate::replication;
 use crate::resource::Table;
 use crate::signals::Stop;
 use crate::sync::{self, Direction, Record, Side, SyncStage};
@@ -27,9 +30,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to migrate and how.
 #[derive(Clone, Debug)]
 pub struct MigrateOptions {
-    /// The resource whose table moves.
-    pub resource: Resource,
-    /// Holds `monolith.db` and the services' databases.
+    /// The resource whose table moves, as `migrations.toml` declares it.
+    pub resource: Declared,
+    /// Where relative `sqlite:` paths of the declaration point (`--data-dir`).
     pub data_dir: PathBuf,
     /// Batch size and pacing.
     pub copy: CopyOptions,
@@ -69,20 +72,29 @@ pub enum Outcome {
     Completed,
 }
 
-/// `DATA/monolith.db` and `DATA/RESOURCE.db`.
-pub fn paths(data_dir: &Path, resource: Resource) -> (PathBuf, PathBuf) {
-    (
-        data_dir.join("monolith.db"),
-        data_dir.join(format!("{}.db", resource.name())),
-    )
+/// The SQLite files of the resource's source and target, relative ones under `data_dir`.
+///
+/// Errors: either side is not an SQLite database.
+pub fn paths(data_dir: &Path, resource: &Declared) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let file = |url: &DbUrl| match url.resolve(data_dir) {
+        DbUrl::Sqlite(path) => Ok(path),
+        other => bail!(
+            "resource {}: {} is a {} database; this command reads SQLite files only",
+            resource.name(),
+            other.display(),
+            other.engine()
+        ),
+    };
+    Ok((file(&resource.source.url)?, file(&resource.target.url)?))
 }
 
 /// Why shadowing `resource` to its service now compares nothing useful: the service's database
 /// in `data_dir` is missing or holds no row of the resource, so every shadowed read that finds
 /// a row on the monolith mismatches until `migrate-data` copies them. `None` when it holds
 /// rows (or cannot be read, which the service itself will say).
-pub fn empty_service_database(data_dir: &Path, resource: Resource) -> Option<String> {
-    let (_, target) = paths(data_dir, resource);
+pub fn empty_service_database(data_dir: &Path, resource: &Declared) -> Option<String> {
+    // Only an SQLite service database is looked into.
+    let (_, target) = paths(data_dir, resource).ok()?;
     let name = resource.name();
     let copy = format!("run `scripts/migrate-data {name} --follow` first");
     if !target.is_file() {
@@ -94,9 +106,12 @@ pub fn empty_service_database(data_dir: &Path, resource: Resource) -> Option<Str
     }
     let conn =
         Connection::open_with_flags(&target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    if !crate::migrations::is_identifier(&resource.target.table) {
+        return None;
+    }
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {})",
-        Table::of(resource).name()
+        "SELECT EXISTS (SELECT 1 FROM \"{}\")",
+        resource.target.table
     );
     let any: bool = conn.query_row(&sql, [], |row| row.get(0)).ok()?;
     (!any).then(|| {
@@ -108,9 +123,17 @@ pub fn empty_service_database(data_dir: &Path, resource: Resource) -> Option<Str
     })
 }
 
-/// Opens the service's database (creating it with the schema the service itself creates) with
-/// the monolith's attached as `src`.
-pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connection> {
+/// Opens the service's database with the monolith's attached as `src`, and resolves the
+/// resource's table on both sides ([`Table::resolve`]). A tutorial table (users, threads,
+/// posts) missing from the service's database is created as the service creates it; any
+/// other must exist.
+///
+/// Errors: a missing database or table, and every mismatch [`Table::resolve`] finds.
+pub fn open(
+    source: &Path,
+    target: &Path,
+    resource: &Declared,
+) -> anyhow::Result<(Connection, Table)> {
     if !source.is_file() {
         bail!(
             "no monolith database at {} (start the monolith once, or pass --data-dir)",
@@ -132,42 +155,32 @@ pub fn open(source: &Path, target: &Path, table: Table) -> anyhow::Result<Connec
     // Ids arrive in order but the posts indexes (by thread, by user) take them at random
     // places: a cache that holds those indexes saves most of a large copy's I/O.
     conn.pragma_update(None, "cache_size", -256 * 1024)?;
-    monolith::db::init(&mut conn, &[table.resource], Seed::Empty).with_context(|| {
-        format!(
-            "preparing the {} table in {}",
-            table.name(),
-            target.display()
-        )
-    })?;
+    let tutorial = Resource::ALL
+        .into_iter()
+        .find(|r| r.name() == resource.target.table);
+    if let Some(tutorial) = tutorial {
+        monolith::db::init(&mut conn, &[tutorial], Seed::Empty).with_context(|| {
+            format!(
+                "preparing the {} table in {}",
+                tutorial.name(),
+                target.display()
+            )
+        })?;
+    }
     let source_text = source
         .to_str()
         .with_context(|| format!("{} is not a UTF-8 path", source.display()))?;
     conn.execute("ATTACH DATABASE ?1 AS src", [source_text])
         .with_context(|| format!("attaching {}", source.display()))?;
-    let has_table: i64 = conn.query_row(
-        "SELECT count(*) FROM src.sqlite_master WHERE type = 'table' AND name = ?1",
-        [table.name()],
-        |row| row.get(0),
-    )?;
-    if has_table == 0 {
-        bail!(
-            "{} has no {} table: is it the monolith's database?",
-            source.display(),
-            table.name()
-        );
-    }
-    copy::ensure_checkpoint(&conn, table)?;
-    Ok(conn)
+    let table = Table::resolve(&conn, resource)?;
+    copy::ensure_checkpoint_named(&conn, table.name())?;
+    Ok((conn, table))
 }
 
 /// Refuses a copy that would overwrite writes the service already takes: a route sending
 /// non-safe methods of this resource to its service at a weight above 0 (or shadowing them).
-pub fn guard(config: &Config, resource: Resource) -> Result<(), String> {
-    for route in config
-        .routes
-        .iter()
-        .filter(|r| r.service == resource.name())
-    {
+pub fn guard(config: &Config, resource: &Declared) -> Result<(), String> {
+    for route in config.routes.iter().filter(|r| r.name == resource.route) {
         if route.sends_writes() {
             return Err(format!(
                 "route {:?} sends writes to service {:?} (weight {}): the service's database \
@@ -191,10 +204,17 @@ pub fn guard(config: &Config, resource: Resource) -> Result<(), String> {
 
 /// Runs a migration; reports go to `out`, progress to stderr.
 pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let table = Table::of(options.resource);
+    let both_sqlite = matches!(
+        (&options.resource.source.url, &options.resource.target.url),
+        (DbUrl::Sqlite(_), DbUrl::Sqlite(_))
+    );
+    if !both_sqlite {
+        return across_engines(options, stop, out);
+    }
+    let (source, target) = paths(&options.data_dir, &options.resource)?;
+    let (mut conn, table) = open(&source, &target, &options.resource)?;
+    let table = &table;
     let name = table.name();
-    let (source, target) = paths(&options.data_dir, options.resource);
-    let mut conn = open(&source, &target, table)?;
     let labels = (source.display().to_string(), target.display().to_string());
     if options.verify_only {
         let v = verify_now(&mut conn, table, &labels)?;
@@ -262,7 +282,7 @@ fn verdict(v: &Verification) -> Outcome {
 
 fn verify_now(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     labels: &(String, String),
 ) -> anyhow::Result<Verification> {
     let tx = conn.transaction()?;
@@ -272,7 +292,7 @@ fn verify_now(
     Ok(v)
 }
 
-fn install_both(conn: &mut Connection, table: Table) -> anyhow::Result<()> {
+fn install_both(conn: &mut Connection, table: &Table) -> anyhow::Result<()> {
     for side in [Side::Monolith, Side::Service] {
         capture::install(conn, table, side).with_context(|| {
             format!(
@@ -286,14 +306,14 @@ fn install_both(conn: &mut Connection, table: Table) -> anyhow::Result<()> {
 }
 
 /// Removes capture on both sides, keeping changes already captured for a last catch-up.
-fn uninstall_both(conn: &mut Connection, table: Table) -> rusqlite::Result<()> {
+fn uninstall_both(conn: &mut Connection, table: &Table) -> rusqlite::Result<()> {
     capture::uninstall(conn, table, Side::Monolith)?;
     capture::uninstall(conn, table, Side::Service)
 }
 
 /// Leaves both databases as they were before `--follow`: no triggers, no change tables, no
 /// sync row.
-fn abandon(conn: &mut Connection, table: Table) -> rusqlite::Result<()> {
+fn abandon(conn: &mut Connection, table: &Table) -> rusqlite::Result<()> {
     uninstall_both(conn, table)?;
     for side in [Side::Monolith, Side::Service] {
         capture::discard(conn, table, side)?;
@@ -307,7 +327,7 @@ fn abandon(conn: &mut Connection, table: Table) -> rusqlite::Result<()> {
 fn forward(
     options: &MigrateOptions,
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     rec: Option<&Record>,
     labels: &(String, String),
     stop: &Stop,
@@ -379,7 +399,7 @@ fn forward(
 fn reverse(
     options: &MigrateOptions,
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     labels: &(String, String),
     stop: &Stop,
     out: &mut dyn Write,
@@ -429,7 +449,7 @@ enum End {
 
 fn finish(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     end: End,
     labels: &(String, String),
     out: &mut dyn Write,
@@ -483,12 +503,43 @@ fn finish(
 fn copy_then_verify(
     options: &MigrateOptions,
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     labels: &(String, String),
     stop: &Stop,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
-    if let Some(after) = copy::interrupted_at(conn, table)? {
+    let (mut source, mut target) = open_both(options)?;
+    if let Some(stopped) = copy_reported(options, &mut source, &mut target, table, stop, out)? {
+        return Ok(stopped);
+    }
+    if options.follow {
+        return Ok(Outcome::Verified);
+    }
+    let v = verify_now(conn, table, labels)?;
+    write!(out, "{}", v.render())?;
+    Ok(verdict(&v))
+}
+
+/// The resource's source and target as [`Db`]s.
+fn open_both(options: &MigrateOptions) -> anyhow::Result<(Db, Db)> {
+    let r = &options.resource;
+    Ok((
+        Db::open(&r.source.url, &options.data_dir, false)?,
+        Db::open(&r.target.url, &options.data_dir, true)?,
+    ))
+}
+
+/// Copies with a progress bar and prints the figures; `Some(Stopped)` when a signal ended it.
+fn copy_reported(
+    options: &MigrateOptions,
+    source: &mut Db,
+    target: &mut Db,
+    table: &Table,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<Outcome>> {
+    target.ensure_checkpoint(table.name())?;
+    if let Some(after) = target.interrupted_at(table.name())? {
         writeln!(
             out,
             "resuming the interrupted copy of {} after id {after} (earlier rows were copied by the \
@@ -499,7 +550,8 @@ fn copy_then_verify(
     let mut progress: Option<Progress> = None;
     let label = format!("copying {}", table.name());
     let copied = copy::run(
-        conn,
+        source,
+        target,
         table,
         options.copy,
         &mut |done, total| match &mut progress {
@@ -529,7 +581,7 @@ fn copy_then_verify(
         }
     )?;
     if copied.stopped {
-        let after = copy::interrupted_at(conn, table)?;
+        let after = target.interrupted_at(table.name())?;
         match after {
             Some(id) => writeln!(
                 out,
@@ -537,14 +589,166 @@ fn copy_then_verify(
             )?,
             None => writeln!(out, "stopped before the first batch")?,
         }
-        return Ok(Outcome::Stopped { after });
+        return Ok(Some(Outcome::Stopped { after }));
     }
+    Ok(None)
+}
+
+/// `migrate-data` when either side is PostgreSQL: copy (resumable) and verify through two
+/// connections. Change capture (`--follow`, `--reverse`) needs SQLite on both sides for now.
+fn across_engines(
+    options: &MigrateOptions,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let r = &options.resource;
+    let name = r.name();
+    let refusal = format!(
+        "{name}: change capture by triggers (--follow, --reverse) and cutover run between two \
+         SQLite databases only so far; {} → {} supports the copy (resumable) and --verify-only",
+        r.source.url.engine(),
+        r.target.url.engine()
+    );
+    if options.reverse {
+        return Ok(Outcome::Refused(refusal));
+    }
+    let (mut source, mut target) = open_both(options)?;
+    let table = Table::resolve_between(&mut source, &mut target, r)?;
     if options.follow {
-        return Ok(Outcome::Verified);
+        let (Some(s), Some(_)) = (source.postgres(), target.postgres()) else {
+            return Ok(Outcome::Refused(refusal));
+        };
+        if let Some(why) = replication::unusable(s, r)? {
+            return Ok(Outcome::Refused(format!(
+                "{name}: between two PostgreSQL databases --follow uses logical replication, \
+                 and here it cannot: {why}"
+            )));
+        }
+        return follow_logical(options, &mut source, &mut target, &table, stop, out);
     }
-    let v = verify_now(conn, table, labels)?;
+    let labels = (r.source.url.display(), r.target.url.display());
+    if !options.verify_only
+        && let Some(stopped) = copy_reported(options, &mut source, &mut target, &table, stop, out)?
+    {
+        return Ok(stopped);
+    }
+    let v = Verification::between(&mut source, &mut target, &table, labels)?;
     write!(out, "{}", v.render())?;
     Ok(verdict(&v))
+}
+
+/// `--follow` between two PostgreSQL databases: a publication, a slot and a subscription
+/// ([`crate::replication`]) copy the table and stream its changes; verified once caught up;
+/// on Ctrl-C or SIGTERM removed after a last catch-up and verified again.
+fn follow_logical(
+    options: &MigrateOptions,
+    source_db: &mut Db,
+    target_db: &mut Db,
+    table: &Table,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let r = &options.resource;
+    let name = r.name();
+    let pub_name = replication::name_of(name);
+    let DbUrl::Postgres(conninfo) = &r.source.url else {
+        bail!("{name}: the source is not PostgreSQL");
+    };
+    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+    if replication::subscribed(target, name)? {
+        writeln!(
+            out,
+            "resuming: subscription {pub_name} exists on the target (left by a follower that did \
+             not stop cleanly); it kept replicating meanwhile"
+        )?;
+    } else {
+        replication::start(source, target, table, conninfo)?;
+        writeln!(
+            out,
+            "change capture on: PostgreSQL logical replication (publication and slot {pub_name} \
+             on {}, subscription {pub_name} on {}); no triggers are installed; the subscription \
+             copies the table, then streams its changes",
+            r.source.url.display(),
+            r.target.url.display()
+        )?;
+    }
+    out.flush()?;
+    // The initial copy of a large table takes a while: no deadline but Ctrl-C.
+    if let Err(e) = replication::wait_synced(source, target, name, Duration::MAX, stop) {
+        if stop.is_set() {
+            writeln!(
+                out,
+                "stopped before the subscription's copy finished: {e:#}"
+            )?;
+            replication::remove(source, target, name)?;
+            return Ok(Outcome::Stopped { after: None });
+        }
+        return Err(e);
+    }
+    let labels = (r.source.url.display(), r.target.url.display());
+    let v = verify_converged(source_db, target_db, table, &labels, stop)?;
+    write!(out, "{}", v.render())?;
+    if !v.matches() {
+        writeln!(
+            out,
+            "warning: following although verification failed (the source kept changing, or the \
+             tables differ; run --verify-only once writes pause)"
+        )?;
+    }
+    writeln!(
+        out,
+        "following changes to {name} in the source through subscription {pub_name}; Ctrl-C or \
+         SIGTERM stops"
+    )?;
+    out.flush()?;
+    {
+        let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+        replication::watch(
+            source,
+            target,
+            name,
+            options.poll,
+            options.report_every,
+            stop,
+            out,
+        )?;
+    }
+    // The last changes stream in: wait for the two sides to agree (30 s at most), then stop.
+    let v = verify_converged(source_db, target_db, table, &labels, &Stop::new())?;
+    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
+    replication::remove(source, target, name)?;
+    writeln!(
+        out,
+        "stopped following; subscription, slot and publication {pub_name} removed; final \
+         verification:"
+    )?;
+    write!(out, "{}", v.render())?;
+    Ok(verdict(&v))
+}
+
+/// Verifies until both sides agree (a subscription applies what the source commits a moment
+/// later), for 30 s at most or until `stop`; returns the last verification.
+fn verify_converged(
+    source: &mut Db,
+    target: &mut Db,
+    table: &Table,
+    labels: &(String, String),
+    stop: &Stop,
+) -> anyhow::Result<Verification> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = Verification::between(source, target, table, labels.clone())?;
+        if v.matches() || Instant::now() >= deadline || stop.is_set() {
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The PostgreSQL session of a side known to be PostgreSQL.
+fn pg_of(db: &mut Db) -> anyhow::Result<&mut postgres::Client> {
+    db.postgres()
+        .context("logical replication runs between two PostgreSQL databases")
 }
 
 /// Applies every captured change of `direction` and digests both sides in the transaction that
@@ -552,7 +756,7 @@ fn copy_then_verify(
 /// changes made before it. Conflicts found on the way are recorded and printed.
 fn catch_up_and_verify(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     direction: Direction,
     labels: &(String, String),
     out: &mut dyn Write,
@@ -577,7 +781,7 @@ fn catch_up_and_verify(
 /// that order, so a crash in between records a conflict twice at worst, never loses one).
 fn settle(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     direction: Direction,
     applied: &capture::Applied,
     out: &mut dyn Write,
@@ -597,7 +801,7 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 /// or stage `complete`.
 fn follow(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     options: &MigrateOptions,
     stop: &Stop,
     out: &mut dyn Write,
@@ -700,7 +904,7 @@ fn follow(
 /// applies the next batch of its changes. Returns (changes applied, more waiting, lag in ms).
 fn step(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     direction: Direction,
     cursor: &mut i64,
     seen_version: &mut Option<i64>,

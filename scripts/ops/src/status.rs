@@ -13,6 +13,7 @@ use strangler_proxy::admin::{Moved, RouteDoc, RoutesDoc};
 use crate::exposition::Scrape;
 use crate::fetch;
 use crate::figures::{RouteWindow, Shadow, Side, increases, names};
+use crate::migrations::Migrations;
 use crate::source::scrape;
 use crate::sync::{self, Direction, SyncStage, SyncState};
 use crate::text_table::TextTable;
@@ -27,6 +28,8 @@ pub struct StatusOptions {
     /// Where the migration state of each resource is kept (`monolith.db` and the services'
     /// databases); `None` leaves the migrations table out.
     pub data_dir: Option<PathBuf>,
+    /// The declared resources (`migrations.toml`).
+    pub migrations: Migrations,
 }
 
 /// The admin address of `[proxy] admin` as a URL; a wildcard listen address is reached on
@@ -116,14 +119,46 @@ pub fn run(
     write!(out, "{}", settings(&doc))?;
     write!(out, "{}", near_miss_notes(&doc.routes, &first, &second))?;
     if let Some(data_dir) = &options.data_dir {
-        write!(out, "{}", migrations(data_dir, &doc.routes)?)?;
+        write!(
+            out,
+            "{}",
+            migrations(data_dir, &options.migrations, &doc.routes)?
+        )?;
     }
     Ok(())
 }
 
+/// The subscription's state when `resource` is followed by logical replication (both sides
+/// PostgreSQL and its subscription exists); `None` otherwise.
+fn logical(
+    data_dir: &Path,
+    resource: &crate::migrations::Declared,
+) -> anyhow::Result<Option<crate::replication::Status>> {
+    use crate::migrations::DbUrl;
+    if !matches!(
+        (&resource.source.url, &resource.target.url),
+        (DbUrl::Postgres(_), DbUrl::Postgres(_))
+    ) {
+        return Ok(None);
+    }
+    let mut source = crate::db::Db::open(&resource.source.url, data_dir, false)?;
+    let mut target = crate::db::Db::open(&resource.target.url, data_dir, false)?;
+    let (Some(s), Some(t)) = (source.postgres(), target.postgres()) else {
+        return Ok(None);
+    };
+    if !crate::replication::subscribed(t, resource.name())? {
+        return Ok(None);
+    }
+    crate::replication::status(s, t, resource.name()).map(Some)
+}
+
 /// The migrations table: per resource with a recorded migration, its state (reference §7), the
 /// sync direction and lag, the follower, conflicts and the write fence.
-pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String> {
+pub fn migrations(
+    data_dir: &Path,
+    declared: &Migrations,
+    routes: &[RouteDoc],
+) -> anyhow::Result<String> {
     let mut t = TextTable::new([
         "resource",
         "state",
@@ -135,13 +170,43 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
     ]);
     let mut notes = Vec::new();
     let mut any = false;
-    for resource in monolith::legacy::Resource::ALL {
+    for resource in &declared.resources {
         let name = resource.name();
+        let route = routes.iter().find(|r| r.name == resource.route);
+        let fence = match route {
+            Some(r) if r.hold_writes => format!("UP ({} held)", r.held),
+            Some(_) => "-".to_string(),
+            None => "no route".to_string(),
+        };
+        match logical(data_dir, resource) {
+            Ok(Some(st)) => {
+                any = true;
+                t.row([
+                    name.to_string(),
+                    if st.synced { "following" } else { "copying" }.to_string(),
+                    format!("{} (logical replication)", Direction::Forward.arrow()),
+                    format!("{} bytes of WAL unconfirmed", st.lag_bytes),
+                    format!(
+                        "subscription {} (in the target server)",
+                        crate::replication::name_of(name)
+                    ),
+                    "-".to_string(),
+                    fence,
+                ]);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                notes.push(format!(
+                    "{name}: cannot read its logical replication: {e:#}"
+                ));
+                continue;
+            }
+        }
         let Some(state) = sync::read_state(data_dir, resource)? else {
             continue;
         };
         any = true;
-        let route = routes.iter().find(|r| r.name == name || r.service == name);
         let backlog = match state.direction {
             Direction::Forward => state.forward_backlog,
             Direction::Reverse => state.reverse_backlog,
@@ -170,11 +235,6 @@ pub fn migrations(data_dir: &Path, routes: &[RouteDoc]) -> anyhow::Result<String
                 state.forward_backlog.changes + state.reverse_backlog.changes
             ));
         }
-        let fence = match route {
-            Some(r) if r.hold_writes => format!("UP ({} held)", r.held),
-            Some(_) => "-".to_string(),
-            None => "no route".to_string(),
-        };
         t.row([
             name.to_string(),
             state_name(&state, route).to_string(),

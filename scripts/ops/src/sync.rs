@@ -19,12 +19,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use monolith::legacy::Resource;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::capture::{self, now_ms};
 use crate::conflicts;
 use crate::migrate::paths;
+use crate::migrations::Declared;
 use crate::resource::Table;
 use crate::verify::Verification;
 
@@ -308,7 +308,7 @@ pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The resource's row, `None` when its migration never started (or was stopped cleanly).
-pub fn load(conn: &Connection, table: Table) -> rusqlite::Result<Option<Record>> {
+pub fn load(conn: &Connection, table: &Table) -> rusqlite::Result<Option<Record>> {
     if !has_table(conn, "main", SYNC)? {
         return Ok(None);
     }
@@ -341,7 +341,7 @@ pub fn load(conn: &Connection, table: Table) -> rusqlite::Result<Option<Record>>
 /// Records a fresh start of the migration: `direction` and `stage`, no follower yet.
 pub fn start(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     direction: Direction,
     stage: SyncStage,
 ) -> rusqlite::Result<()> {
@@ -358,7 +358,7 @@ pub fn start(
 }
 
 /// Records a new stage.
-pub fn set_stage(conn: &Connection, table: Table, stage: SyncStage) -> rusqlite::Result<()> {
+pub fn set_stage(conn: &Connection, table: &Table, stage: SyncStage) -> rusqlite::Result<()> {
     conn.execute(
         &format!("UPDATE main.{SYNC} SET stage = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
         params![table.name(), stage.stored(), now_ms()],
@@ -369,7 +369,7 @@ pub fn set_stage(conn: &Connection, table: Table, stage: SyncStage) -> rusqlite:
 /// The follower's heartbeat: it is alive, follows `following`, and its last lag.
 pub fn heartbeat(
     conn: &Connection,
-    table: Table,
+    table: &Table,
     following: Direction,
     lag_ms: Option<u64>,
 ) -> rusqlite::Result<()> {
@@ -390,7 +390,7 @@ pub fn heartbeat(
 }
 
 /// The follower stopped cleanly: no pid.
-pub fn detach(conn: &Connection, table: Table) -> rusqlite::Result<()> {
+pub fn detach(conn: &Connection, table: &Table) -> rusqlite::Result<()> {
     if has_table(conn, "main", SYNC)? {
         conn.execute(
             &format!(
@@ -403,7 +403,7 @@ pub fn detach(conn: &Connection, table: Table) -> rusqlite::Result<()> {
 }
 
 /// Deletes the resource's row (capture was removed with no cutover: back to "not started").
-pub fn forget_state(conn: &Connection, table: Table) -> rusqlite::Result<()> {
+pub fn forget_state(conn: &Connection, table: &Table) -> rusqlite::Result<()> {
     if has_table(conn, "main", SYNC)? {
         conn.execute(
             &format!("DELETE FROM main.{SYNC} WHERE resource = ?1"),
@@ -414,7 +414,7 @@ pub fn forget_state(conn: &Connection, table: Table) -> rusqlite::Result<()> {
 }
 
 /// Records a verification's outcome.
-pub fn record_verified(conn: &Connection, table: Table, ok: bool) -> rusqlite::Result<()> {
+pub fn record_verified(conn: &Connection, table: &Table, ok: bool) -> rusqlite::Result<()> {
     if has_table(conn, "main", SYNC)? {
         conn.execute(
             &format!(
@@ -427,11 +427,11 @@ pub fn record_verified(conn: &Connection, table: Table, ok: bool) -> rusqlite::R
 }
 
 /// The id of the resource's fence row, if one is recorded.
-pub fn fence_of(conn: &Connection, table: Table) -> rusqlite::Result<Option<i64>> {
+pub fn fence_of(conn: &Connection, table: &Table) -> rusqlite::Result<Option<i64>> {
     Ok(load(conn, table)?.and_then(|r| r.fence_id))
 }
 
-fn set_fence(conn: &Connection, table: Table, fence: Option<i64>) -> rusqlite::Result<()> {
+fn set_fence(conn: &Connection, table: &Table, fence: Option<i64>) -> rusqlite::Result<()> {
     conn.execute(
         &format!("UPDATE main.{SYNC} SET fence_id = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
         params![table.name(), fence, now_ms()],
@@ -443,8 +443,8 @@ fn set_fence(conn: &Connection, table: Table, fence: Option<i64>) -> rusqlite::R
 
 /// Opens `DATA/RESOURCE.db` with `DATA/monolith.db` attached as `src`, both read-write and
 /// never created: errors when either file is missing.
-pub fn connect(data_dir: &Path, resource: Resource) -> anyhow::Result<Connection> {
-    let (monolith, service) = paths(data_dir, resource);
+pub fn connect(data_dir: &Path, resource: &Declared) -> anyhow::Result<Connection> {
+    let (monolith, service) = paths(data_dir, resource)?;
     for path in [&monolith, &service] {
         if !path.is_file() {
             bail!(
@@ -479,16 +479,16 @@ fn uri_path(path: &Path) -> anyhow::Result<String> {
         .replace('#', "%23"))
 }
 
-fn started(conn: &Connection, resource: Resource) -> anyhow::Result<Record> {
-    load(conn, Table::of(resource))?.with_context(|| {
+fn started(conn: &Connection, table: &Table) -> anyhow::Result<Record> {
+    load(conn, table)?.with_context(|| {
         format!(
             "the migration of {0} has not started: run `scripts/migrate-data {0} --follow` first",
-            resource.name()
+            table.name()
         )
     })
 }
 
-fn backlog_of(conn: &Connection, table: Table, side: Side) -> rusqlite::Result<Backlog> {
+fn backlog_of(conn: &Connection, table: &Table, side: Side) -> rusqlite::Result<Backlog> {
     let (changes, age_ms) = capture::backlog(conn, table, side, 0)?;
     Ok(Backlog {
         changes,
@@ -502,13 +502,27 @@ fn backlog_of(conn: &Connection, table: Table, side: Side) -> rusqlite::Result<B
 /// or no row in `_strangler_sync`). Never creates a file.
 ///
 /// Errors: a database that cannot be opened or read.
-pub fn read_state(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<SyncState>> {
-    let (monolith, service) = paths(data_dir, resource);
+pub fn read_state(data_dir: &Path, resource: &Declared) -> anyhow::Result<Option<SyncState>> {
+    // Change capture runs between two SQLite databases only: elsewhere nothing is recorded.
+    let Ok((monolith, service)) = paths(data_dir, resource) else {
+        return Ok(None);
+    };
     if !service.is_file() || !monolith.is_file() {
         return Ok(None);
     }
     let conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
+    // Nothing recorded: not started, whatever the tables look like (a service database may
+    // exist before its table does).
+    let recorded = has_table(&conn, "main", SYNC)?
+        && conn.query_row(
+            &format!("SELECT count(*) FROM main.{SYNC} WHERE resource = ?1"),
+            [resource.name()],
+            |row| row.get::<_, i64>(0),
+        )? > 0;
+    if !recorded {
+        return Ok(None);
+    }
+    let table = &Table::resolve(&conn, resource)?;
     let Some(rec) = load(&conn, table)? else {
         return Ok(None);
     };
@@ -538,13 +552,13 @@ pub fn read_state(data_dir: &Path, resource: Resource) -> anyhow::Result<Option<
 /// backlog left and the follower's liveness); the migration never started.
 pub fn drain(
     data_dir: &Path,
-    resource: Resource,
+    resource: &Declared,
     direction: Direction,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
-    started(&conn, resource)?;
+    let table = &Table::resolve(&conn, resource)?;
+    started(&conn, table)?;
     let deadline = Instant::now() + timeout;
     loop {
         let standing = conflicts::unresolved(&conn, table)?;
@@ -566,7 +580,7 @@ pub fn drain(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let rec = started(&conn, resource)?;
+            let rec = started(&conn, table)?;
             let why = if rec.direction != direction {
                 format!(
                     "the recorded direction is {}, so no follower applies {} changes",
@@ -600,10 +614,10 @@ pub fn drain(
 /// Meaningful when the writing side is held or drained, else it may see changes in flight.
 ///
 /// Errors: a database that cannot be opened or read.
-pub fn verify(data_dir: &Path, resource: Resource) -> anyhow::Result<Verification> {
+pub fn verify(data_dir: &Path, resource: &Declared) -> anyhow::Result<Verification> {
     let mut conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
-    let (monolith, service) = paths(data_dir, resource);
+    let table = &Table::resolve(&conn, resource)?;
+    let (monolith, service) = paths(data_dir, resource)?;
     let tx = conn.transaction()?;
     let v = Verification::run(
         &tx,
@@ -625,10 +639,10 @@ pub fn verify(data_dir: &Path, resource: Resource) -> anyhow::Result<Verificatio
 ///
 /// Errors: the migration never started, is still copying or is complete; the new writer lacks
 /// rows the old one has (drain first).
-pub fn switch(data_dir: &Path, resource: Resource, to: Direction) -> anyhow::Result<()> {
+pub fn switch(data_dir: &Path, resource: &Declared, to: Direction) -> anyhow::Result<()> {
     let mut conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
-    let rec = started(&conn, resource)?;
+    let table = &Table::resolve(&conn, resource)?;
+    let rec = started(&conn, table)?;
     match rec.stage {
         SyncStage::Copying => bail!(
             "cannot switch {}: its first copy has not finished (migrate-data {} --follow)",
@@ -669,15 +683,15 @@ pub fn switch(data_dir: &Path, resource: Resource, to: Direction) -> anyhow::Res
 /// never started.
 pub fn wait_follower(
     data_dir: &Path,
-    resource: Resource,
+    resource: &Declared,
     direction: Direction,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
+    let table = &Table::resolve(&conn, resource)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let rec = started(&conn, resource)?;
+        let rec = started(&conn, table)?;
         let after_switch = match (rec.heartbeat_ms, rec.switched_at_ms) {
             (Some(hb), Some(sw)) => hb >= sw,
             (Some(_), None) => true,
@@ -735,25 +749,26 @@ pub struct HighWater {
 /// Errors: the writer lacks rows the other side has (drain the old direction first).
 pub fn raise_high_water(
     data_dir: &Path,
-    resource: Resource,
+    resource: &Declared,
     writer: Side,
 ) -> anyhow::Result<HighWater> {
     let mut conn = connect(data_dir, resource)?;
-    started(&conn, resource)?;
-    raise_high_water_on(&mut conn, Table::of(resource), writer)
+    let table = &Table::resolve(&conn, resource)?;
+    started(&conn, table)?;
+    raise_high_water_on(&mut conn, table, writer)
 }
 
 fn max_id(
     conn: &Connection,
     side: Side,
-    table: Table,
+    table: &Table,
     fence: Option<i64>,
 ) -> rusqlite::Result<i64> {
     conn.query_row(
         &format!(
-            "SELECT coalesce(max(id), 0) FROM {}.{} WHERE ?1 IS NULL OR id IS NOT ?1",
-            side.schema(),
-            table.name()
+            "SELECT coalesce(max({k}), 0) FROM {} WHERE ?1 IS NULL OR {k} IS NOT ?1",
+            table.qualified(side),
+            k = table.key_on(side)
         ),
         [fence],
         |row| row.get(0),
@@ -762,7 +777,7 @@ fn max_id(
 
 fn raise_high_water_on(
     conn: &mut Connection,
-    table: Table,
+    table: &Table,
     writer: Side,
 ) -> anyhow::Result<HighWater> {
     let fence = fence_of(conn, table)?;
@@ -808,24 +823,30 @@ fn raise_high_water_on(
 }
 
 /// Inserts the fence row into the monolith's table, uncaptured (idempotent).
-pub fn place_fence(conn: &mut Connection, table: Table, id: i64) -> rusqlite::Result<()> {
+pub fn place_fence(conn: &mut Connection, table: &Table, id: i64) -> rusqlite::Result<()> {
     let tx = capture::begin(conn, Side::Monolith)?;
     tx.execute(
         &format!(
-            "INSERT INTO src.{} ({}) VALUES (?1, {}) ON CONFLICT(id) DO NOTHING",
-            table.name(),
-            table.column_list(),
-            table.placeholder_values()
+            "INSERT INTO {} ({}) VALUES (?1{}{}) ON CONFLICT({}) DO NOTHING",
+            table.qualified(Side::Monolith),
+            table.column_list(Side::Monolith),
+            if table.columns.len() > 1 { ", " } else { "" },
+            table.placeholder_values(),
+            table.key_on(Side::Monolith)
         ),
         [id],
     )?;
     capture::commit(tx, Side::Monolith)
 }
 
-fn remove_fence(conn: &mut Connection, table: Table, id: i64) -> rusqlite::Result<()> {
+fn remove_fence(conn: &mut Connection, table: &Table, id: i64) -> rusqlite::Result<()> {
     let tx = capture::begin(conn, Side::Monolith)?;
     tx.execute(
-        &format!("DELETE FROM src.{} WHERE id = ?1", table.name()),
+        &format!(
+            "DELETE FROM {} WHERE {} = ?1",
+            table.qualified(Side::Monolith),
+            table.key_on(Side::Monolith)
+        ),
         [id],
     )?;
     capture::commit(tx, Side::Monolith)
@@ -856,11 +877,11 @@ pub struct Completed {
 /// Errors (nothing is removed): the migration never started; writes are not switched to the
 /// service; unresolved conflicts stand; the monolith holds captured changes made after the
 /// switch that were never carried to the service (they would be lost).
-pub fn complete(data_dir: &Path, resource: Resource) -> anyhow::Result<Completed> {
+pub fn complete(data_dir: &Path, resource: &Declared) -> anyhow::Result<Completed> {
     let mut conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
+    let table = &Table::resolve(&conn, resource)?;
     let name = resource.name();
-    let rec = started(&conn, resource)?;
+    let rec = started(&conn, table)?;
     if rec.stage == SyncStage::Complete {
         bail!("the migration of {name} is already complete");
     }
@@ -934,7 +955,7 @@ pub fn complete(data_dir: &Path, resource: Resource) -> anyhow::Result<Completed
     );
     let conflicts_table_dropped = conflicts::drop_if_empty(&conn)?;
     set_stage(&conn, table, SyncStage::Complete)?;
-    let (monolith, _) = paths(data_dir, resource);
+    let (monolith, _) = paths(data_dir, resource)?;
     Ok(Completed {
         final_changes_applied: applied_total,
         change_tables_dropped: dropped,
@@ -967,9 +988,13 @@ pub struct Removed {
 ///
 /// Errors (nothing removed) unless `force`: a live follower heartbeats; or writes are switched
 /// to the service (capture is what keeps the monolith current: use [`complete`]).
-pub fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyhow::Result<Removed> {
+pub fn remove_capture(
+    data_dir: &Path,
+    resource: &Declared,
+    force: bool,
+) -> anyhow::Result<Removed> {
     let mut conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
+    let table = &Table::resolve(&conn, resource)?;
     let name = resource.name();
     let rec = load(&conn, table)?;
     if let Some(rec) = rec.as_ref().filter(|_| !force) {
@@ -1025,9 +1050,9 @@ pub fn remove_capture(data_dir: &Path, resource: Resource, force: bool) -> anyho
 /// the writing side; returns how many.
 ///
 /// Errors: a database that cannot be opened or written.
-pub fn resolve_conflicts(data_dir: &Path, resource: Resource) -> anyhow::Result<u64> {
+pub fn resolve_conflicts(data_dir: &Path, resource: &Declared) -> anyhow::Result<u64> {
     let mut conn = connect(data_dir, resource)?;
-    let table = Table::of(resource);
+    let table = &Table::resolve(&conn, resource)?;
     let name = table.name();
     let open = conflicts::unresolved(&conn, table)?;
     let mut ids: Vec<i64> = open.iter().map(|c| c.row_id).collect();

@@ -9,15 +9,16 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use rusqlite::types::ValueRef;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::conflicts::{self, Conflict};
+use crate::db::{Db, Value};
 use crate::resource::Table;
+use crate::sync::Side;
 use crate::text_table::TextTable;
 
 /// Row count and checksum of one table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Digest {
     /// Rows.
     pub rows: u64,
@@ -25,63 +26,47 @@ pub struct Digest {
     pub checksum: u64,
 }
 
-/// Digests `table` in database `schema` (`main` or `src`) as the connection sees it now.
-pub fn digest(conn: &Connection, schema: &str, table: Table) -> rusqlite::Result<Digest> {
-    digest_except(conn, schema, table, None)
+/// Digests `table` on `side` as the connection sees it now.
+pub fn digest(conn: &Connection, side: Side, table: &Table) -> rusqlite::Result<Digest> {
+    digest_except(conn, side, table, None)
 }
 
 /// As [`digest`], leaving out the row `except` (the id fence, see [`crate::sync::raise_high_water`]).
 pub fn digest_except(
     conn: &Connection,
-    schema: &str,
-    table: Table,
+    side: Side,
+    table: &Table,
     except: Option<i64>,
 ) -> rusqlite::Result<Digest> {
     let sql = format!(
-        "SELECT {} FROM {schema}.{} WHERE ?1 IS NULL OR id IS NOT ?1",
-        table.column_list(),
-        table.name()
+        "SELECT {} FROM {} WHERE ?1 IS NULL OR {} IS NOT ?1",
+        table.column_list(side),
+        table.qualified(side),
+        table.key_on(side)
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([except])?;
-    let mut buf = Vec::with_capacity(256);
-    let mut digest = Digest {
-        rows: 0,
-        checksum: 0,
-    };
+    let mut digest = Digest::default();
+    let mut values = Vec::with_capacity(table.columns.len());
     while let Some(row) = rows.next()? {
-        buf.clear();
-        for i in 0..table.columns.len() {
-            encode(&mut buf, row.get_ref(i)?);
+        values.clear();
+        for (i, c) in table.columns.iter().enumerate() {
+            values.push(Value::from_sqlite(row.get_ref(i)?, c.kind));
         }
-        digest.rows += 1;
-        digest.checksum = digest.checksum.wrapping_add(xxh3_64(&buf));
+        digest.add(&values);
     }
     Ok(digest)
 }
 
-/// The canonical bytes of one value.
-fn encode(buf: &mut Vec<u8>, value: ValueRef<'_>) {
-    match value {
-        ValueRef::Null => buf.push(0),
-        ValueRef::Integer(v) => {
-            buf.push(1);
-            buf.extend_from_slice(&v.to_le_bytes());
+impl Digest {
+    /// Adds one row (its moving columns, key first) to the digest.
+    pub fn add(&mut self, row: &[Value]) {
+        let mut buf = Vec::with_capacity(128);
+        for v in row {
+            v.encode(&mut buf);
         }
-        ValueRef::Real(v) => {
-            buf.push(2);
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        ValueRef::Text(v) => {
-            buf.push(3);
-            buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            buf.extend_from_slice(v);
-        }
-        ValueRef::Blob(v) => {
-            buf.push(4);
-            buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            buf.extend_from_slice(v);
-        }
+        self.rows += 1;
+        self.checksum = self.checksum.wrapping_add(xxh3_64(&buf));
     }
 }
 
@@ -108,22 +93,48 @@ impl Verification {
     /// Digests both sides inside the caller's transaction, so that each side is one snapshot.
     pub fn run(
         conn: &Connection,
-        table: Table,
+        table: &Table,
         source_label: String,
         target_label: String,
     ) -> rusqlite::Result<Verification> {
         let started = Instant::now();
         let fence = crate::sync::fence_of(conn, table)?;
-        let source = digest_except(conn, "src", table, fence)?;
-        let target = digest_except(conn, "main", table, fence)?;
+        let source = digest_except(conn, Side::Monolith, table, fence)?;
+        let target = digest_except(conn, Side::Service, table, fence)?;
         Ok(Verification {
-            table,
+            table: table.clone(),
             source_label,
             target_label,
             source,
             target,
             took: started.elapsed(),
             conflicts: conflicts::unresolved(conn, table)?,
+        })
+    }
+
+    /// Digests both sides through their own connections, each as one snapshot (for a source
+    /// that nothing writes meanwhile, or a copy between engines, which has no id fence and no
+    /// conflicts).
+    ///
+    /// Errors: either side cannot be read.
+    pub fn between(
+        source: &mut Db,
+        target: &mut Db,
+        table: &Table,
+        labels: (String, String),
+    ) -> anyhow::Result<Verification> {
+        let started = Instant::now();
+        let (mut s, mut t) = (Digest::default(), Digest::default());
+        source.scan(table, Side::Monolith, None, &mut |row| s.add(row))?;
+        target.scan(table, Side::Service, None, &mut |row| t.add(row))?;
+        Ok(Verification {
+            table: table.clone(),
+            source_label: labels.0,
+            target_label: labels.1,
+            source: s,
+            target: t,
+            took: started.elapsed(),
+            conflicts: Vec::new(),
         })
     }
 
@@ -138,14 +149,14 @@ impl Verification {
         t.row([
             "monolith".to_string(),
             self.source_label.clone(),
-            self.table.name().to_string(),
+            self.table.source_table.clone(),
             self.source.rows.to_string(),
             format!("{:016x}", self.source.checksum),
         ]);
         t.row([
             "service".to_string(),
             self.target_label.clone(),
-            self.table.name().to_string(),
+            self.table.target_table.clone(),
             self.target.rows.to_string(),
             format!("{:016x}", self.target.checksum),
         ]);
@@ -187,7 +198,24 @@ impl Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monolith::legacy::Resource;
+    use crate::migrations::Migrations;
+    use crate::resource::CatalogColumn;
+
+    fn table(name: &str) -> Table {
+        let cols: Vec<CatalogColumn> = ["id", "username", "name", "bio"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| CatalogColumn {
+                name: (*c).into(),
+                declared: if i == 0 { "INTEGER" } else { "TEXT" }.into(),
+                not_null: i > 0,
+                has_default: false,
+                pk: u32::from(i == 0),
+            })
+            .collect();
+        let decl = Migrations::tutorial().get(name).unwrap().clone();
+        Table::compare(&decl, &cols, &cols, "s", "t").unwrap()
+    }
 
     fn db(rows: &[(i64, &str, &str, &str)]) -> Connection {
         let conn = Connection::open_in_memory().expect("open");
@@ -208,32 +236,32 @@ mod tests {
 
     #[test]
     fn the_checksum_ignores_order_but_not_content() {
-        let users = Table::of(Resource::Users);
+        let users = &table("users");
         let a = db(&[(1, "a", "A", ""), (2, "b", "B", "bio")]);
         let b = db(&[(2, "b", "B", "bio"), (1, "a", "A", "")]);
         assert_eq!(
-            digest(&a, "main", users).unwrap(),
-            digest(&b, "main", users).unwrap()
+            digest(&a, Side::Service, users).unwrap(),
+            digest(&b, Side::Service, users).unwrap()
         );
         // Moving a character between columns changes the row.
         let c = db(&[(1, "a", "A", ""), (2, "b", "Bb", "io")]);
         assert_ne!(
-            digest(&a, "main", users).unwrap().checksum,
-            digest(&c, "main", users).unwrap().checksum
+            digest(&a, Side::Service, users).unwrap().checksum,
+            digest(&c, Side::Service, users).unwrap().checksum
         );
         // Swapping a field between two rows keeps the multiset of values but not the rows.
         let d = db(&[(1, "b", "A", ""), (2, "a", "B", "bio")]);
         assert_ne!(
-            digest(&a, "main", users).unwrap().checksum,
-            digest(&d, "main", users).unwrap().checksum
+            digest(&a, Side::Service, users).unwrap().checksum,
+            digest(&d, Side::Service, users).unwrap().checksum
         );
-        assert_eq!(digest(&a, "main", users).unwrap().rows, 2);
+        assert_eq!(digest(&a, Side::Service, users).unwrap().rows, 2);
     }
 
     #[test]
     fn a_mismatch_is_never_reported_as_ok() {
         let v = |source: Digest, target: Digest| Verification {
-            table: Table::of(Resource::Posts),
+            table: table("users"),
             source_label: "m.db".into(),
             target_label: "p.db".into(),
             source,

@@ -10,7 +10,6 @@ use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use strangler_ops::capture;
 use strangler_ops::migrate;
-use strangler_ops::resource::Table;
 use strangler_ops::sync::Side;
 
 mod common;
@@ -20,9 +19,19 @@ fn capture_installs_while_another_connection_keeps_writing() {
     let dir = common::Scratch::new("capture-busy");
     let monolith = dir.join("monolith.db");
     drop(Db::open(&monolith, &Resource::ALL, Seed::Legacy).expect("monolith db"));
-    let users = Table::of(Resource::Users);
-    let posts = Table::of(Resource::Posts);
-    let mut conn = migrate::open(&monolith, &dir.join("posts.db"), posts).unwrap();
+    let (_, users) = migrate::open(
+        &monolith,
+        &dir.join("users.db"),
+        &common::declared(Resource::Users),
+    )
+    .unwrap();
+    let (mut conn, posts) = migrate::open(
+        &monolith,
+        &dir.join("posts.db"),
+        &common::declared(Resource::Posts),
+    )
+    .unwrap();
+    let (users, posts) = (&users, &posts);
     // The change table exists already, as it does once a first resource is followed.
     capture::install(&mut conn, users, Side::Monolith).unwrap();
 

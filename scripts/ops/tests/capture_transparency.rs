@@ -13,7 +13,6 @@ use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use monolith::references::LocalReferences;
-use strangler_ops::resource::Table;
 use strangler_ops::sync::Side;
 use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
@@ -66,13 +65,13 @@ async fn the_monolith_answers_the_same_with_change_capture_on() {
     let (captured, _captured_db) = board(&captured_dir);
     // Capture on every resource, as three followers would install it.
     for resource in Resource::ALL {
-        let table = Table::of(resource);
-        let mut conn = migrate::open(
+        let (mut conn, table) = migrate::open(
             &captured_dir.join("monolith.db"),
             &captured_dir.join(&format!("{}.db", resource.name())),
-            table,
+            &common::declared(resource),
         )
         .expect("open");
+        let table = &table;
         capture::install(&mut conn, table, Side::Monolith).expect("install");
         assert!(capture::installed(&conn, table, Side::Monolith).expect("installed"));
     }

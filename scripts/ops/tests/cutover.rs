@@ -85,7 +85,7 @@ impl Stack {
         self.follower = Some(child);
         let data = Path::new(&self.data).to_path_buf();
         wait_for("the follower to follow", || {
-            sync::read_state(&data, Resource::Users)
+            sync::read_state(&data, &common::declared(Resource::Users))
                 .ok()
                 .flatten()
                 .is_some_and(|s| {
@@ -97,7 +97,7 @@ impl Stack {
     }
 
     fn state(&self) -> sync::SyncState {
-        sync::read_state(Path::new(&self.data), Resource::Users)
+        sync::read_state(Path::new(&self.data), &common::declared(Resource::Users))
             .unwrap()
             .expect("migration started")
     }

@@ -159,7 +159,7 @@ impl Stack {
         self.followers.push((r, child));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let state = sync::read_state(&self.data, r);
+            let state = sync::read_state(&self.data, &common::declared(r));
             let ready = state
                 .as_ref()
                 .ok()
@@ -206,7 +206,7 @@ impl Stack {
     }
 
     fn state(&self, r: Resource) -> sync::SyncState {
-        sync::read_state(&self.data, r)
+        sync::read_state(&self.data, &common::declared(r))
             .unwrap()
             .expect("migration started")
     }

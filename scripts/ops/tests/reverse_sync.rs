@@ -16,7 +16,6 @@ use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use monolith::references::RemoteReferences;
-use strangler_ops::resource::Table;
 use strangler_ops::sync::{self, Direction, Side, SyncStage};
 use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
@@ -90,8 +89,9 @@ fn an_applied_change_is_never_captured_back_but_client_writes_are() {
     let dir = OpsTest::new("pingpong").board(5, 5, 50).start();
     assert!(dir.migrate(&["posts"]).status.success());
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
-    let table = Table::of(Resource::Posts);
-    let mut conn = migrate::open(&m, &s, table).expect("open");
+    let (mut conn, table) =
+        migrate::open(&m, &s, &common::declared(Resource::Posts)).expect("open");
+    let table = &table;
     capture::install(&mut conn, table, Side::Monolith).unwrap();
     capture::install(&mut conn, table, Side::Service).unwrap();
 
@@ -147,7 +147,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     let dir = OpsTest::new("cycle").board(10, 10, 200).start();
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
     assert!(
-        sync::read_state(dir.path(), Resource::Posts)
+        sync::read_state(dir.path(), &common::declared(Resource::Posts))
             .unwrap()
             .is_none()
     );
@@ -165,7 +165,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     let (mut child, mut out) = follower(&dir, &["posts", "--follow"]);
     out.wait_for("following changes to posts in the monolith");
     assert!(out.saw("verification OK: 200 rows"), "{:?}", out.seen);
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -177,14 +177,31 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     sqlite(&m)
         .execute("UPDATE posts SET text = 'forward' WHERE id = 10", [])
         .unwrap();
-    sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap();
+    sync::drain(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Forward,
+        LONG,
+    )
+    .unwrap();
     assert_eq!(text_of(&s, 10).as_deref(), Some("forward"));
 
     // Cutover: writes now go to the service.
-    sync::switch(dir.path(), Resource::Posts, Direction::Reverse).unwrap();
-    sync::wait_follower(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::switch(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Reverse,
+    )
+    .unwrap();
+    sync::wait_follower(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Reverse,
+        LONG,
+    )
+    .unwrap();
     out.wait_for("direction of posts changed from forward to reverse");
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::WritesSwitched);
@@ -227,7 +244,13 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     for w in writers {
         w.join().expect("writer");
     }
-    sync::drain(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::drain(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Reverse,
+        LONG,
+    )
+    .unwrap();
     assert!(child.try_wait().unwrap().is_none(), "{:?}", out.seen);
     let below_fence: i64 = sqlite(&m)
         .query_row(
@@ -240,9 +263,9 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     // Plus the id fence, which verification leaves out.
     assert_eq!(common::count(&m, "posts"), 401);
     assert_eq!(changes(&m), 0, "ping-pong: the reverse apply was captured");
-    let v = sync::verify(dir.path(), Resource::Posts).unwrap();
+    let v = sync::verify(dir.path(), &common::declared(Resource::Posts)).unwrap();
     assert!(v.matches(), "{}", v.render());
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.last_verified_ok, Some(true));
@@ -256,7 +279,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     let status = sigterm(&mut child);
     assert!(status.success(), "{status:?}: {:?}", out.seen);
     out.wait_for("change capture left in place on both sides");
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.capture_installed, (true, true));
@@ -271,7 +294,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
     assert_eq!(text_of(&m, 12).as_deref(), Some("while stopped"));
 
     // Complete: capture gone on both sides, the follower exits 0.
-    let completed = sync::complete(dir.path(), Resource::Posts).unwrap();
+    let completed = sync::complete(dir.path(), &common::declared(Resource::Posts)).unwrap();
     assert!(
         completed.monolith_note.contains("stale copy"),
         "{completed:?}"
@@ -285,7 +308,7 @@ fn a_follower_turns_around_on_a_switch_and_exits_on_complete() {
         strangler_objects(&s),
         ["_strangler_migration", "_strangler_sync"]
     );
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::Complete);
@@ -322,11 +345,11 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
     assert_eq!(created.id, 7);
     out.wait_for("CONFLICT: conflict on posts id 7");
     assert_eq!(text_of(&s, 7).as_deref(), Some("written in the service"));
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.conflicts, 1);
-    let v = sync::verify(dir.path(), Resource::Posts).unwrap();
+    let v = sync::verify(dir.path(), &common::declared(Resource::Posts)).unwrap();
     assert!(!v.matches());
     assert_eq!(v.conflicts.len(), 1);
     assert!(
@@ -335,7 +358,13 @@ fn a_row_written_on_both_sides_is_a_conflict_not_an_overwrite() {
         v.render()
     );
     // A draining cutover stops on it.
-    let err = sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap_err();
+    let err = sync::drain(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Forward,
+        LONG,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("1 unresolved conflict(s)"),
         "{err:#}"
@@ -388,9 +417,9 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     let (m, s) = (dir.join("monolith.db"), dir.join("users.db"));
     let o = dir.migrate(&["users"]);
     assert!(o.status.success(), "{}", stdout(&o));
-    let table = Table::of(Resource::Users);
     {
-        let mut conn = migrate::open(&m, &s, table).unwrap();
+        let (mut conn, table) = migrate::open(&m, &s, &common::declared(Resource::Users)).unwrap();
+        let table = &table;
         capture::install(&mut conn, table, Side::Monolith).unwrap();
         capture::install(&mut conn, table, Side::Service).unwrap();
         sync::start(&conn, table, Direction::Forward, SyncStage::Following).unwrap();
@@ -399,7 +428,12 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     sqlite(&s)
         .execute("DELETE FROM users WHERE id = 20", [])
         .unwrap();
-    let refused = sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap_err();
+    let refused = sync::switch(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Reverse,
+    )
+    .unwrap_err();
     assert!(
         refused.to_string().contains("drain monolith → service"),
         "{refused:#}"
@@ -414,13 +448,18 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     )
     .unwrap();
     drop(c);
-    sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap();
-    let state = sync::read_state(dir.path(), Resource::Users)
+    sync::switch(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Reverse,
+    )
+    .unwrap();
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Users))
         .unwrap()
         .unwrap();
     assert_eq!(state.stage, SyncStage::WritesSwitched);
     // The fence row is not a difference.
-    let v = sync::verify(dir.path(), Resource::Users).unwrap();
+    let v = sync::verify(dir.path(), &common::declared(Resource::Users)).unwrap();
     assert!(v.matches(), "{}", v.render());
 
     // A new user through the service's API, and a straggler written on the monolith.
@@ -472,8 +511,13 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     sqlite(&s)
         .execute("DELETE FROM _strangler_changes", [])
         .unwrap();
-    sync::switch(dir.path(), Resource::Users, Direction::Forward).unwrap();
-    let state = sync::read_state(dir.path(), Resource::Users)
+    sync::switch(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Forward,
+    )
+    .unwrap();
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Users))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -531,9 +575,26 @@ fn followers_killed_with_9_resume_in_both_directions() {
     assert_eq!(text_of(&s, 120).as_deref(), Some("after the kill"));
 
     // Reverse: switched, killed while applying, restarted with --reverse --follow.
-    sync::drain(dir.path(), Resource::Posts, Direction::Forward, LONG).unwrap();
-    sync::switch(dir.path(), Resource::Posts, Direction::Reverse).unwrap();
-    sync::wait_follower(dir.path(), Resource::Posts, Direction::Reverse, LONG).unwrap();
+    sync::drain(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Forward,
+        LONG,
+    )
+    .unwrap();
+    sync::switch(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Reverse,
+    )
+    .unwrap();
+    sync::wait_follower(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Direction::Reverse,
+        LONG,
+    )
+    .unwrap();
     sqlite(&s)
         .execute(
             "UPDATE posts SET text = 'service before the kill' WHERE id BETWEEN 1 AND 100",
@@ -579,7 +640,7 @@ fn followers_killed_with_9_resume_in_both_directions() {
         stdout(&o)
     );
     assert_eq!(strangler_objects(&m), Vec::<String>::new());
-    let state = sync::read_state(dir.path(), Resource::Posts)
+    let state = sync::read_state(dir.path(), &common::declared(Resource::Posts))
         .unwrap()
         .unwrap();
     assert_eq!(state.capture_installed, (false, false));
@@ -605,7 +666,7 @@ fn remove_capture_cleans_up_after_a_follower_killed_before_any_cutover() {
     assert!(stdout(&o).contains("back to not started"), "{}", stdout(&o));
     assert_eq!(strangler_objects(&m), Vec::<String>::new());
     assert!(
-        sync::read_state(dir.path(), Resource::Posts)
+        sync::read_state(dir.path(), &common::declared(Resource::Posts))
             .unwrap()
             .is_none()
     );
@@ -617,9 +678,26 @@ async fn a_thread_by_a_user_just_created_on_the_service_is_accepted_by_the_monol
     let (m, s) = (dir.join("monolith.db"), dir.join("users.db"));
     let (mut child, mut out) = follower(&dir, &["users", "--follow"]);
     out.wait_for("following changes to users in the monolith");
-    sync::drain(dir.path(), Resource::Users, Direction::Forward, LONG).unwrap();
-    sync::switch(dir.path(), Resource::Users, Direction::Reverse).unwrap();
-    sync::wait_follower(dir.path(), Resource::Users, Direction::Reverse, LONG).unwrap();
+    sync::drain(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Forward,
+        LONG,
+    )
+    .unwrap();
+    sync::switch(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Reverse,
+    )
+    .unwrap();
+    sync::wait_follower(
+        dir.path(),
+        &common::declared(Resource::Users),
+        Direction::Reverse,
+        LONG,
+    )
+    .unwrap();
 
     let service_db = Db::open(&s, &[Resource::Users], Seed::Empty).unwrap();
     let refs = Arc::new(RemoteReferences::new("http://127.0.0.1:9").unwrap());

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod fake;
+pub mod pg;
 pub mod prometheus;
 pub mod stack;
 
@@ -318,4 +320,12 @@ impl Lines {
             self.saw(needle).then_some(())
         });
     }
+}
+
+/// The tutorial resource `r` as the shipped migrations.toml declares it.
+pub fn declared(r: monolith::legacy::Resource) -> strangler_ops::migrations::Declared {
+    strangler_ops::migrations::Migrations::tutorial()
+        .get(r.name())
+        .expect("the shipped migrations.toml declares the tutorial resources")
+        .clone()
 }
