@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -275,6 +276,7 @@ fn spawn_workers(
                     }
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
+                            // The accept loop's lines (drain, stop) name their worker.
                             serve_public(
                                 listener,
                                 proxy,
@@ -283,6 +285,7 @@ fn spawn_workers(
                                 shutdown,
                                 lifecycle,
                             )
+                            .instrument(tracing::info_span!("worker", n = i))
                             .await
                         }
                         Err(e) => tracing::error!(error = %e, worker = i, "worker listener"),
