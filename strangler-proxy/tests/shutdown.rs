@@ -204,6 +204,21 @@ impl Proxy {
         Proxy { child, stderr }
     }
 
+    /// Waits up to 10 s for `/healthz` on `admin` to answer 200.
+    async fn wait_healthy(&self, admin: SocketAddr) {
+        let healthy = eventually(Duration::from_secs(10), || async {
+            send(&client(), Method::GET, &url(admin, "/healthz"), &[])
+                .await
+                .is_ok_and(|a| a.status == StatusCode::OK)
+        })
+        .await;
+        assert!(
+            healthy,
+            "no /healthz on {admin} (a port taken meanwhile?); stderr:\n{}",
+            self.stderr()
+        );
+    }
+
     /// What it wrote to stderr so far.
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
@@ -371,17 +386,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         .write();
     let mut proxy = Proxy::spawn(&path);
 
-    let healthy = eventually(Duration::from_secs(10), || async {
-        send(&client(), Method::GET, &url(admin, "/healthz"), &[])
-            .await
-            .is_ok_and(|a| a.status == StatusCode::OK)
-    })
-    .await;
-    assert!(
-        healthy,
-        "no /healthz on {admin} (a port taken meanwhile?); stderr:\n{}",
-        proxy.stderr()
-    );
+    proxy.wait_healthy(admin).await;
     assert_eq!(get(&url(public, "/api/users/7")).await.backend(), "users");
 
     let in_flight = spawn_get(url(public, "/orders/held/1"));
@@ -444,17 +449,7 @@ async fn access_log_lines(test: &str, env: &[(&str, &str)], expected: usize) {
     )
     .unwrap();
     let mut proxy = Proxy::spawn_with(&path, env);
-    let healthy = eventually(Duration::from_secs(10), || async {
-        send(&client(), Method::GET, &url(admin, "/healthz"), &[])
-            .await
-            .is_ok_and(|a| a.status == StatusCode::OK)
-    })
-    .await;
-    assert!(
-        healthy,
-        "no /healthz on {admin}; stderr:\n{}",
-        proxy.stderr()
-    );
+    proxy.wait_healthy(admin).await;
     const REQUESTS: usize = 25;
     for i in 0..REQUESTS {
         let answer = get(&url(public, &format!("/api/users/{i}?access_token=SECRET"))).await;
