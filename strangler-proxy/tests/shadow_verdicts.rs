@@ -131,14 +131,6 @@ fn shadowing(test: &str, monolith: SocketAddr, service: SocketAddr) -> ProxyBuil
         .with("shadow = true")
 }
 
-fn metric(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn result(text: &str, result: &str) -> u64 {
     metric(
         text,

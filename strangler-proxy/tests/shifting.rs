@@ -15,14 +15,6 @@ use http::{Method, StatusCode};
 use support::*;
 use tokio::task::JoinHandle;
 
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// monolith and users echo upstreams, `/api/users` → users at `weight`.
 async fn echo_pair(test: &str, weight: u16) -> ProxyBuilder {
     ProxyBuilder::new(test)

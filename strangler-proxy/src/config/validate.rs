@@ -483,8 +483,16 @@ impl Validator<'_> {
             |m| self.methods("shadow_methods", m),
         );
         let sticky = r.sticky.as_ref().and_then(|s| self.sticky(s));
-        let shadow_ignore = self.shadow_ignore(r.shadow_ignore.iter().flatten());
-        let shadow_redact = self.pointers("shadow_redact", r.shadow_redact.iter().flatten());
+        let shadow_ignore = self.pointers(
+            "shadow_ignore",
+            "\"/createdAt\"",
+            r.shadow_ignore.iter().flatten(),
+        );
+        let shadow_redact = self.pointers(
+            "shadow_redact",
+            "\"/password\" or \"/*/token\"",
+            r.shadow_redact.iter().flatten(),
+        );
         let (shadow_headers, shadow_ignore_headers) = self.shadow_headers(r);
         if self.errors.len() != before {
             return None;
@@ -672,28 +680,6 @@ impl Validator<'_> {
         }
         parsed
     }
-
-    /// `shadow_ignore`: JSON pointers.
-    fn shadow_ignore<'v>(
-        &mut self,
-        pointers: impl Iterator<Item = &'v Spanned<String>>,
-    ) -> Vec<String> {
-        let mut out = Vec::new();
-        for p in pointers {
-            if p.get_ref().is_empty() || p.get_ref().starts_with('/') {
-                out.push(p.get_ref().clone());
-            } else {
-                self.error(
-                    p.span(),
-                    format!(
-                        "shadow_ignore: {:?} is not a JSON pointer: write it like \"/createdAt\"",
-                        p.get_ref()
-                    ),
-                );
-            }
-        }
-        out
-    }
 }
 
 impl Validator<'_> {
@@ -756,10 +742,12 @@ impl Validator<'_> {
         out
     }
 
-    /// A list of JSON pointers (`shadow_redact`); `*` matches one segment, `""` the whole body.
+    /// A list of JSON pointers (`shadow_ignore`, `shadow_redact`); `*` matches one segment,
+    /// `""` the whole body. `example` is what the error suggests writing.
     fn pointers<'v>(
         &mut self,
         key: &str,
+        example: &str,
         pointers: impl Iterator<Item = &'v Spanned<String>>,
     ) -> Vec<String> {
         let mut out = Vec::new();
@@ -770,7 +758,7 @@ impl Validator<'_> {
                 self.error(
                     p.span(),
                     format!(
-                        "{key}: {:?} is not a JSON pointer: write it like \"/password\" or \"/*/token\"",
+                        "{key}: {:?} is not a JSON pointer: write it like {example}",
                         p.get_ref()
                     ),
                 );

@@ -281,6 +281,16 @@ impl TestProxy {
     }
 }
 
+/// The value of the first line of a Prometheus exposition that starts with `line_prefix`
+/// (a series with its labels), 0 when there is none.
+pub fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A plain HTTP/1.1 client.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
