@@ -12,10 +12,6 @@
 //! server's default durability settings, and stops it by its PID at the end. Every figure is
 //! measured, none asserted.
 
-#[allow(dead_code)] // the tests use more of it
-#[path = "../tests/common/pg.rs"]
-mod pg;
-
 #[path = "../tests/common/accounts.rs"]
 mod accounts;
 
@@ -52,9 +48,9 @@ fn run(dir: &Path, rows: u64, rate: u64, seconds: u64) -> anyhow::Result<()> {
     println!(
         "machine: {} CPUs; {rows} rows; PostgreSQL from {}",
         cpus(),
-        pg::bin_dir().display()
+        test_postgres::bin_dir().display()
     );
-    let cluster = pg::Cluster::start_with(&[]);
+    let cluster = test_postgres::Cluster::start_with(&[]);
     for db in ["shop", "ledger_a", "ledger_b"] {
         cluster.create_db(db);
     }

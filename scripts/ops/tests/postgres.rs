@@ -1,4 +1,4 @@
-//! PostgreSQL as source and as target, on a throwaway cluster (see `common::pg`): the batched
+//! PostgreSQL as source and as target, on a throwaway cluster (see the `test-postgres` crate): the batched
 //! copy with resume after kill -9, and verification with the checksum both engines compute the
 //! same way, SQLite → PostgreSQL and PostgreSQL → PostgreSQL, for a table declared in
 //! `migrations.toml` alone.
@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::accounts::{self, PG_ACCOUNTS};
-use common::pg::Cluster;
 use common::{OpsTest, eventually, stderr, stdout};
+use test_postgres::Cluster;
 
 /// Fills an SQLite `accounts` table with `n` rows (see `common::accounts`).
 fn fill_sqlite(path: &std::path::Path, n: i64) {

@@ -5,7 +5,6 @@
 
 pub mod accounts;
 pub mod fake;
-pub mod pg;
 pub mod prometheus;
 pub mod stack;
 
