@@ -11,17 +11,17 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use rusqlite::Connection;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::input::Fields;
 use crate::legacy::{Endpoint, Resource, Verb, lookup_id, strict_id};
 use crate::posts::{self, NewPost};
 use crate::references::References;
 use crate::response;
+use crate::sql::Conn;
 use crate::threads::{self, NewThread};
 use crate::users::{self, NewUser};
 
@@ -106,11 +106,14 @@ impl Board {
             Endpoint::ApiRoot => Ok(response::text(ok, "API ready to receive requests")),
             Endpoint::Users if verb == Verb::Post => {
                 let new = NewUser::from_fields(&read_fields(headers, body).await?)?;
-                self.json_of(StatusCode::CREATED, move |conn| users::insert(conn, &new))
+                self.json_of(StatusCode::CREATED, move |conn| users::insert(&conn, &new))
                     .await
             }
-            Endpoint::Users => self.json_of(ok, |conn| users::list(conn)).await,
-            Endpoint::User(id) => self.one(lookup_id(&id), users::find).await,
+            Endpoint::Users => self.json_of(ok, |conn| users::list(&conn)).await,
+            Endpoint::User(id) => {
+                self.one(lookup_id(&id), |conn, id| users::find(&conn, id))
+                    .await
+            }
             Endpoint::Threads if verb == Verb::Post => {
                 let new = NewThread::from_fields(&read_fields(headers, body).await?)?;
                 let exists = self
@@ -123,11 +126,16 @@ impl Board {
                     Resource::Users,
                     new.created_by,
                 )?;
-                self.json_of(StatusCode::CREATED, move |conn| threads::insert(conn, &new))
+                self.json_of(StatusCode::CREATED, move |conn| {
+                    threads::insert(&conn, &new)
+                })
+                .await
+            }
+            Endpoint::Threads => self.json_of(ok, |conn| threads::list(&conn)).await,
+            Endpoint::Thread(id) => {
+                self.one(lookup_id(&id), |conn, id| threads::find(&conn, id))
                     .await
             }
-            Endpoint::Threads => self.json_of(ok, |conn| threads::list(conn)).await,
-            Endpoint::Thread(id) => self.one(lookup_id(&id), threads::find).await,
             Endpoint::Posts if verb == Verb::Post => {
                 let new = NewPost::from_fields(&read_fields(headers, body).await?)?;
                 // Both checks may cross the network: ask them together, report in field order.
@@ -137,26 +145,29 @@ impl Board {
                 );
                 require(thread, "thread", Resource::Threads, new.thread)?;
                 require(user, "user", Resource::Users, new.user)?;
-                self.json_of(StatusCode::CREATED, move |conn| posts::insert(conn, &new))
+                self.json_of(StatusCode::CREATED, move |conn| posts::insert(&conn, &new))
                     .await
             }
-            Endpoint::Posts => self.json_of(ok, |conn| posts::list(conn)).await,
+            Endpoint::Posts => self.json_of(ok, |conn| posts::list(&conn)).await,
             Endpoint::PostsInThread(id) => match lookup_id(&id) {
                 Some(id) => {
-                    self.json_of(ok, move |conn| posts::in_thread(conn, id))
+                    self.json_of(ok, move |conn| posts::in_thread(&conn, id))
                         .await
                 }
                 None => Ok(response::json(ok, &[(); 0])),
             },
             Endpoint::PostsByUser(id) => match lookup_id(&id) {
-                Some(id) => self.json_of(ok, move |conn| posts::by_user(conn, id)).await,
+                Some(id) => {
+                    self.json_of(ok, move |conn| posts::by_user(&conn, id))
+                        .await
+                }
                 None => Ok(response::json(ok, &[(); 0])),
             },
             Endpoint::Post(raw) => {
                 let id = strict_id(&raw).ok_or_else(|| {
                     ApiError::BadId(format!("post id {raw:?} is not a positive integer"))
                 })?;
-                if self.db.call(move |conn| posts::delete(conn, id)).await? {
+                if self.db.run(move |conn| posts::delete(&conn, id)).await? {
                     Ok(response::empty(StatusCode::NO_CONTENT))
                 } else {
                     Err(ApiError::NotFound(format!("post {id} does not exist")))
@@ -169,22 +180,19 @@ impl Board {
     async fn json_of<T, F>(&self, status: StatusCode, query: F) -> Result<Response, ApiError>
     where
         T: Serialize + Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(Conn<'_>) -> Result<T, DbError> + Send + 'static,
     {
-        Ok(response::json(status, &self.db.call(query).await?))
+        Ok(response::json(status, &self.db.run(query).await?))
     }
 
     /// 200 with the row, or the legacy 204 when the id reads as nothing or finds nothing.
-    async fn one<T>(
-        &self,
-        id: Option<i64>,
-        find: fn(&Connection, i64) -> rusqlite::Result<Option<T>>,
-    ) -> Result<Response, ApiError>
+    async fn one<T, F>(&self, id: Option<i64>, find: F) -> Result<Response, ApiError>
     where
         T: Serialize + Send + 'static,
+        F: FnOnce(Conn<'_>, i64) -> Result<Option<T>, DbError> + Send + 'static,
     {
         let found = match id {
-            Some(id) => self.db.call(move |conn| find(conn, id)).await?,
+            Some(id) => self.db.run(move |conn| find(conn, id)).await?,
             None => None,
         };
         Ok(match found {

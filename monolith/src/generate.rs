@@ -113,9 +113,9 @@ fn fill_in_transaction(
     replace: bool,
 ) -> Result<(), GenerateError> {
     let tx = conn.transaction()?;
-    let users = db::count(&tx, Resource::Users)?;
-    let threads = db::count(&tx, Resource::Threads)?;
-    let posts = db::count(&tx, Resource::Posts)?;
+    let users = db::count(&*tx, Resource::Users)?;
+    let threads = db::count(&*tx, Resource::Threads)?;
+    let posts = db::count(&*tx, Resource::Posts)?;
     // Building the post indexes once at the end is far cheaper than keeping them up to date
     // (through a --replace delete as well as the fill).
     tx.execute_batch("DROP INDEX IF EXISTS posts_by_thread; DROP INDEX IF EXISTS posts_by_user;")?;

@@ -12,5 +12,6 @@ pub mod posts;
 pub mod references;
 pub mod response;
 pub mod serve;
+pub mod sql;
 pub mod threads;
 pub mod users;

@@ -1,9 +1,9 @@
 //! The posts resource: rows, queries and the validation of a new post.
 
-use rusqlite::{Connection, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::input::{Fields, InputError};
+use crate::sql::{Param, Row, Sql};
 
 /// A post as the API shows it (the original had no id; ours is assigned by the database).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,53 +51,64 @@ impl NewPost {
     }
 }
 
-const COLUMNS: &str = "SELECT id, thread, text, user FROM posts";
+/// `user` is a keyword in PostgreSQL, so the column is always quoted.
+const COLUMNS: &str = r#"SELECT id, thread, text, "user" FROM posts"#;
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Post> {
+fn from_row<E>(row: &dyn Row<Error = E>) -> Result<Post, E> {
     Ok(Post {
-        id: row.get(0)?,
-        thread: row.get(1)?,
-        text: row.get(2)?,
-        user: row.get(3)?,
+        id: row.int(0)?,
+        thread: row.int(1)?,
+        text: row.text(2)?,
+        user: row.int(3)?,
     })
 }
 
 /// Every post, ordered by id.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Post>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} ORDER BY id"))?;
-    stmt.query_map([], from_row)?.collect()
+pub fn list<C: Sql + ?Sized>(conn: &C) -> Result<Vec<Post>, C::Error> {
+    conn.query(&format!("{COLUMNS} ORDER BY id"), &[], from_row)
 }
 
 /// The posts of one thread, ordered by id.
-pub fn in_thread(conn: &Connection, thread: i64) -> rusqlite::Result<Vec<Post>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} WHERE thread = ?1 ORDER BY id"))?;
-    stmt.query_map([thread], from_row)?.collect()
+pub fn in_thread<C: Sql + ?Sized>(conn: &C, thread: i64) -> Result<Vec<Post>, C::Error> {
+    let sql = format!("{COLUMNS} WHERE thread = $1 ORDER BY id");
+    conn.query(&sql, &[Param::Int(thread)], from_row)
 }
 
 /// The posts of one user, ordered by id.
-pub fn by_user(conn: &Connection, user: i64) -> rusqlite::Result<Vec<Post>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} WHERE user = ?1 ORDER BY id"))?;
-    stmt.query_map([user], from_row)?.collect()
+pub fn by_user<C: Sql + ?Sized>(conn: &C, user: i64) -> Result<Vec<Post>, C::Error> {
+    let sql = format!(r#"{COLUMNS} WHERE "user" = $1 ORDER BY id"#);
+    conn.query(&sql, &[Param::Int(user)], from_row)
 }
 
-/// Inserts a new post and returns it with its id.
-pub fn insert(conn: &Connection, new: &NewPost) -> rusqlite::Result<Post> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO posts (thread, text, user) VALUES (?1, ?2, ?3)")?;
-    stmt.execute(params![new.thread, new.text, new.user])?;
-    Ok(new.with_id(conn.last_insert_rowid()))
+/// Inserts a new post and returns it with the id the database assigned.
+pub fn insert<C: Sql + ?Sized>(conn: &C, new: &NewPost) -> Result<Post, C::Error> {
+    let ids = conn.query(
+        r#"INSERT INTO posts (thread, text, "user") VALUES ($1, $2, $3) RETURNING id"#,
+        &[
+            Param::Int(new.thread),
+            Param::Text(&new.text),
+            Param::Int(new.user),
+        ],
+        |row| row.int(0),
+    )?;
+    Ok(new.with_id(ids[0]))
 }
 
 /// Inserts a post keeping its id (seeding, migration).
-pub fn insert_with_id(conn: &Connection, post: &Post) -> rusqlite::Result<()> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO posts (id, thread, text, user) VALUES (?1, ?2, ?3, ?4)")?;
-    stmt.execute(params![post.id, post.thread, post.text, post.user])?;
+pub fn insert_with_id<C: Sql + ?Sized>(conn: &C, post: &Post) -> Result<(), C::Error> {
+    conn.execute(
+        r#"INSERT INTO posts (id, thread, text, "user") VALUES ($1, $2, $3, $4)"#,
+        &[
+            Param::Int(post.id),
+            Param::Int(post.thread),
+            Param::Text(&post.text),
+            Param::Int(post.user),
+        ],
+    )?;
     Ok(())
 }
 
 /// Deletes the post with `id`; `false` when there was none.
-pub fn delete(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
-    let mut stmt = conn.prepare_cached("DELETE FROM posts WHERE id = ?1")?;
-    Ok(stmt.execute([id])? > 0)
+pub fn delete<C: Sql + ?Sized>(conn: &C, id: i64) -> Result<bool, C::Error> {
+    Ok(conn.execute("DELETE FROM posts WHERE id = $1", &[Param::Int(id)])? > 0)
 }

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::db::{self, Db, DbError};
+use crate::db::{self, Db, DbError, chain};
 use crate::legacy::Resource;
 
 /// The pending answer of a reference check.
@@ -81,7 +81,7 @@ impl References for LocalReferences {
             loop {
                 if self
                     .db
-                    .call(move |conn| db::exists(conn, resource, id))
+                    .run(move |conn| db::exists(&conn, resource, id))
                     .await?
                 {
                     return Ok(true);
@@ -208,19 +208,6 @@ impl References for RemoteReferences {
                 })
         })
     }
-}
-
-/// An error with its causes, because hyper's top-level message ("client error (Connect)")
-/// hides the one an operator needs ("Connection refused").
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! by the monolith and the extracted services so each `main.rs` is a few lines.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::Board;
-use crate::db::{Db, DbError, Seed};
+use crate::db::{Db, DbError, Location, Seed};
 use crate::legacy::Resource;
 use crate::references::{InvalidApiBase, LocalReferences, RemoteReferences};
 
@@ -21,9 +20,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// SQLite database file; created, with its directory, if missing.
-    #[arg(long)]
-    pub db: PathBuf,
+    /// Database: a SQLite file, created with its directory if missing, or a
+    /// `postgres://user:password@host:port/database` (or `postgresql://`) URL of an existing
+    /// PostgreSQL database, whose tables are created if missing.
+    #[arg(long, value_name = "FILE|URL", value_parser = parse_location)]
+    pub db: Location,
 }
 
 /// Flags of the monolith.
@@ -38,6 +39,11 @@ pub struct MonolithArgs {
     /// later through reverse sync.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
     pub reference_wait: Duration,
+}
+
+/// Reads `--db` (see [`Location::parse`]).
+fn parse_location(text: &str) -> Result<Location, String> {
+    Ok(Location::from(text))
 }
 
 /// Reads `0`, `250ms`, `2s`.
@@ -90,7 +96,7 @@ pub struct Process {
 /// The legacy monolith: every resource, seeded from the original data set.
 pub const MONOLITH: Process = Process {
     name: "monolith",
-    about: "The legacy message board: every resource in one process and one SQLite database",
+    about: "The legacy message board: every resource in one process and one database",
     owned: &Resource::ALL,
     listen: "127.0.0.1:3000",
     db: "data/monolith.db",
@@ -127,10 +133,10 @@ pub const POSTS: Process = Process {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database could not be opened or prepared.
-    #[error("database {path}: {source}")]
+    #[error("database {location}: {source}")]
     Db {
-        /// The `--db` file.
-        path: PathBuf,
+        /// The `--db` file or URL (shown without its password).
+        location: Location,
         /// Why.
         source: DbError,
     },
@@ -164,11 +170,18 @@ impl Process {
         T::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
     }
 
-    fn open(&self, args: &ServeArgs, seed: Seed) -> Result<Db, ServeError> {
-        Db::open(&args.db, self.owned, seed).map_err(|source| ServeError::Db {
-            path: args.db.clone(),
-            source,
-        })
+    /// Opens `--db` on the blocking pool (the PostgreSQL client blocks, and must not on a
+    /// thread that drives tasks).
+    async fn open(&self, args: &ServeArgs, seed: Seed) -> Result<Db, ServeError> {
+        let (location, owned) = (args.db.clone(), self.owned);
+        tokio::task::spawn_blocking(move || Db::open_at(&location, owned, seed))
+            .await
+            .map_err(DbError::from)
+            .and_then(|opened| opened)
+            .map_err(|source| ServeError::Db {
+                location: args.db.clone(),
+                source,
+            })
     }
 }
 
@@ -176,10 +189,10 @@ impl Process {
 /// references are checked in the same database, waiting up to `--reference-wait` for a
 /// missing one.
 pub async fn serve_monolith(args: &MonolithArgs) -> Result<(), ServeError> {
-    let db = MONOLITH.open(&args.serve, Seed::Legacy)?;
+    let db = MONOLITH.open(&args.serve, Seed::Legacy).await?;
     let references = Arc::new(LocalReferences::with_wait(db.clone(), args.reference_wait));
     tracing::info!(
-        db = %args.serve.db.display(),
+        db = %args.serve.db,
         reference_wait = ?args.reference_wait,
         "{} starting",
         MONOLITH.name
@@ -195,9 +208,9 @@ pub async fn serve_monolith(args: &MonolithArgs) -> Result<(), ServeError> {
 /// arrives by migration) and references are checked through `--api-base`.
 pub async fn serve_service(process: &Process, args: &ServiceArgs) -> Result<(), ServeError> {
     let references = Arc::new(RemoteReferences::new(&args.api_base)?);
-    let db = process.open(&args.serve, Seed::Empty)?;
+    let db = process.open(&args.serve, Seed::Empty).await?;
     tracing::info!(
-        db = %args.serve.db.display(),
+        db = %args.serve.db,
         api_base = references.api_base(),
         "{} starting",
         process.name

@@ -1,9 +1,9 @@
 //! The threads resource: rows, queries and the validation of a new thread.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::input::{Fields, InputError};
+use crate::sql::{Param, Row, Sql};
 
 /// A thread as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,42 +41,51 @@ impl NewThread {
 
 const COLUMNS: &str = "SELECT id, title, created_by FROM threads";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Thread> {
+fn from_row<E>(row: &dyn Row<Error = E>) -> Result<Thread, E> {
     Ok(Thread {
-        id: row.get(0)?,
-        title: row.get(1)?,
-        created_by: row.get(2)?,
+        id: row.int(0)?,
+        title: row.text(1)?,
+        created_by: row.int(2)?,
     })
 }
 
 /// Every thread, ordered by id.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Thread>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} ORDER BY id"))?;
-    stmt.query_map([], from_row)?.collect()
+pub fn list<C: Sql + ?Sized>(conn: &C) -> Result<Vec<Thread>, C::Error> {
+    conn.query(&format!("{COLUMNS} ORDER BY id"), &[], from_row)
 }
 
 /// The thread with `id`, if any.
-pub fn find(conn: &Connection, id: i64) -> rusqlite::Result<Option<Thread>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))?;
-    stmt.query_row([id], from_row).optional()
+pub fn find<C: Sql + ?Sized>(conn: &C, id: i64) -> Result<Option<Thread>, C::Error> {
+    conn.first(
+        &format!("{COLUMNS} WHERE id = $1"),
+        &[Param::Int(id)],
+        from_row,
+    )
 }
 
-/// Inserts a new thread and returns it with its id.
-pub fn insert(conn: &Connection, new: &NewThread) -> rusqlite::Result<Thread> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO threads (title, created_by) VALUES (?1, ?2)")?;
-    stmt.execute(params![new.title, new.created_by])?;
+/// Inserts a new thread and returns it with the id the database assigned.
+pub fn insert<C: Sql + ?Sized>(conn: &C, new: &NewThread) -> Result<Thread, C::Error> {
+    let ids = conn.query(
+        "INSERT INTO threads (title, created_by) VALUES ($1, $2) RETURNING id",
+        &[Param::Text(&new.title), Param::Int(new.created_by)],
+        |row| row.int(0),
+    )?;
     Ok(Thread {
-        id: conn.last_insert_rowid(),
+        id: ids[0],
         title: new.title.clone(),
         created_by: new.created_by,
     })
 }
 
 /// Inserts a thread keeping its id (seeding, migration).
-pub fn insert_with_id(conn: &Connection, thread: &Thread) -> rusqlite::Result<()> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO threads (id, title, created_by) VALUES (?1, ?2, ?3)")?;
-    stmt.execute(params![thread.id, thread.title, thread.created_by])?;
+pub fn insert_with_id<C: Sql + ?Sized>(conn: &C, thread: &Thread) -> Result<(), C::Error> {
+    conn.execute(
+        "INSERT INTO threads (id, title, created_by) VALUES ($1, $2, $3)",
+        &[
+            Param::Int(thread.id),
+            Param::Text(&thread.title),
+            Param::Int(thread.created_by),
+        ],
+    )?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! The users resource: rows, queries and the validation of a new user.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::input::{Fields, InputError};
+use crate::sql::{Param, Row, Sql};
 
 /// A user as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,34 +42,42 @@ impl NewUser {
 
 const COLUMNS: &str = "SELECT id, username, name, bio FROM users";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+fn from_row<E>(row: &dyn Row<Error = E>) -> Result<User, E> {
     Ok(User {
-        id: row.get(0)?,
-        username: row.get(1)?,
-        name: row.get(2)?,
-        bio: row.get(3)?,
+        id: row.int(0)?,
+        username: row.text(1)?,
+        name: row.text(2)?,
+        bio: row.text(3)?,
     })
 }
 
 /// Every user, ordered by id.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<User>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} ORDER BY id"))?;
-    stmt.query_map([], from_row)?.collect()
+pub fn list<C: Sql + ?Sized>(conn: &C) -> Result<Vec<User>, C::Error> {
+    conn.query(&format!("{COLUMNS} ORDER BY id"), &[], from_row)
 }
 
 /// The user with `id`, if any.
-pub fn find(conn: &Connection, id: i64) -> rusqlite::Result<Option<User>> {
-    let mut stmt = conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))?;
-    stmt.query_row([id], from_row).optional()
+pub fn find<C: Sql + ?Sized>(conn: &C, id: i64) -> Result<Option<User>, C::Error> {
+    conn.first(
+        &format!("{COLUMNS} WHERE id = $1"),
+        &[Param::Int(id)],
+        from_row,
+    )
 }
 
-/// Inserts a new user and returns it with its id.
-pub fn insert(conn: &Connection, new: &NewUser) -> rusqlite::Result<User> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO users (username, name, bio) VALUES (?1, ?2, ?3)")?;
-    stmt.execute(params![new.username, new.name, new.bio])?;
+/// Inserts a new user and returns it with the id the database assigned.
+pub fn insert<C: Sql + ?Sized>(conn: &C, new: &NewUser) -> Result<User, C::Error> {
+    let ids = conn.query(
+        "INSERT INTO users (username, name, bio) VALUES ($1, $2, $3) RETURNING id",
+        &[
+            Param::Text(&new.username),
+            Param::Text(&new.name),
+            Param::Text(&new.bio),
+        ],
+        |row| row.int(0),
+    )?;
     Ok(User {
-        id: conn.last_insert_rowid(),
+        id: ids[0],
         username: new.username.clone(),
         name: new.name.clone(),
         bio: new.bio.clone(),
@@ -77,9 +85,15 @@ pub fn insert(conn: &Connection, new: &NewUser) -> rusqlite::Result<User> {
 }
 
 /// Inserts a user keeping its id (seeding, migration).
-pub fn insert_with_id(conn: &Connection, user: &User) -> rusqlite::Result<()> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO users (id, username, name, bio) VALUES (?1, ?2, ?3, ?4)")?;
-    stmt.execute(params![user.id, user.username, user.name, user.bio])?;
+pub fn insert_with_id<C: Sql + ?Sized>(conn: &C, user: &User) -> Result<(), C::Error> {
+    conn.execute(
+        "INSERT INTO users (id, username, name, bio) VALUES ($1, $2, $3, $4)",
+        &[
+            Param::Int(user.id),
+            Param::Text(&user.username),
+            Param::Text(&user.name),
+            Param::Text(&user.bio),
+        ],
+    )?;
     Ok(())
 }

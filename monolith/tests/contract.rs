@@ -2,6 +2,8 @@
 //! each expected answer — and against every extracted service that owns the path, asserting it
 //! answers exactly like the monolith (status, content-type, content-length, allow, body).
 //!
+//! The table runs on SQLite and on PostgreSQL, with the same expectations.
+//!
 //! Rows are stateful: writes are applied to the monolith and then to the owning service, so
 //! ids stay in step. The services ask the monolith (served on a real socket) about users and
 //! threads they do not own, as they would ask the proxy.
@@ -18,8 +20,9 @@ use http_body_util::BodyExt;
 use monolith::app::Board;
 use monolith::db::{self, Db, Seed};
 use monolith::legacy::Resource;
-use monolith::references::RemoteReferences;
+use monolith::references::{LocalReferences, RemoteReferences};
 use monolith::response::{JSON, TEXT};
+use test_postgres::Cluster;
 use tower::ServiceExt;
 
 const U1: &str = r#"{"id":1,"username":"marceline","name":"Marceline Abadeer","bio":"1000 year old vampire queen, musician"}"#;
@@ -456,38 +459,50 @@ fn owners(path: &str) -> Vec<Resource> {
 }
 
 /// Rows in each table of a database: what a rejected write must leave unchanged.
-fn counts(db: &Db, tables: &[Resource]) -> Vec<u64> {
-    tables
-        .iter()
-        .map(|table| db.blocking(|conn| db::count(conn, *table)).expect("count"))
-        .collect()
+async fn counts(db: &Db, tables: &[Resource]) -> Vec<u64> {
+    let tables = tables.to_vec();
+    db.run(move |conn| tables.iter().map(|t| db::count(&conn, *t)).collect())
+        .await
+        .expect("count")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_process_answers_the_legacy_contract_alike() {
-    let (monolith, monolith_db) = support::monolith();
+/// Opens a database owning `owned`, seeded as `seed`, off the async workers (the PostgreSQL
+/// client blocks).
+type Open = Arc<dyn Fn(&[Resource], Seed) -> Db + Send + Sync>;
+
+async fn open(open: &Open, owned: &[Resource]) -> Db {
+    let open = Arc::clone(open);
+    let owned = owned.to_vec();
+    // Seed::Legacy on a one-table database seeds only that table's fixture rows.
+    tokio::task::spawn_blocking(move || open(&owned, Seed::Legacy))
+        .await
+        .expect("open")
+}
+
+/// Runs the table against a monolith and the three services on the databases `open` gives.
+async fn answer_the_contract_alike(open_db: Open) {
+    let monolith_db = open(&open_db, &Resource::ALL).await;
+    let references = Arc::new(LocalReferences::new(monolith_db.clone()));
+    let monolith = Board::new(monolith_db.clone(), &Resource::ALL, references).router();
     let api_base = format!("http://{}", support::spawn(monolith.clone()).await);
-    let services: Vec<(Resource, Router, Db)> = Resource::ALL
-        .into_iter()
-        .map(|resource| {
-            // Seed::Legacy on a one-table database seeds only that table's fixture rows.
-            let db = Db::in_memory(&[resource], Seed::Legacy).expect("service database");
-            let references = Arc::new(RemoteReferences::new(&api_base).expect("api base"));
-            let router = Board::new(db.clone(), &[resource], references).router();
-            (resource, router, db)
-        })
-        .collect();
+    let mut services: Vec<(Resource, Router, Db)> = Vec::new();
+    for resource in Resource::ALL {
+        let db = open(&open_db, &[resource]).await;
+        let references = Arc::new(RemoteReferences::new(&api_base).expect("api base"));
+        let router = Board::new(db.clone(), &[resource], references).router();
+        services.push((resource, router, db));
+    }
 
     for (row, case) in cases().iter().enumerate() {
         let label = format!("row {row}: {} {}", case.method, case.path);
         let writes = matches!(case.method, "POST" | "DELETE") && matches!(case.status, 201 | 204);
 
-        let before = counts(&monolith_db, &Resource::ALL);
+        let before = counts(&monolith_db, &Resource::ALL).await;
         let expected = call(&monolith, case).await;
         check(&expected, case, &format!("{label} (monolith)"));
         if !writes {
             assert_eq!(
-                counts(&monolith_db, &Resource::ALL),
+                counts(&monolith_db, &Resource::ALL).await,
                 before,
                 "{label}: wrote"
             );
@@ -495,7 +510,7 @@ async fn every_process_answers_the_legacy_contract_alike() {
 
         let owners = owners(case.path);
         for (resource, router, db) in &services {
-            let before = counts(db, &[*resource]);
+            let before = counts(db, &[*resource]).await;
             let reply = call(router, case).await;
             let service = format!("{label} ({}-service)", resource.name());
             if owners.contains(resource) {
@@ -515,8 +530,38 @@ async fn every_process_answers_the_legacy_contract_alike() {
                 assert_eq!(&reply.body[..], body, "{service}");
             }
             if !(writes && owners.contains(resource)) {
-                assert_eq!(counts(db, &[*resource]), before, "{service}: wrote");
+                assert_eq!(counts(db, &[*resource]).await, before, "{service}: wrote");
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_answers_the_legacy_contract_alike_on_sqlite() {
+    answer_the_contract_alike(Arc::new(|owned, seed| {
+        Db::in_memory(owned, seed).expect("SQLite database")
+    }))
+    .await;
+}
+
+/// The same table on PostgreSQL: one database per process in a throwaway cluster, so every
+/// answer (ids, JSON field types, ordering, 204/400/404/422) is byte for byte the SQLite one.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_answers_the_legacy_contract_alike_on_postgres() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .expect("cluster"),
+    );
+    let pg = Arc::clone(&cluster);
+    answer_the_contract_alike(Arc::new(move |owned, seed| {
+        let name = if owned.len() > 1 {
+            "monolith"
+        } else {
+            owned[0].name()
+        };
+        pg.create_db(name);
+        Db::connect(&pg.url(name), owned, seed).expect("PostgreSQL database")
+    }))
+    .await;
 }

@@ -70,20 +70,8 @@ impl DbUrl {
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:REDACTED@host/db`: secrets never reach
-/// logs or reports.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_string(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:REDACTED@{host}"),
-        None => url.to_string(),
-    }
-}
+/// logs or reports (one rule with the servers' `--db`).
+pub use monolith::db::redact;
 
 /// One side of a resource: a database and a table in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
