@@ -127,15 +127,16 @@ struct DataDirArg {
 
 #[derive(Args, Clone)]
 struct MigrationsArg {
-    /// The declared resources (default: migrations.toml beside --config; without one, the
-    /// tutorial's users, threads and posts).
-    #[arg(long, value_name = "PATH")]
+    /// The declared resources (default: $STRANGLER_MIGRATIONS when set, else migrations.toml
+    /// beside --config; without one, the tutorial's users, threads and posts). `scripts/up
+    /// --postgres` writes data/migrations.toml and says to export STRANGLER_MIGRATIONS.
+    #[arg(long, value_name = "PATH", env = "STRANGLER_MIGRATIONS")]
     migrations: Option<PathBuf>,
 }
 
 impl MigrationsArg {
-    /// Loads the declarations: `--migrations`, else `migrations.toml` beside `config`, else
-    /// the tutorial's (the shipped file's) declarations.
+    /// Loads the declarations: `--migrations` (or `STRANGLER_MIGRATIONS`), else
+    /// `migrations.toml` beside `config`, else the tutorial's (the shipped file's) declarations.
     fn load(&self, config: &Path) -> anyhow::Result<Migrations> {
         let path = match &self.migrations {
             Some(path) => path.clone(),
