@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
-use crate::db::{self, Db, DbError, POST_INDEXES, Seed};
+use crate::db::{self, Db, DbError, Location, POST_INDEXES, Seed};
 use crate::legacy::Resource;
 
 /// Flags of `monolith generate`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct GenerateArgs {
-    /// Database file to fill; created, with its directory, if missing.
+    /// SQLite database file to fill; created, with its directory, if missing (a PostgreSQL
+    /// board is filled by generating a file and copying it with scripts/migrate-data).
     #[arg(long)]
     pub db: PathBuf,
     /// Number of users.
@@ -79,6 +80,12 @@ impl From<rusqlite::Error> for GenerateError {
 /// Opens (or creates, unseeded) the database of `args` and fills it; returns the time taken.
 pub fn run(args: &GenerateArgs) -> Result<Duration, GenerateError> {
     let started = Instant::now();
+    if let Location::Postgres(_) = Location::parse(args.db.as_os_str()) {
+        return Err(GenerateError::Impossible(
+            "generate fills a SQLite file only: generate into a file, then copy it into \
+             PostgreSQL with scripts/migrate-data",
+        ));
+    }
     let db = Db::open(&args.db, &Resource::ALL, Seed::Empty)?;
     let plan = Plan {
         users: args.users,

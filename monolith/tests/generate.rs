@@ -132,3 +132,22 @@ fn impossible_plans_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_postgres_url_is_refused_not_read_as_a_path() {
+    let result = generate::run(&GenerateArgs {
+        db: "postgres://postgres@127.0.0.1:5433/monolith".into(),
+        users: 1,
+        threads: 0,
+        posts: 0,
+        seed: 1,
+        replace: false,
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err, GenerateError::Impossible(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("generate fills a SQLite file only"),
+        "{err}"
+    );
+}

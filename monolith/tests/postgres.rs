@@ -10,6 +10,7 @@ use monolith::db::{self, Db, DbError, Location, Seed};
 use monolith::legacy::Resource;
 use monolith::posts::{self, NewPost};
 use monolith::serve::{self, MonolithArgs, ServeArgs, ServeError};
+use monolith::sql::Conn;
 use monolith::users::{self, NewUser};
 use test_postgres::Cluster;
 
@@ -285,4 +286,43 @@ fn text_holding_nul_is_stored_only_by_sqlite() {
     );
     let err = insert(&on_pg).unwrap_err();
     assert!(matches!(err, DbError::Postgres(_)), "{err}");
+}
+
+/// A connection the server closed (a restart, an administrator) costs at most the query that
+/// found it closed: the next one connects again.
+#[test]
+fn a_connection_the_server_closed_is_opened_again() {
+    let pg = Cluster::start();
+    pg.create_db("users");
+    let db = Db::connect(&pg.url("users"), &[Resource::Users], Seed::Legacy).expect("connect");
+    let backend: i32 = db
+        .run_blocking(|conn| {
+            let Conn::Postgres(pg) = conn else {
+                unreachable!("a PostgreSQL database")
+            };
+            Ok(pg.rows("SELECT pg_backend_pid()", &[])?[0].get(0))
+        })
+        .expect("backend pid");
+    let mut admin = pg.client("postgres");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&backend])
+        .expect("terminate");
+    // Wait (bounded) until the backend is gone, so the next query meets a closed connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while admin
+        .query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&backend])
+        .expect("activity")
+        .len()
+        == 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {backend} still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let count = || db.run_blocking(|conn| db::count(&conn, Resource::Users));
+    // The first query may fail (it finds the connection closed); the second may not.
+    let answered = count().or_else(|_| count()).expect("connected again");
+    assert_eq!(answered, 4);
 }
