@@ -346,6 +346,7 @@ fn options(dir: &Path, decl: &strangler_ops::migrations::Declared, follow: bool)
         report_every: Duration::from_secs(3600),
         verify_only: false,
         display: Display::Lines,
+        capture: strangler_ops::migrate::Capture::Auto,
     }
 }
 

@@ -9,9 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
-
-use crate::capture;
 use crate::db::Db;
 use crate::resource::Table;
 use crate::signals::Stop;
@@ -46,63 +43,6 @@ pub struct Copied {
     pub stopped: bool,
     /// Wall time.
     pub elapsed: Duration,
-}
-
-/// Creates the checkpoint table in an SQLite target and `resource`'s row in it.
-pub fn ensure_checkpoint_named(conn: &Connection, resource: &str) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS main.{CHECKPOINT} (
-            resource TEXT PRIMARY KEY,
-            copied_up_to INTEGER,
-            updated_at TEXT NOT NULL DEFAULT (datetime('now'))
-        );"
-    ))?;
-    conn.execute(
-        &format!("INSERT INTO main.{CHECKPOINT} (resource) VALUES (?1) ON CONFLICT DO NOTHING"),
-        [resource],
-    )?;
-    Ok(())
-}
-
-/// The last key an unfinished copy of `resource` into this SQLite target copied, if one did
-/// not finish.
-pub fn interrupted_at_named(conn: &Connection, resource: &str) -> rusqlite::Result<Option<i64>> {
-    let exists: i64 = conn.query_row(
-        "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?1",
-        [CHECKPOINT],
-        |row| row.get(0),
-    )?;
-    if exists == 0 {
-        return Ok(None);
-    }
-    conn.query_row(
-        &format!("SELECT copied_up_to FROM main.{CHECKPOINT} WHERE resource = ?1"),
-        [resource],
-        |row| row.get(0),
-    )
-    .optional()
-    .map(Option::flatten)
-}
-
-/// Starts a transaction on an SQLite target holding its write lock: its first statement
-/// writes `resource`'s checkpoint row. When the target captures changes, the copy's writes
-/// are marked as the applier's (not captured); finish with [`commit_on_target`].
-pub fn begin_on_target_named<'c>(
-    conn: &'c mut Connection,
-    resource: &str,
-) -> rusqlite::Result<Transaction<'c>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    tx.execute(
-        &format!("UPDATE main.{CHECKPOINT} SET updated_at = datetime('now') WHERE resource = ?1"),
-        [resource],
-    )?;
-    capture::mark(&tx, Side::Service)?;
-    Ok(tx)
-}
-
-/// Commits a transaction from [`begin_on_target_named`].
-pub fn commit_on_target(tx: Transaction<'_>) -> rusqlite::Result<()> {
-    capture::commit(tx, Side::Service)
 }
 
 /// Copies every row of `table` from `source` into `target`, continuing an interrupted run.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use strangler_proxy::config::{self, Config, RouteConfig};
 
+use crate::db::Db;
 use crate::figures::names;
 use crate::migrations::{DbUrl, Declared, Migrations};
 use crate::routes_file::{self, Change};
@@ -185,7 +186,7 @@ struct Run<'a> {
 
 /// Runs a cutover; see the module documentation.
 pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Ending> {
-    if let Err(why) = options.resource.writes_switchable("cutover") {
+    if let Err(why) = switchable(&options.data_dir, &options.resource, "cutover") {
         writeln!(out, "refused: {why}")?;
         return Ok(Ending::NotSwitched(why));
     }
@@ -668,7 +669,7 @@ pub fn complete(
     resource: &Declared,
     out: &mut dyn Write,
 ) -> anyhow::Result<Result<(), String>> {
-    if let Err(why) = resource.writes_switchable("complete") {
+    if let Err(why) = switchable(data_dir, resource, "complete") {
         writeln!(out, "refused: {why}")?;
         return Ok(Err(why));
     }
@@ -718,27 +719,45 @@ pub fn complete(
     Ok(Ok(()))
 }
 
+/// Refuses `command` (`cutover`, `complete`) for a resource followed by PostgreSQL logical
+/// replication: switching writes builds on trigger capture (both directions, conflicts, the
+/// id fence); the reason says how to switch the follower over.
+fn switchable(data_dir: &Path, resource: &Declared, command: &str) -> Result<(), String> {
+    let (DbUrl::Postgres(_), DbUrl::Postgres(_)) = (&resource.source.url, &resource.target.url)
+    else {
+        return Ok(());
+    };
+    let name = resource.name();
+    let subscribed = Db::open(&resource.target.url, data_dir, false).and_then(|mut target| {
+        let client = target.postgres().expect("a PostgreSQL target");
+        crate::replication::subscribed(client, name)
+    });
+    match subscribed {
+        Ok(true) => Err(format!(
+            "{command} {name}: {name} is followed by PostgreSQL logical replication \
+             (subscription {}), and switching writes builds on trigger capture (reverse sync, \
+             conflicts, the id fence). Stop the follower (Ctrl-C removes the subscription), \
+             then run `scripts/migrate-data {name} --follow --capture triggers`",
+            crate::replication::name_of(name)
+        )),
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!("{command} {name}: {e:#}")),
+    }
+}
+
 /// The references between declared resources as the source databases' own catalogues declare
 /// them: `(from, to)` (resource names) for every foreign key of `from`'s source table that
-/// points at `to`'s source table in the same SQLite database.
+/// points at `to`'s source table in the same database.
 fn foreign_keys(data_dir: &Path, migrations: &Migrations) -> anyhow::Result<Vec<(String, String)>> {
     let mut edges = Vec::new();
     for from in &migrations.resources {
-        let DbUrl::Sqlite(path) = from.source.url.resolve(data_dir) else {
-            continue;
-        };
-        if !path.is_file() {
+        if let DbUrl::Sqlite(path) = from.source.url.resolve(data_dir)
+            && !path.is_file()
+        {
             continue;
         }
-        let conn = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .with_context(|| format!("opening {}", path.display()))?;
-        let mut stmt = conn.prepare("SELECT \"table\" FROM pragma_foreign_key_list(?1)")?;
-        let targets: Vec<String> = stmt
-            .query_map([&from.source.table], |row| row.get::<_, String>(0))?
-            .collect::<Result<_, _>>()?;
+        let targets =
+            Db::open(&from.source.url, data_dir, false)?.foreign_key_targets(&from.source.table)?;
         for to in &migrations.resources {
             let edge = (from.name.clone(), to.name.clone());
             if to.name != from.name

@@ -27,8 +27,12 @@ use crate::sync::Side;
 /// How long an SQLite statement waits for another process's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The temporary table a PostgreSQL batch is staged in.
+/// The temporary table a batch is staged in (one per resource and session).
 const STAGE: &str = "_strangler_stage";
+
+/// SQLite's marker table of the applier's writes: non-empty only inside its own, uncommitted
+/// transaction (see [`Db::applying`] and [`crate::capture`]).
+pub const APPLYING: &str = "_strangler_applying";
 
 /// An open database.
 pub enum Db {
@@ -187,6 +191,178 @@ impl Db {
         }
     }
 
+    /// Whether this is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// Runs `sql`, one or more statements without parameters.
+    ///
+    /// Errors: the database refuses a statement.
+    pub fn batch(&mut self, sql: &str) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(conn) => conn.execute_batch(sql)?,
+            Db::Postgres(client) => client.batch_execute(sql)?,
+        }
+        Ok(())
+    }
+
+    /// Runs one statement written with `?1`, `?2`… placeholders (rewritten to `$1`… for
+    /// PostgreSQL, where each value converts to the type the server infers for its place, see
+    /// [`Value`]'s `ToSql`); returns the rows it changed.
+    ///
+    /// Errors: the database refuses the statement or a value.
+    pub fn exec(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<u64> {
+        Ok(match self {
+            Db::Sqlite(conn) => {
+                conn.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(params.iter()))? as u64
+            }
+            Db::Postgres(client) => {
+                client.execute(&dollar_placeholders(sql), &pg_params(params))?
+            }
+        })
+    }
+
+    /// Runs one query written as for [`Db::exec`]; every row as values (integers and booleans
+    /// as integers, reals, text, bytes; other PostgreSQL types must be cast to one of those).
+    ///
+    /// Errors: the database refuses the query, or a column's type is not one of those.
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Vec<Vec<Value>>> {
+        match self {
+            Db::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let width = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let mut values = Vec::with_capacity(width);
+                    for i in 0..width {
+                        values.push(Value::from_sqlite(row.get_ref(i)?, Kind::Blob));
+                    }
+                    out.push(values);
+                }
+                Ok(out)
+            }
+            Db::Postgres(client) => client
+                .query(&dollar_placeholders(sql), &pg_params(params))?
+                .iter()
+                .map(pg_any_row)
+                .collect(),
+        }
+    }
+
+    /// The first column of the first row of `sql` as an integer (NULL and no row as `None`).
+    ///
+    /// Errors: as [`Db::query`]; the value is not an integer.
+    pub fn query_i64(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Option<i64>> {
+        match self
+            .query(sql, params)?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Integer(v)) => Ok(Some(v)),
+            Some(other) => anyhow::bail!("expected an integer from {sql:?}, got {other:?}"),
+        }
+    }
+
+    /// Whether a table `name` exists (in `main` on SQLite, in the search path on PostgreSQL).
+    ///
+    /// Errors: the catalogue cannot be read.
+    pub fn has_table(&mut self, name: &str) -> anyhow::Result<bool> {
+        let sql = match self {
+            Db::Sqlite(_) => {
+                "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?1"
+            }
+            Db::Postgres(_) => {
+                "SELECT count(*) FROM pg_catalog.pg_tables \
+                 WHERE schemaname = current_schema() AND tablename = ?1"
+            }
+        };
+        Ok(self.query_i64(sql, &[Value::Text(name.to_string())])? > Some(0))
+    }
+
+    /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back otherwise. A
+    /// `write` transaction on SQLite takes the file's write lock first (`BEGIN IMMEDIATE`: a
+    /// busy database is a wait, not a stale snapshot); a read one sees one snapshot (on
+    /// PostgreSQL, `REPEATABLE READ, READ ONLY`).
+    ///
+    /// Errors: `f`'s, or the database refuses BEGIN or COMMIT.
+    pub fn transaction<T>(
+        &mut self,
+        write: bool,
+        f: impl FnOnce(&mut Db) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.batch(match (&*self, write) {
+            (Db::Sqlite(_), true) => "BEGIN IMMEDIATE",
+            (Db::Sqlite(_), false) => "BEGIN",
+            (Db::Postgres(_), true) => "BEGIN",
+            (Db::Postgres(_), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        })?;
+        match f(self) {
+            Ok(v) => {
+                self.batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`Db::transaction`] (a write), with the writes marked as the applier's, so change
+    /// capture on this database ([`crate::capture`]) does not record them: on SQLite a row in
+    /// [`APPLYING`] that only this uncommitted transaction sees (removed before the commit), on
+    /// PostgreSQL the transaction-local setting `strangler.applying` (and, for a superuser,
+    /// `session_replication_role = replica`, which also skips foreign-key checks, as SQLite's
+    /// applier connections do: the copy is not the source of truth).
+    ///
+    /// Errors: as [`Db::transaction`].
+    pub fn applying<T>(
+        &mut self,
+        f: impl FnOnce(&mut Db) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let superuser = match self {
+            Db::Postgres(client) => client
+                .query_one(
+                    "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                    &[],
+                )?
+                .get::<_, bool>(0),
+            Db::Sqlite(_) => false,
+        };
+        let marked = match self {
+            Db::Sqlite(_) => self.has_table(APPLYING)?,
+            Db::Postgres(_) => true,
+        };
+        self.transaction(true, |db| {
+            if marked {
+                match db {
+                    Db::Sqlite(_) => {
+                        db.exec(
+                            &format!("INSERT INTO main.{APPLYING} (pid) VALUES (?1)"),
+                            &[Value::Integer(i64::from(std::process::id()))],
+                        )?;
+                    }
+                    Db::Postgres(_) => db.batch(if superuser {
+                        "SET LOCAL strangler.applying = 'on'; \
+                         SET LOCAL session_replication_role = replica"
+                    } else {
+                        "SET LOCAL strangler.applying = 'on'"
+                    })?,
+                }
+            }
+            let out = f(db)?;
+            if marked && !db.is_postgres() {
+                db.batch(&format!("DELETE FROM main.{APPLYING}"))?;
+            }
+            Ok(out)
+        })
+    }
+
     /// The PostgreSQL session, when this is PostgreSQL.
     pub fn postgres(&mut self) -> Option<&mut postgres::Client> {
         match self {
@@ -244,30 +420,48 @@ impl Db {
         }
     }
 
+    /// The tables `table`'s foreign keys point at (`pragma_foreign_key_list`, or
+    /// `pg_constraint`).
+    ///
+    /// Errors: the catalogue cannot be read.
+    pub fn foreign_key_targets(&mut self, table: &str) -> anyhow::Result<Vec<String>> {
+        let sql = if self.is_postgres() {
+            "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class c ON c.oid = k.confrelid \
+             WHERE k.contype = 'f' AND k.conrelid = to_regclass(?1)"
+        } else {
+            "SELECT DISTINCT \"table\" FROM pragma_foreign_key_list(?1)"
+        };
+        Ok(self
+            .query(sql, &[Value::Text(table.to_string())])?
+            .into_iter()
+            .filter_map(|r| match r.into_iter().next() {
+                Some(Value::Text(t)) => Some(t),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Creates the checkpoint table and `resource`'s row in it.
     ///
     /// Errors: the database refuses the statements.
     pub fn ensure_checkpoint(&mut self, resource: &str) -> anyhow::Result<()> {
-        match self {
-            Db::Sqlite(conn) => {
-                crate::copy::ensure_checkpoint_named(conn, resource)?;
-            }
-            Db::Postgres(client) => {
-                client.batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {CHECKPOINT} (
-                        resource TEXT PRIMARY KEY,
-                        copied_up_to BIGINT,
-                        updated_at TEXT NOT NULL DEFAULT (now()::text)
-                    )"
-                ))?;
-                client.execute(
-                    &format!(
-                        "INSERT INTO {CHECKPOINT} (resource) VALUES ($1) ON CONFLICT DO NOTHING"
-                    ),
-                    &[&resource],
-                )?;
-            }
-        }
+        let now = if self.is_postgres() {
+            "now()::text"
+        } else {
+            "datetime('now')"
+        };
+        self.batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {CHECKPOINT} (
+                resource TEXT PRIMARY KEY,
+                copied_up_to BIGINT,
+                updated_at TEXT NOT NULL DEFAULT ({now})
+            )"
+        ))?;
+        self.exec(
+            &format!("INSERT INTO {CHECKPOINT} (resource) VALUES (?1) ON CONFLICT DO NOTHING"),
+            &[Value::Text(resource.to_string())],
+        )?;
         Ok(())
     }
 
@@ -275,22 +469,19 @@ impl Db {
     ///
     /// Errors: the checkpoint cannot be read.
     pub fn interrupted_at(&mut self, resource: &str) -> anyhow::Result<Option<i64>> {
-        Ok(match self {
-            Db::Sqlite(conn) => crate::copy::interrupted_at_named(conn, resource)?,
-            Db::Postgres(client) => client
-                .query_opt(
-                    &format!("SELECT copied_up_to FROM {CHECKPOINT} WHERE resource = $1"),
-                    &[&resource],
-                )?
-                .and_then(|r| r.get::<_, Option<i64>>(0)),
-        })
+        if !self.has_table(CHECKPOINT)? {
+            return Ok(None);
+        }
+        self.query_i64(
+            &format!("SELECT copied_up_to FROM {CHECKPOINT} WHERE resource = ?1"),
+            &[Value::Text(resource.to_string())],
+        )
     }
-
     /// Rows of `table` (as named on `side`) with a key at or above `from`.
     ///
     /// Errors: the table cannot be read.
     pub fn count_from(&mut self, table: &Table, side: Side, from: i64) -> anyhow::Result<u64> {
-        let (t, k) = (table.table_on(side), table.key_on(side));
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
         let n: i64 = match self {
             Db::Sqlite(conn) => conn.query_row(
                 &format!("SELECT count(*) FROM main.{t} WHERE {k} >= ?1"),
@@ -318,7 +509,7 @@ impl Db {
         from: i64,
         limit: u32,
     ) -> anyhow::Result<Vec<Vec<Value>>> {
-        let (t, k) = (table.table_on(side), table.key_on(side));
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
         match self {
             Db::Sqlite(conn) => {
                 let mut stmt = conn.prepare_cached(&format!(
@@ -345,8 +536,8 @@ impl Db {
 
     /// Writes one batch into `table` on `side` in one transaction: upserts `rows` (whose keys
     /// lie in `first..=last`), removes the range's rows that `rows` lacks, and records `last`
-    /// as `resource`'s checkpoint. When the database captures changes (SQLite, see
-    /// [`crate::capture`]), the writes are marked as the applier's.
+    /// as `resource`'s checkpoint. The writes are the applier's ([`Db::applying`]): change
+    /// capture on this database does not record them.
     ///
     /// Errors: the database refuses a statement (nothing of the batch is kept).
     pub fn write_batch(
@@ -357,89 +548,150 @@ impl Db {
         last: i64,
         rows: &[Vec<Value>],
     ) -> anyhow::Result<Written> {
-        let (t, k) = (table.table_on(side), table.key_on(side));
-        let resource = table.name();
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
+        self.applying(|db| {
+            let written = db.upsert_rows(table, side, rows)?;
+            let stage = db.stage_name(table);
+            let removed = db.exec(
+                &format!(
+                    "DELETE FROM {t} WHERE {k} >= ?1 AND {k} <= ?2 AND NOT EXISTS \
+                     (SELECT 1 FROM {stage} AS s WHERE s.{k} = {t}.{k})"
+                ),
+                &[Value::Integer(first), Value::Integer(last)],
+            )?;
+            db.set_checkpoint(table.name(), Some(last))?;
+            Ok(Written { written, removed })
+        })
+    }
+
+    fn set_checkpoint(&mut self, resource: &str, at: Option<i64>) -> anyhow::Result<()> {
+        let now = if self.is_postgres() {
+            "now()::text"
+        } else {
+            "datetime('now')"
+        };
+        self.exec(
+            &format!(
+                "UPDATE {CHECKPOINT} SET copied_up_to = ?2, updated_at = {now} WHERE resource = ?1"
+            ),
+            &[
+                Value::Text(resource.to_string()),
+                at.map_or(Value::Null, Value::Integer),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The per-session staging table of `table`'s rows (a temporary table).
+    fn stage_name(&self, table: &Table) -> String {
+        match self {
+            Db::Sqlite(_) => format!("temp.{STAGE}_{}", table.name()),
+            Db::Postgres(_) => format!("{STAGE}_{}", table.name()),
+        }
+    }
+
+    /// Inside a write transaction: upserts `rows` (moving columns of `side`, key first) into
+    /// `table` on `side` through the session's staging table (`COPY … FROM STDIN` on
+    /// PostgreSQL); rows already equal are not rewritten. Returns the rows written.
+    ///
+    /// Errors: the database refuses a statement or a value.
+    pub fn upsert_rows(
+        &mut self,
+        table: &Table,
+        side: Side,
+        rows: &[Vec<Value>],
+    ) -> anyhow::Result<u64> {
+        let t = table.sql_table(side);
         let cols = table.column_list(side);
+        let stage = self.stage_name(table);
         match self {
             Db::Sqlite(conn) => {
-                let tx = crate::copy::begin_on_target_named(conn, resource)?;
-                tx.execute_batch(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {STAGE}_{resource} AS SELECT {cols} FROM main.{t} WHERE 0;
-                     DELETE FROM temp.{STAGE}_{resource};"
+                conn.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {STAGE}_{name} AS SELECT {cols} FROM main.{t} WHERE 0;
+                     DELETE FROM {stage};",
+                    name = table.name()
                 ))?;
-                {
-                    let marks = vec!["?"; table.columns.len()].join(", ");
-                    let mut insert = tx.prepare_cached(&format!(
-                        "INSERT INTO temp.{STAGE}_{resource} ({cols}) VALUES ({marks})"
-                    ))?;
-                    for row in rows {
-                        insert.execute(rusqlite::params_from_iter(row.iter()))?;
-                    }
+                let marks = vec!["?"; table.columns.len()].join(", ");
+                let mut insert =
+                    conn.prepare_cached(&format!("INSERT INTO {stage} ({cols}) VALUES ({marks})"))?;
+                for row in rows {
+                    insert.execute(rusqlite::params_from_iter(row.iter()))?;
                 }
-                let written = tx.execute(
-                    &upsert_from_stage(table, side, &format!("temp.{STAGE}_{resource}"), "IS NOT"),
-                    [],
-                )?;
-                let removed = tx.execute(
-                    &format!(
-                        "DELETE FROM main.{t} WHERE {k} >= ?1 AND {k} <= ?2 AND NOT EXISTS \
-                         (SELECT 1 FROM temp.{STAGE}_{resource} AS s WHERE s.{k} = main.{t}.{k})"
-                    ),
-                    [first, last],
-                )?;
-                tx.execute(
-                    &format!("UPDATE main.{CHECKPOINT} SET copied_up_to = ?2 WHERE resource = ?1"),
-                    rusqlite::params![resource, last],
-                )?;
-                crate::copy::commit_on_target(tx)?;
-                Ok(Written {
-                    written: written as u64,
-                    removed: removed as u64,
-                })
             }
             Db::Postgres(client) => {
-                let mut tx = client.transaction()?;
-                tx.batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS \
-                     SELECT {cols} FROM {t} WITH NO DATA"
+                client.batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
+                     SELECT {cols} FROM {t} WITH NO DATA; DELETE FROM {stage};"
                 ))?;
-                {
-                    let mut sink = tx.copy_in(&format!("COPY {STAGE} ({cols}) FROM STDIN"))?;
-                    let mut line = String::with_capacity(256);
-                    for row in rows {
-                        line.clear();
-                        for (i, v) in row.iter().enumerate() {
-                            if i > 0 {
-                                line.push('\t');
-                            }
-                            v.copy_text(&mut line);
+                let mut sink = client.copy_in(&format!("COPY {stage} ({cols}) FROM STDIN"))?;
+                let mut line = String::with_capacity(256);
+                for row in rows {
+                    line.clear();
+                    for (i, v) in row.iter().enumerate() {
+                        if i > 0 {
+                            line.push('\t');
                         }
-                        line.push('\n');
-                        sink.write_all(line.as_bytes())?;
+                        v.copy_text(&mut line);
                     }
-                    sink.finish()?;
+                    line.push('\n');
+                    sink.write_all(line.as_bytes())?;
                 }
-                let written = tx.execute(
-                    &upsert_from_stage(table, side, STAGE, "IS DISTINCT FROM"),
-                    &[],
-                )?;
-                let removed = tx.execute(
-                    &format!(
-                        "DELETE FROM {t} WHERE {k} >= $1::int8 AND {k} <= $2::int8 AND NOT EXISTS \
-                         (SELECT 1 FROM {STAGE} AS s WHERE s.{k} = {t}.{k})"
-                    ),
-                    &[&first, &last],
-                )?;
-                tx.execute(
-                    &format!("UPDATE {CHECKPOINT} SET copied_up_to = $2, updated_at = now()::text WHERE resource = $1"),
-                    &[&resource, &last],
-                )?;
-                // The stage empties itself at commit and lives as long as the session (one
-                // resource's copy).
-                tx.commit()?;
-                Ok(Written { written, removed })
+                sink.finish()?;
             }
         }
+        let differ = if self.is_postgres() {
+            "IS DISTINCT FROM"
+        } else {
+            "IS NOT"
+        };
+        let select = format!("SELECT {cols} FROM {stage} WHERE true");
+        self.exec(&table.upsert_sql(side, &t, &select, &t, differ), &[])
+    }
+
+    /// Inside a write transaction: deletes the rows of `table` on `side` keyed by `keys`;
+    /// returns how many there were.
+    ///
+    /// Errors: the database refuses the statement.
+    pub fn delete_keys(&mut self, table: &Table, side: Side, keys: &[i64]) -> anyhow::Result<u64> {
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
+        let mut n = 0;
+        for chunk in keys.chunks(500) {
+            let params: Vec<Value> = chunk.iter().map(|k| Value::Integer(*k)).collect();
+            n += self.exec(
+                &format!("DELETE FROM {t} WHERE {k} IN ({})", marks(1, chunk.len())),
+                &params,
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// The rows of `table` on `side` keyed by `keys` (moving columns, key first, read as
+    /// [`Db::read_batch`] reads them); keys without a row are left out.
+    ///
+    /// Errors: the table cannot be read.
+    pub fn read_keys(
+        &mut self,
+        table: &Table,
+        side: Side,
+        keys: &[i64],
+    ) -> anyhow::Result<Vec<Vec<Value>>> {
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
+        let list = match self {
+            Db::Sqlite(_) => table.column_list(side),
+            Db::Postgres(_) => pg_select_list(table, side),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let params: Vec<Value> = chunk.iter().map(|k| Value::Integer(*k)).collect();
+            let sql = format!(
+                "SELECT {list} FROM {t} WHERE {k} IN ({})",
+                marks(1, chunk.len())
+            );
+            for row in self.query(&sql, &params)? {
+                out.push(canonical(row, table));
+            }
+        }
+        Ok(out)
     }
 
     /// Ends a copy past the source's last row: removes the target's rows with a key at or
@@ -452,48 +704,25 @@ impl Db {
         side: Side,
         from: Option<i64>,
     ) -> anyhow::Result<u64> {
-        let (t, k) = (table.table_on(side), table.key_on(side));
-        let resource = table.name();
-        match self {
-            Db::Sqlite(conn) => {
-                let tx = crate::copy::begin_on_target_named(conn, resource)?;
-                let removed = match from {
-                    Some(from) => {
-                        tx.execute(&format!("DELETE FROM main.{t} WHERE {k} >= ?1"), [from])?
-                    }
-                    None => 0,
-                };
-                tx.execute(
-                    &format!(
-                        "UPDATE main.{CHECKPOINT} SET copied_up_to = NULL WHERE resource = ?1"
-                    ),
-                    [resource],
-                )?;
-                crate::copy::commit_on_target(tx)?;
-                Ok(removed as u64)
-            }
-            Db::Postgres(client) => {
-                let mut tx = client.transaction()?;
-                let removed = match from {
-                    Some(from) => {
-                        tx.execute(&format!("DELETE FROM {t} WHERE {k} >= $1::int8"), &[&from])?
-                    }
-                    None => 0,
-                };
-                tx.execute(
-                    &format!("UPDATE {CHECKPOINT} SET copied_up_to = NULL WHERE resource = $1"),
-                    &[&resource],
-                )?;
-                tx.commit()?;
-                Ok(removed)
-            }
-        }
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
+        self.applying(|db| {
+            let removed = match from {
+                Some(from) => db.exec(
+                    &format!("DELETE FROM {t} WHERE {k} >= ?1"),
+                    &[Value::Integer(from)],
+                )?,
+                None => 0,
+            };
+            db.set_checkpoint(table.name(), None)?;
+            Ok(removed)
+        })
     }
 
     /// Calls `each` with every row of `table` on `side` (moving columns, key first) but the
-    /// one keyed `except`, as one snapshot (one read transaction).
+    /// one keyed `except`, streamed (a large table never sits in memory at once). Inside a
+    /// caller's [`Db::transaction`] it reads that snapshot; see [`Db::scan_snapshot`].
     ///
-    /// Errors: the table cannot be read, or `each` fails.
+    /// Errors: the table cannot be read.
     pub fn scan(
         &mut self,
         table: &Table,
@@ -501,49 +730,169 @@ impl Db {
         except: Option<i64>,
         each: &mut dyn FnMut(&[Value]),
     ) -> anyhow::Result<()> {
-        let (t, k) = (table.table_on(side), table.key_on(side));
+        let (t, k) = (table.sql_table(side), table.sql_key(side));
         match self {
             Db::Sqlite(conn) => {
-                let tx = conn.transaction()?;
-                {
-                    let mut stmt = tx.prepare(&format!(
-                        "SELECT {} FROM main.{t} WHERE ?1 IS NULL OR {k} IS NOT ?1",
-                        table.column_list(side)
-                    ))?;
-                    let mut rows = stmt.query([except])?;
-                    while let Some(row) = rows.next()? {
-                        each(&sqlite_row(row, table)?);
-                    }
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {} FROM main.{t} WHERE ?1 IS NULL OR {k} IS NOT ?1",
+                    table.column_list(side)
+                ))?;
+                let mut rows = stmt.query([except])?;
+                while let Some(row) = rows.next()? {
+                    each(&sqlite_row(row, table)?);
                 }
-                tx.commit()?;
             }
             Db::Postgres(client) => {
-                let mut tx = client
-                    .build_transaction()
-                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()?;
+                use postgres::fallible_iterator::FallibleIterator as _;
                 let sql = format!(
                     "SELECT {} FROM {t} WHERE $1::int8 IS NULL OR {k} IS DISTINCT FROM $1::int8",
                     pg_select_list(table, side)
                 );
-                let stmt = tx.prepare(&sql)?;
-                // A portal read in chunks: a large table never sits in memory at once.
-                let portal = tx.bind(&stmt, &[&except])?;
-                loop {
-                    let rows = tx.query_portal(&portal, 50_000)?;
-                    if rows.is_empty() {
-                        break;
-                    }
-                    for r in &rows {
-                        each(&pg_row(r, table)?);
-                    }
+                let mut rows = client.query_raw(sql.as_str(), [&except])?;
+                while let Some(r) = rows.next()? {
+                    each(&pg_row(&r, table)?);
                 }
-                tx.commit()?;
             }
         }
         Ok(())
     }
+
+    /// [`Db::scan`] as one snapshot (its own read transaction).
+    ///
+    /// Errors: as [`Db::scan`].
+    pub fn scan_snapshot(
+        &mut self,
+        table: &Table,
+        side: Side,
+        except: Option<i64>,
+        each: &mut dyn FnMut(&[Value]),
+    ) -> anyhow::Result<()> {
+        self.transaction(false, |db| db.scan(table, side, except, each))
+    }
+}
+
+/// `?S, ?S+1, …` (`n` of them, numbered from `start`) for an `IN` list.
+pub(crate) fn marks(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `sql` with its `?N` placeholders as PostgreSQL's `$N`.
+fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pg_params(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+/// A row of a generic query, each column read by its type.
+fn pg_any_row(row: &postgres::Row) -> anyhow::Result<Vec<Value>> {
+    use postgres::types::Type;
+    let mut out = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let v = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Value::Integer)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Integer(v.into()))
+        } else if *ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Integer(v.into()))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?
+                .map(|v| Value::Integer(v.into()))
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)?.map(Value::Real)
+        } else if *ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(i)?
+                .map(|v| Value::Real(v.into()))
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob)
+        } else {
+            row.try_get::<_, Option<String>>(i)
+                .map_err(|e| {
+                    anyhow::anyhow!("column {} ({ty}): cast it to text: {e}", column.name())
+                })?
+                .map(Value::Text)
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+/// A generically read row of the moving columns in canonical form (see [`Value`]): an
+/// integer read from a real column is a real.
+fn canonical(row: Vec<Value>, table: &Table) -> Vec<Value> {
+    row.into_iter()
+        .zip(&table.columns)
+        .map(|(v, c)| match v {
+            Value::Integer(i) if c.kind == Kind::Real => Value::Real(i as f64),
+            other => other,
+        })
+        .collect()
+}
+
+/// Each value converts to the type PostgreSQL infers for its place: an integer to `int2`,
+/// `int4`, `int8`, `bool`, a float or text; a real to a float; text to any text type; bytes to
+/// `bytea`. Anything else is an error naming both.
+impl postgres::types::ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, Type};
+        let unfit = || -> Box<dyn std::error::Error + Sync + Send> {
+            format!("cannot send {self:?} as PostgreSQL type {ty}").into()
+        };
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*i as f32).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    i.to_string().to_sql(ty, out)
+                }
+                _ => Err(unfit()),
+            },
+            Value::Real(f) => match *ty {
+                Type::FLOAT8 => f.to_sql(ty, out),
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => Err(unfit()),
+            },
+            Value::Text(t) if <&str as postgres::types::ToSql>::accepts(ty) => {
+                t.as_str().to_sql(ty, out)
+            }
+            Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
+            _ => Err(unfit()),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
 }
 
 fn sqlite_row(row: &rusqlite::Row<'_>, table: &Table) -> rusqlite::Result<Vec<Value>> {
@@ -562,6 +911,7 @@ fn pg_select_list(table: &Table, side: Side) -> String {
         if i > 0 {
             out.push_str(", ");
         }
+        let name = crate::resource::quote(name);
         let _ = match c.kind {
             Kind::Integer => write!(out, "{name}::int8"),
             Kind::Boolean => write!(out, "{name}::int4::int8"),
@@ -585,16 +935,4 @@ fn pg_row(row: &postgres::Row, table: &Table) -> anyhow::Result<Vec<Value>> {
         out.push(v.unwrap_or(Value::Null));
     }
     Ok(out)
-}
-
-/// The upsert of a staged batch: rows already equal are not rewritten (and not counted).
-/// `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
-fn upsert_from_stage(table: &Table, side: Side, stage: &str, differ: &str) -> String {
-    let t = table.table_on(side);
-    let (into, old) = match differ {
-        "IS NOT" => (format!("main.{t}"), format!("main.{t}")),
-        _ => (t.to_string(), t.to_string()),
-    };
-    let select = format!("SELECT {} FROM {stage} WHERE true", table.column_list(side));
-    table.upsert_sql(side, &into, &select, &old, differ)
 }

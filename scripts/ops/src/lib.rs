@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod figures;
 pub mod migrate;
 pub mod migrations;
+pub mod pair;
 pub mod progress;
 pub mod replication;
 pub mod resource;

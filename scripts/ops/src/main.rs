@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use strangler_ops::copy::CopyOptions;
 use strangler_ops::cutover::{self, CutoverOptions};
-use strangler_ops::migrate::{self, MigrateOptions, Outcome};
+use strangler_ops::migrate::{self, Capture, MigrateOptions, Outcome};
 use strangler_ops::migrations::{self, Migrations};
 use strangler_ops::progress::Display;
 use strangler_ops::rollout::{self, Gates, RolloutOptions};
@@ -211,6 +211,11 @@ struct MigrateArgs {
     /// instead of copying monolith → service.
     #[arg(long)]
     reverse: bool,
+    /// How --follow captures changes: `triggers` (any engines; what cutover and complete
+    /// build on), `replication` (PostgreSQL logical replication, both sides PostgreSQL), or
+    /// `auto` (replication where both sides are PostgreSQL and it is usable, else triggers).
+    #[arg(long, value_enum, default_value = "auto")]
+    capture: CaptureArg,
     /// Only compare both sides (and list unresolved conflicts); copy nothing.
     #[arg(long, conflicts_with_all = ["follow", "reverse"])]
     verify_only: bool,
@@ -398,6 +403,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--capture`, see [`Capture`].
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CaptureArg {
+    Auto,
+    Triggers,
+    Replication,
+}
+
 fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let declared = args.migrations.load(&args.config.config)?;
     let resource = declared.get(&args.resource)?.clone();
@@ -453,6 +466,11 @@ fn migrate_data(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         report_every: args.report_every,
         verify_only: args.verify_only,
         display: Display::detect(),
+        capture: match args.capture {
+            CaptureArg::Auto => Capture::Auto,
+            CaptureArg::Triggers => Capture::Triggers,
+            CaptureArg::Replication => Capture::Replication,
+        },
     };
     let stop = Stop::on_signals();
     let mut out = std::io::stdout().lock();
@@ -482,26 +500,20 @@ fn remove_capture(
         )
     ) {
         let name = strangler_ops::replication::name_of(resource.name());
-        return Ok(
-            match strangler_ops::replication::remove_declared(data_dir, resource) {
-                Ok(was) => {
-                    println!(
-                        "logical replication of {}: subscription, slot and publication {name} {}",
-                        resource.name(),
-                        if was {
-                            "removed"
-                        } else {
-                            "not found (nothing to remove)"
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            },
-        );
+        match strangler_ops::replication::remove_declared(data_dir, resource) {
+            Ok(true) => {
+                println!(
+                    "logical replication of {}: subscription, slot and publication {name} removed",
+                    resource.name()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("{e:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     let removed = match sync::remove_capture(data_dir, resource, force) {
         Ok(removed) => removed,

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use monolith::db::Seed;
-use monolith::legacy::Resource;
 use rusqlite::Connection;
 use strangler_proxy::config::Config;
 
@@ -17,6 +15,7 @@ use crate::conflicts;
 use crate::copy::{self, CopyOptions};
 use crate::db::Db;
 use crate::migrations::{DbUrl, Declared};
+use crate::pair::{Open, Pair};
 use crate::progress::{Display, Progress};
 use crate::replication;
 use crate::resource::Table;
@@ -24,8 +23,18 @@ use crate::signals::Stop;
 use crate::sync::{self, Direction, Record, Side, SyncStage};
 use crate::verify::Verification;
 
-/// How long a statement waits for the monolith or the service holding a write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How `--follow` captures changes between two PostgreSQL databases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Capture {
+    /// Logical replication where both sides are PostgreSQL and it is usable (and no trigger
+    /// capture is under way already), triggers otherwise.
+    #[default]
+    Auto,
+    /// Triggers into change tables, on any engines (what `cutover` and `complete` build on).
+    Triggers,
+    /// PostgreSQL logical replication (both sides PostgreSQL, `wal_level = logical`).
+    Replication,
+}
 
 /// What to migrate and how.
 #[derive(Clone, Debug)]
@@ -50,6 +59,8 @@ pub struct MigrateOptions {
     pub verify_only: bool,
     /// Progress bar or log lines.
     pub display: Display,
+    /// How `--follow` captures changes.
+    pub capture: Capture,
 }
 
 /// How a migration ended.
@@ -123,60 +134,6 @@ pub fn empty_service_database(data_dir: &Path, resource: &Declared) -> Option<St
     })
 }
 
-/// Opens the service's database with the monolith's attached as `src`, and resolves the
-/// resource's table on both sides ([`Table::resolve`]). A tutorial table (users, threads,
-/// posts) missing from the service's database is created as the service creates it; any
-/// other must exist.
-///
-/// Errors: a missing database or table, and every mismatch [`Table::resolve`] finds.
-pub fn open(
-    source: &Path,
-    target: &Path,
-    resource: &Declared,
-) -> anyhow::Result<(Connection, Table)> {
-    if !source.is_file() {
-        bail!(
-            "no monolith database at {} (start the monolith once, or pass --data-dir)",
-            source.display()
-        );
-    }
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut conn =
-        Connection::open(target).with_context(|| format!("opening {}", target.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // The applier keeps a copy, not the source of truth: rows of one resource may refer to
-    // rows of another that only its own service has (and the id fence refers to nothing).
-    conn.pragma_update(None, "foreign_keys", false)?;
-    // The services open their databases in WAL mode too; it lets them read while we write.
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Ids arrive in order but the posts indexes (by thread, by user) take them at random
-    // places: a cache that holds those indexes saves most of a large copy's I/O.
-    conn.pragma_update(None, "cache_size", -256 * 1024)?;
-    let tutorial = Resource::ALL
-        .into_iter()
-        .find(|r| r.name() == resource.target.table);
-    if let Some(tutorial) = tutorial {
-        monolith::db::init(&mut conn, &[tutorial], Seed::Empty).with_context(|| {
-            format!(
-                "preparing the {} table in {}",
-                tutorial.name(),
-                target.display()
-            )
-        })?;
-    }
-    let source_text = source
-        .to_str()
-        .with_context(|| format!("{} is not a UTF-8 path", source.display()))?;
-    conn.execute("ATTACH DATABASE ?1 AS src", [source_text])
-        .with_context(|| format!("attaching {}", source.display()))?;
-    let table = Table::resolve(&conn, resource)?;
-    copy::ensure_checkpoint_named(&conn, table.name())?;
-    Ok((conn, table))
-}
-
 /// Refuses a copy that would overwrite writes the service already takes: a route sending
 /// non-safe methods of this resource to its service at a weight above 0 (or shadowing them).
 pub fn guard(config: &Config, resource: &Declared) -> Result<(), String> {
@@ -203,25 +160,26 @@ pub fn guard(config: &Config, resource: &Declared) -> Result<(), String> {
 }
 
 /// Runs a migration; reports go to `out`, progress to stderr.
+///
+/// Errors: a database that cannot be opened, read or written; the tables do not match.
 pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let both_sqlite = matches!(
-        (&options.resource.source.url, &options.resource.target.url),
-        (DbUrl::Sqlite(_), DbUrl::Sqlite(_))
-    );
-    if !both_sqlite {
-        return across_engines(options, stop, out);
+    if options.follow
+        && !options.reverse
+        && let Some(outcome) = by_replication(options, stop, out)?
+    {
+        return Ok(outcome);
     }
-    let (source, target) = paths(&options.data_dir, &options.resource)?;
-    let (mut conn, table) = open(&source, &target, &options.resource)?;
+    let (mut pair, table) = Pair::open(&options.data_dir, &options.resource, Open::CreatingTarget)?;
+    let pair = &mut pair;
     let table = &table;
     let name = table.name();
-    let labels = (source.display().to_string(), target.display().to_string());
+    let labels = sync::labels(&options.data_dir, &options.resource);
     if options.verify_only {
-        let v = verify_now(&mut conn, table, &labels)?;
+        let v = verify_now(pair, table, &labels)?;
         write!(out, "{}", v.render())?;
         return Ok(verdict(&v));
     }
-    let rec = sync::load(&conn, table)?;
+    let rec = sync::load(&mut pair.service, table)?;
     if let Some(rec) = &rec {
         if rec.stage == SyncStage::Complete {
             return Ok(Outcome::Refused(format!(
@@ -264,12 +222,75 @@ pub fn run(options: &MigrateOptions, stop: &Stop, out: &mut dyn Write) -> anyhow
                 Direction::Reverse.arrow()
             )?;
         }
-        return reverse(options, &mut conn, table, &labels, stop, out);
+        return reverse(options, pair, table, &labels, stop, out);
     }
     if !options.follow {
-        return copy_then_verify(options, &mut conn, table, &labels, stop, out);
+        return copy_then_verify(options, pair, table, &labels, stop, out);
     }
-    forward(options, &mut conn, table, rec.as_ref(), &labels, stop, out)
+    forward(options, pair, table, rec.as_ref(), &labels, stop, out)
+}
+
+/// `--follow` by logical replication when [`Capture`] and the databases say so; `None` when
+/// triggers are to run instead.
+fn by_replication(
+    options: &MigrateOptions,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<Outcome>> {
+    let r = &options.resource;
+    let name = r.name();
+    let both_postgres = matches!(
+        (&r.source.url, &r.target.url),
+        (DbUrl::Postgres(_), DbUrl::Postgres(_))
+    );
+    match (options.capture, both_postgres) {
+        (Capture::Triggers, _) | (Capture::Auto, false) => return Ok(None),
+        (Capture::Replication, false) => {
+            return Ok(Some(Outcome::Refused(format!(
+                "{name}: --capture replication needs PostgreSQL on both sides, and this is {} → \
+                 {}; use --capture triggers",
+                r.source.url.engine(),
+                r.target.url.engine()
+            ))));
+        }
+        _ => {}
+    }
+    let (mut source, mut target) = open_both(options)?;
+    let table = Table::resolve_between(&mut source, &mut target, r)?;
+    // A trigger capture under way (a cutover may depend on it) keeps running as it is.
+    let triggers_running = sync::load(&mut target, &table)?.is_some();
+    let subscribed = replication::subscribed(pg_of(&mut target)?, name)?;
+    let unusable = match replication::unusable(pg_of(&mut source)?, r)? {
+        Some(why) => Some(why),
+        // A subscription copies the table itself and collides with rows already there.
+        None if !subscribed && target.count_from(&table, Side::Service, i64::MIN)? > 0 => {
+            Some(format!(
+                "the target table {} holds rows already (a subscription's own copy would \
+                 collide with them)",
+                r.target.table
+            ))
+        }
+        None => None,
+    };
+    match (options.capture, triggers_running, unusable) {
+        (Capture::Replication, true, _) => Ok(Some(Outcome::Refused(format!(
+            "{name}: change capture by triggers is under way (see scripts/status); stop it \
+             first (`migrate-data {name} --remove-capture`) or follow with --capture triggers"
+        )))),
+        (Capture::Replication, false, Some(why)) => Ok(Some(Outcome::Refused(format!(
+            "{name}: logical replication cannot run here: {why}; use --capture triggers"
+        )))),
+        (Capture::Auto, true, _) => Ok(None),
+        (Capture::Auto, false, Some(why)) if !subscribed => {
+            writeln!(
+                out,
+                "note: logical replication cannot run here ({why}); capturing changes with \
+                 triggers instead"
+            )?;
+            Ok(None)
+        }
+        _ => follow_logical(options, &mut source, &mut target, &table, stop, out).map(Some),
+    }
 }
 
 fn verdict(v: &Verification) -> Outcome {
@@ -281,23 +302,21 @@ fn verdict(v: &Verification) -> Outcome {
 }
 
 fn verify_now(
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     labels: &(String, String),
 ) -> anyhow::Result<Verification> {
-    let tx = conn.transaction()?;
-    let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
-    tx.commit()?;
-    sync::record_verified(conn, table, v.matches())?;
+    let v = Verification::run(pair, table, labels.clone())?;
+    sync::record_verified(&mut pair.service, table, v.matches())?;
     Ok(v)
 }
 
-fn install_both(conn: &mut Connection, table: &Table) -> anyhow::Result<()> {
+fn install_both(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
     for side in [Side::Monolith, Side::Service] {
-        capture::install(conn, table, side).with_context(|| {
+        capture::install(pair.db(side), table, side).with_context(|| {
             format!(
                 "installing change capture triggers on table {} in the {}'s database",
-                table.name(),
+                table.table_on(side),
                 side.label()
             )
         })?;
@@ -306,27 +325,27 @@ fn install_both(conn: &mut Connection, table: &Table) -> anyhow::Result<()> {
 }
 
 /// Removes capture on both sides, keeping changes already captured for a last catch-up.
-fn uninstall_both(conn: &mut Connection, table: &Table) -> rusqlite::Result<()> {
-    capture::uninstall(conn, table, Side::Monolith)?;
-    capture::uninstall(conn, table, Side::Service)
+fn uninstall_both(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
+    capture::uninstall(&mut pair.monolith, table, Side::Monolith)?;
+    capture::uninstall(&mut pair.service, table, Side::Service)
 }
 
 /// Leaves both databases as they were before `--follow`: no triggers, no change tables, no
 /// sync row.
-fn abandon(conn: &mut Connection, table: &Table) -> rusqlite::Result<()> {
-    uninstall_both(conn, table)?;
+fn abandon(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
+    uninstall_both(pair, table)?;
     for side in [Side::Monolith, Side::Service] {
-        capture::discard(conn, table, side)?;
-        capture::tidy(conn, side)?;
+        capture::discard(pair.db(side), table)?;
+        capture::tidy(pair.db(side))?;
     }
-    sync::forget_state(conn, table)
+    sync::forget_state(&mut pair.service, table)
 }
 
 /// `--follow` while the monolith takes the writes: capture on both sides, copy (unless a
 /// follower that died left capture in place), catch up, verify, follow.
 fn forward(
     options: &MigrateOptions,
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     rec: Option<&Record>,
     labels: &(String, String),
@@ -335,8 +354,8 @@ fn forward(
 ) -> anyhow::Result<Outcome> {
     let name = table.name();
     let resume = rec.is_some_and(|r| matches!(r.stage, SyncStage::Following | SyncStage::Reversed))
-        && capture::installed(conn, table, Side::Monolith)?
-        && capture::installed(conn, table, Side::Service)?;
+        && capture::installed(&mut pair.monolith, table)?
+        && capture::installed(&mut pair.service, table)?;
     if resume {
         let rec = rec.expect("resume implies a record");
         writeln!(
@@ -347,8 +366,13 @@ fn forward(
         )?;
     } else {
         // Before the copy, so that nothing written while it runs is missed.
-        install_both(conn, table)?;
-        sync::start(conn, table, Direction::Forward, SyncStage::Copying)?;
+        install_both(pair, table)?;
+        sync::start(
+            &mut pair.service,
+            table,
+            Direction::Forward,
+            SyncStage::Copying,
+        )?;
         writeln!(
             out,
             "change capture on: triggers on table {name} in {} and in {} record changed ids in {}",
@@ -356,24 +380,24 @@ fn forward(
             labels.1,
             capture::CHANGES
         )?;
-        match copy_then_verify(options, conn, table, labels, stop, out) {
+        match copy_then_verify(options, pair, table, labels, stop, out) {
             Ok(Outcome::Verified) => {}
             Ok(other) => {
                 // Stopped mid-copy: leave the databases as we found them; the checkpoint stays.
-                abandon(conn, table)?;
+                abandon(pair, table)?;
                 return Ok(other);
             }
             Err(e) => {
-                let _ = abandon(conn, table);
+                let _ = abandon(pair, table);
                 return Err(e);
             }
         }
     }
-    let v = catch_up_and_verify(conn, table, Direction::Forward, labels, out)?;
+    let v = catch_up_and_verify(pair, table, Direction::Forward, labels, out)?;
     write!(out, "{}", v.render())?;
     if !v.matches() {
         if !resume {
-            abandon(conn, table)?;
+            abandon(pair, table)?;
             return Ok(Outcome::Mismatch);
         }
         writeln!(
@@ -383,29 +407,29 @@ fn forward(
         )?;
     }
     if !resume {
-        sync::set_stage(conn, table, SyncStage::Following)?;
+        sync::set_stage(&mut pair.service, table, SyncStage::Following)?;
     }
     writeln!(
         out,
         "following changes to {name} in the monolith; Ctrl-C or SIGTERM stops"
     )?;
     out.flush()?;
-    let end = follow(conn, table, options, stop, out)?;
-    finish(conn, table, end, labels, out)
+    let end = follow(pair, table, options, stop, out)?;
+    finish(pair, table, end, labels, out)
 }
 
 /// `--reverse` (or `--follow` once writes are switched): catch the monolith up with the
 /// service, verify, and with `--follow` keep following.
 fn reverse(
     options: &MigrateOptions,
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     labels: &(String, String),
     stop: &Stop,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let name = table.name();
-    if !capture::installed(conn, table, Side::Service)? {
+    if !capture::installed(&mut pair.service, table)? {
         writeln!(
             out,
             "warning: change capture on the service's {name} was not installed (removed by \
@@ -413,11 +437,11 @@ fn reverse(
              verification below shows any difference"
         )?;
     }
-    install_both(conn, table)?;
-    if let Some(id) = sync::fence_of(conn, table)? {
-        sync::place_fence(conn, table, id)?;
+    install_both(pair, table)?;
+    if let Some(id) = sync::fence_of(&mut pair.service, table)? {
+        sync::place_fence(&mut pair.monolith, table, id)?;
     }
-    let v = catch_up_and_verify(conn, table, Direction::Reverse, labels, out)?;
+    let v = catch_up_and_verify(pair, table, Direction::Reverse, labels, out)?;
     writeln!(out, "caught up {} {}:", name, Direction::Reverse.arrow())?;
     write!(out, "{}", v.render())?;
     if !options.follow {
@@ -435,8 +459,8 @@ fn reverse(
         "following changes to {name} in the service; Ctrl-C or SIGTERM stops"
     )?;
     out.flush()?;
-    let end = follow(conn, table, options, stop, out)?;
-    finish(conn, table, end, labels, out)
+    let end = follow(pair, table, options, stop, out)?;
+    finish(pair, table, end, labels, out)
 }
 
 /// How a follow loop ended.
@@ -448,7 +472,7 @@ enum End {
 }
 
 fn finish(
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     end: End,
     labels: &(String, String),
@@ -463,12 +487,12 @@ fn finish(
         )?;
         return Ok(Outcome::Completed);
     }
-    let rec = sync::load(conn, table)?;
+    let rec = sync::load(&mut pair.service, table)?;
     let untouched = rec
         .as_ref()
         .is_some_and(|r| r.direction == Direction::Forward && r.stage == SyncStage::Following);
     if !untouched {
-        sync::detach(conn, table)?;
+        sync::detach(&mut pair.service, table)?;
         writeln!(
             out,
             "stopped following {name}; change capture left in place on both sides because writes \
@@ -479,12 +503,12 @@ fn finish(
         return Ok(Outcome::Detached);
     }
     // Stop capturing first, then apply what was captured before, so nothing falls in between.
-    uninstall_both(conn, table)?;
-    let v = catch_up_and_verify(conn, table, Direction::Forward, labels, out)?;
-    let direct = capture::discard(conn, table, Side::Service)?;
-    capture::tidy(conn, Side::Monolith)?;
-    capture::tidy(conn, Side::Service)?;
-    sync::forget_state(conn, table)?;
+    uninstall_both(pair, table)?;
+    let v = catch_up_and_verify(pair, table, Direction::Forward, labels, out)?;
+    let direct = capture::discard(&mut pair.service, table)?;
+    capture::tidy(&mut pair.monolith)?;
+    capture::tidy(&mut pair.service)?;
+    sync::forget_state(&mut pair.service, table)?;
     writeln!(
         out,
         "stopped following; change capture removed; final verification:"
@@ -502,20 +526,26 @@ fn finish(
 
 fn copy_then_verify(
     options: &MigrateOptions,
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     labels: &(String, String),
     stop: &Stop,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
-    let (mut source, mut target) = open_both(options)?;
-    if let Some(stopped) = copy_reported(options, &mut source, &mut target, table, stop, out)? {
+    if let Some(stopped) = copy_reported(
+        options,
+        &mut pair.monolith,
+        &mut pair.service,
+        table,
+        stop,
+        out,
+    )? {
         return Ok(stopped);
     }
     if options.follow {
         return Ok(Outcome::Verified);
     }
-    let v = verify_now(conn, table, labels)?;
+    let v = verify_now(pair, table, labels)?;
     write!(out, "{}", v.render())?;
     Ok(verdict(&v))
 }
@@ -592,49 +622,6 @@ fn copy_reported(
         return Ok(Some(Outcome::Stopped { after }));
     }
     Ok(None)
-}
-
-/// `migrate-data` when either side is PostgreSQL: copy (resumable) and verify through two
-/// connections. Change capture (`--follow`, `--reverse`) needs SQLite on both sides for now.
-fn across_engines(
-    options: &MigrateOptions,
-    stop: &Stop,
-    out: &mut dyn Write,
-) -> anyhow::Result<Outcome> {
-    let r = &options.resource;
-    let name = r.name();
-    let refusal = format!(
-        "{name}: change capture by triggers (--follow, --reverse) and cutover run between two \
-         SQLite databases only so far; {} → {} supports the copy (resumable) and --verify-only",
-        r.source.url.engine(),
-        r.target.url.engine()
-    );
-    if options.reverse {
-        return Ok(Outcome::Refused(refusal));
-    }
-    let (mut source, mut target) = open_both(options)?;
-    let table = Table::resolve_between(&mut source, &mut target, r)?;
-    if options.follow {
-        let (Some(s), Some(_)) = (source.postgres(), target.postgres()) else {
-            return Ok(Outcome::Refused(refusal));
-        };
-        if let Some(why) = replication::unusable(s, r)? {
-            return Ok(Outcome::Refused(format!(
-                "{name}: between two PostgreSQL databases --follow uses logical replication, \
-                 and here it cannot: {why}"
-            )));
-        }
-        return follow_logical(options, &mut source, &mut target, &table, stop, out);
-    }
-    let labels = (r.source.url.display(), r.target.url.display());
-    if !options.verify_only
-        && let Some(stopped) = copy_reported(options, &mut source, &mut target, &table, stop, out)?
-    {
-        return Ok(stopped);
-    }
-    let v = Verification::between(&mut source, &mut target, &table, labels)?;
-    write!(out, "{}", v.render())?;
-    Ok(verdict(&v))
 }
 
 /// `--follow` between two PostgreSQL databases: a publication, a slot and a subscription
@@ -751,43 +738,40 @@ fn pg_of(db: &mut Db) -> anyhow::Result<&mut postgres::Client> {
         .context("logical replication runs between two PostgreSQL databases")
 }
 
-/// Applies every captured change of `direction` and digests both sides in the transaction that
-/// found none left, so the source is a single snapshot and the destination holds exactly the
-/// changes made before it. Conflicts found on the way are recorded and printed.
+/// Applies every captured change of `direction`, then digests both sides, the source in the
+/// snapshot that finds its change table empty ([`Verification::drained`]), so the destination
+/// holds exactly the changes made before it. Conflicts found on the way are recorded and
+/// printed.
 fn catch_up_and_verify(
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     direction: Direction,
     labels: &(String, String),
     out: &mut dyn Write,
 ) -> anyhow::Result<Verification> {
-    let mut cursor = 0;
     loop {
-        let tx = capture::begin(conn, direction.dest())?;
-        let applied = capture::apply(&tx, table, direction, cursor, 10_000)?;
-        if applied.changes == 0 {
-            let v = Verification::run(&tx, table, labels.0.clone(), labels.1.clone())?;
-            capture::commit(tx, direction.dest())?;
-            sync::record_verified(conn, table, v.matches())?;
+        let applied = capture::apply(pair, table, direction, 10_000)?;
+        if applied.changes == 0
+            && let Some(v) = Verification::drained(pair, table, direction.source(), labels.clone())?
+        {
+            sync::record_verified(&mut pair.service, table, v.matches())?;
             return Ok(v);
         }
-        capture::commit(tx, direction.dest())?;
-        settle(conn, table, direction, &applied, out)?;
-        cursor = applied.last_seq;
+        settle(pair, table, direction, &applied, out)?;
     }
 }
 
-/// After a committed [`capture::apply`]: records its conflicts, then forgets its changes (in
-/// that order, so a crash in between records a conflict twice at worst, never loses one).
+/// After an [`capture::apply`]: records its conflicts, then forgets its changes (in that order,
+/// so a crash in between records a conflict twice at worst, never loses one).
 fn settle(
-    conn: &Connection,
+    pair: &mut Pair,
     table: &Table,
     direction: Direction,
     applied: &capture::Applied,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    conflicts::record(conn, &applied.conflicts)?;
-    capture::forget(conn, table, direction.source(), applied.last_seq)?;
+    conflicts::record(&mut pair.service, &applied.conflicts)?;
+    capture::forget(pair.db(direction.source()), table, &applied.seqs)?;
     for c in &applied.conflicts {
         writeln!(out, "CONFLICT: {}", c.describe())?;
     }
@@ -800,7 +784,7 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 /// Applies changes of whatever direction is recorded, re-reading it every poll, until `stop`
 /// or stage `complete`.
 fn follow(
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     options: &MigrateOptions,
     stop: &Stop,
@@ -808,7 +792,6 @@ fn follow(
 ) -> anyhow::Result<End> {
     let name = table.name();
     let mut direction: Option<Direction> = None;
-    let mut cursor = 0i64;
     let mut seen_version: Option<i64> = None;
     let mut last_beat: Option<Instant> = None;
     let mut last_report = Instant::now();
@@ -817,7 +800,7 @@ fn follow(
     let mut slowest_ms = 0u64;
     let mut last_lag: Option<u64> = None;
     while !stop.is_set() {
-        let Some(rec) = sync::load(conn, table)? else {
+        let Some(rec) = sync::load(&mut pair.service, table)? else {
             bail!(
                 "the sync state of {name} disappeared (capture removed with --remove-capture \
                  --force?); stopping"
@@ -839,38 +822,27 @@ fn follow(
                 out.flush()?;
             }
             direction = Some(rec.direction);
-            cursor = 0;
             seen_version = None;
             last_beat = None;
             if rec.direction == Direction::Reverse
                 && let Some(id) = rec.fence_id
             {
-                sync::place_fence(conn, table, id)?;
+                sync::place_fence(&mut pair.monolith, table, id)?;
             }
         }
         let dir = rec.direction;
         if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
-            sync::heartbeat(conn, table, dir, last_lag)?;
+            sync::heartbeat(&mut pair.service, table, dir, last_lag)?;
             last_beat = Some(Instant::now());
         }
-        let step = step(
-            conn,
-            table,
-            dir,
-            &mut cursor,
-            &mut seen_version,
-            options,
-            out,
-        );
-        let (changes, more, lag_ms) = match step {
+        let (changes, more, lag_ms) = match step(pair, table, dir, &mut seen_version, options, out)
+        {
             Ok(done) => done,
-            Err(e) => {
-                // `complete` drops the change tables under a running follower.
-                if sync::load(conn, table)?.is_some_and(|r| r.stage == SyncStage::Complete) {
-                    return Ok(End::Completed);
-                }
-                return Err(e);
+            Err(e) if completing(pair, table)? => {
+                let _ = e;
+                return Ok(End::Completed);
             }
+            Err(e) => return Err(e),
         };
         if changes > 0 {
             applied_since += changes;
@@ -879,7 +851,14 @@ fn follow(
             last_lag = Some(lag_ms);
         }
         if last_report.elapsed() >= options.report_every {
-            let (backlog, age_ms) = capture::backlog(conn, table, dir.source(), cursor)?;
+            let (backlog, age_ms) = match capture::backlog(pair.db(dir.source()), table) {
+                Ok(backlog) => backlog,
+                Err(e) if completing(pair, table)? => {
+                    let _ = e;
+                    return Ok(End::Completed);
+                }
+                Err(e) => return Err(e),
+            };
             writeln!(
                 out,
                 "following {name} ({}): {applied_since} changes applied in the last {:.0?} \
@@ -900,36 +879,46 @@ fn follow(
     Ok(End::Stopped)
 }
 
-/// One poll: when the source's database changed since the last look (or a batch was left),
-/// applies the next batch of its changes. Returns (changes applied, more waiting, lag in ms).
+/// After a failed step: whether `complete` is finishing the migration under the follower. It
+/// drops the change tables before it records stage `complete`, so a step can fail on a missing
+/// table a moment before the stage says why: this waits up to 5 s for it.
+fn completing(pair: &mut Pair, table: &Table) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if sync::load(&mut pair.service, table)?.is_some_and(|r| r.stage == SyncStage::Complete) {
+            return Ok(true);
+        }
+        // Still capturing on the service: not a completion.
+        if capture::installed(&mut pair.service, table)? || Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One poll: when the source's database changed since the last look (SQLite's
+/// `data_version`; PostgreSQL is always looked at), applies the next batch of its changes.
+/// Returns (changes applied, more waiting, lag in ms).
 fn step(
-    conn: &mut Connection,
+    pair: &mut Pair,
     table: &Table,
     direction: Direction,
-    cursor: &mut i64,
     seen_version: &mut Option<i64>,
     options: &MigrateOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<(u64, bool, u64)> {
+    let source = pair.db(direction.source());
     // Another connection's commit changes the counter; nothing else can add changes, so an
     // unchanged counter means nothing to do, at the cost of one PRAGMA.
-    let version = capture::data_version(conn, direction.source())?;
-    if *seen_version == Some(version) {
+    let version = capture::data_version(source)?;
+    if version.is_some() && *seen_version == version {
         return Ok((0, false, 0));
     }
-    let (waiting, _) = capture::backlog(conn, table, direction.source(), *cursor)?;
-    if waiting == 0 {
-        *seen_version = Some(version);
-        return Ok((0, false, 0));
-    }
-    let tx = capture::begin(conn, direction.dest())?;
-    let applied = capture::apply(&tx, table, direction, *cursor, options.copy.batch)?;
-    capture::commit(tx, direction.dest())?;
-    settle(conn, table, direction, &applied, out)?;
-    *cursor = applied.last_seq;
-    let more = waiting > applied.changes;
+    let applied = capture::apply(pair, table, direction, options.copy.batch)?;
+    settle(pair, table, direction, &applied, out)?;
+    let more = applied.changes >= u64::from(options.copy.batch);
     if !more {
-        *seen_version = Some(version);
+        *seen_version = version;
     }
     Ok((applied.changes, more, applied.lag_ms))
 }

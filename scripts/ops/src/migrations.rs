@@ -108,29 +108,6 @@ impl Declared {
         &self.name
     }
 
-    /// Refuses `command` (`cutover`, `complete`) unless both sides are SQLite, the only pair
-    /// whose writes the data tools switch so far; the reason names what works instead.
-    pub fn writes_switchable(&self, command: &str) -> Result<(), String> {
-        match (&self.source.url, &self.target.url) {
-            (DbUrl::Sqlite(_), DbUrl::Sqlite(_)) => Ok(()),
-            (s, t) => Err(format!(
-                "{command} {}: switching writes (reverse sync, cutover, complete) runs between two \
-                 SQLite databases only so far, and {} is {} → {}. Copy and verify with \
-                 migrate-data{}, then move the route's writes with the route held \
-                 (hold_writes) or in a maintenance window",
-                self.name,
-                self.name,
-                s.engine(),
-                t.engine(),
-                if matches!((s, t), (DbUrl::Postgres(_), DbUrl::Postgres(_))) {
-                    " (--follow keeps it current by logical replication)"
-                } else {
-                    ""
-                }
-            )),
-        }
-    }
-
     /// The source column `column` is called this in the target.
     pub fn target_column<'a>(&'a self, column: &'a str) -> &'a str {
         self.rename.get(column).map_or(column, String::as_str)

@@ -98,7 +98,7 @@ pub fn start(
     source
         .batch_execute(&format!(
             "CREATE PUBLICATION {name} FOR TABLE {} ({columns})",
-            table.table_on(Side::Monolith)
+            table.sql_table(Side::Monolith)
         ))
         .context("creating the publication on the source")?;
     source

@@ -135,25 +135,14 @@ pub struct Table {
 }
 
 impl Table {
-    /// Resolves `decl` against the catalogues of `src` (the source, attached) and `main` (the
-    /// target) on `conn`.
+    /// Resolves `decl` against the catalogues of its two databases (any engines): the source's
+    /// (`pragma_table_info`, `information_schema`) and the target's.
     ///
     /// Errors (before any row moves): a table missing on either side; the key not the
     /// table's single-column integer primary key on either side; a source column (not
     /// excluded) missing from the target under its (renamed) name; a target column that
     /// cannot hold the source column's values; a NOT NULL target column without a default
-    /// that nothing fills.
-    pub fn resolve(conn: &Connection, decl: &Declared) -> anyhow::Result<Table> {
-        let source = catalog(conn, "src", &decl.source.table)?;
-        let target = catalog(conn, "main", &decl.target.table)?;
-        let source_at = format!("{} table {}", decl.source.url.display(), decl.source.table);
-        let target_at = format!("{} table {}", decl.target.url.display(), decl.target.table);
-        Table::compare(decl, &source, &target, &source_at, &target_at)
-    }
-
-    /// [`Table::resolve`] between two separately opened databases (any engines).
-    ///
-    /// Errors: as [`Table::resolve`]; a catalogue that cannot be read.
+    /// that nothing fills; a catalogue that cannot be read.
     pub fn resolve_between(
         source: &mut crate::db::Db,
         target: &mut crate::db::Db,
@@ -166,9 +155,10 @@ impl Table {
         Table::compare(decl, &s, &t, &source_at, &target_at)
     }
 
-    /// [`Table::resolve`] on catalogues already read (`*_at` name each side in errors).
+    /// [`Table::resolve_between`] on catalogues already read (`*_at` name each side in
+    /// errors).
     ///
-    /// Errors: as [`Table::resolve`], all of them in one message.
+    /// Errors: as [`Table::resolve_between`], all of them in one message.
     pub fn compare(
         decl: &Declared,
         source: &[CatalogColumn],
@@ -258,10 +248,13 @@ impl Table {
                 ));
             }
             if s.name != decl.key {
+                // Literals both engines read into the column's type.
                 placeholder.push(if s.not_null {
                     match kind {
-                        Kind::Integer | Kind::Real | Kind::Boolean => "0",
-                        Kind::Text | Kind::Timestamp | Kind::Blob => "''",
+                        Kind::Integer | Kind::Real => "0",
+                        Kind::Boolean => "false",
+                        Kind::Timestamp => "'1970-01-01 00:00:00'",
+                        Kind::Text | Kind::Blob => "''",
                     }
                 } else {
                     "NULL"
@@ -310,9 +303,15 @@ impl Table {
         }
     }
 
-    /// `schema.table` of `side` on a connection from [`crate::migrate::open`].
-    pub fn qualified(&self, side: Side) -> String {
-        format!("{}.{}", side.schema(), self.table_on(side))
+    /// The table's name on `side` as an SQL identifier (double-quoted: both engines read it
+    /// as written, and a column named like a keyword, such as `user`, stays a column).
+    pub fn sql_table(&self, side: Side) -> String {
+        quote(self.table_on(side))
+    }
+
+    /// The key column's name on `side` as an SQL identifier (see [`Table::sql_table`]).
+    pub fn sql_key(&self, side: Side) -> String {
+        quote(self.key_on(side))
     }
 
     /// The key column's name on `side`.
@@ -332,33 +331,17 @@ impl Table {
         self.columns.iter().map(move |c| self.column_on(c, side))
     }
 
-    /// `key, a, b` on `side`, for a SELECT or an INSERT column list.
+    /// `"key", "a", "b"` on `side`, for a SELECT or an INSERT column list.
     pub fn column_list(&self, side: Side) -> String {
-        self.columns_on(side).collect::<Vec<_>>().join(", ")
+        self.columns_on(side)
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Values for every column but the key of a placeholder row in the source table.
     pub fn placeholder_values(&self) -> &str {
         &self.placeholder
-    }
-
-    /// `INSERT INTO to.T (…) SELECT … FROM from.T WHERE <filter>` as an upsert that leaves
-    /// identical rows untouched, so re-running a copy rewrites nothing that is already right
-    /// (and `changes()` counts only rows that really changed). `filter` is written against
-    /// `from`'s table (see [`Table::key_on`]).
-    pub fn upsert(&self, from: Side, to: Side, filter: &str) -> String {
-        self.upsert_sql(
-            to,
-            &self.qualified(to),
-            &format!(
-                "SELECT {} FROM {} WHERE {filter} ORDER BY {}",
-                self.column_list(from),
-                self.qualified(from),
-                self.key_on(from)
-            ),
-            &format!("{}.{}", to.schema(), self.table_on(to)),
-            "IS NOT",
-        )
     }
 
     /// `INSERT INTO into (…) <select> ON CONFLICT (key) DO UPDATE SET … WHERE (old) <differ>
@@ -372,11 +355,11 @@ impl Table {
         old: &str,
         differ: &str,
     ) -> String {
-        let rest: Vec<&str> = self.columns_on(to).skip(1).collect();
+        let rest: Vec<String> = self.columns_on(to).skip(1).map(quote).collect();
         let mut sql = format!(
             "INSERT INTO {into} ({}) {select} ON CONFLICT({})",
             self.column_list(to),
-            self.key_on(to),
+            self.sql_key(to),
         );
         if rest.is_empty() {
             sql.push_str(" DO NOTHING");
@@ -393,15 +376,15 @@ impl Table {
         );
         sql
     }
-
-    /// [`Table::upsert`] from the monolith's table into the service's.
-    pub fn upsert_from_source(&self, filter: &str) -> String {
-        self.upsert(Side::Monolith, Side::Service, filter)
-    }
 }
 
-/// The columns of `table` in attached database `schema`, as `pragma_table_info` lists them;
-/// empty when there is no such table.
+/// `name` as a double-quoted SQL identifier (names are plain: letters, digits, `_`).
+pub fn quote(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+/// The columns of `table` in database `schema` of an SQLite connection, as
+/// `pragma_table_info` lists them; empty when there is no such table.
 pub fn catalog(
     conn: &Connection,
     schema: &str,
@@ -451,11 +434,17 @@ mod tests {
         let t =
             Table::compare(m.get("threads").unwrap(), &threads(), &threads(), "s", "t").unwrap();
         assert_eq!(
-            t.upsert_from_source("id = ?1"),
-            "INSERT INTO main.threads (id, title, created_by) SELECT id, title, created_by FROM \
-             src.threads WHERE id = ?1 ORDER BY id ON CONFLICT(id) DO UPDATE SET title = \
-             excluded.title, created_by = excluded.created_by WHERE (main.threads.title, \
-             main.threads.created_by) IS NOT (excluded.title, excluded.created_by)"
+            t.upsert_sql(
+                Side::Service,
+                "threads",
+                "SELECT * FROM s",
+                "threads",
+                "IS NOT"
+            ),
+            "INSERT INTO threads (\"id\", \"title\", \"created_by\") SELECT * FROM s ON \
+             CONFLICT(\"id\") DO UPDATE SET \"title\" = excluded.\"title\", \"created_by\" = \
+             excluded.\"created_by\" WHERE (threads.\"title\", threads.\"created_by\") IS NOT \
+             (excluded.\"title\", excluded.\"created_by\")"
         );
         assert_eq!(t.placeholder_values(), "'', 0");
     }
@@ -470,12 +459,12 @@ mod tests {
             col("subject", "VARCHAR(200)", true, 0),
         ];
         let t = Table::compare(&decl, &threads(), &target, "s", "t").unwrap();
-        assert_eq!(t.column_list(Side::Monolith), "id, title");
-        assert_eq!(t.column_list(Side::Service), "id, subject");
+        assert_eq!(t.column_list(Side::Monolith), "\"id\", \"title\"");
+        assert_eq!(t.column_list(Side::Service), "\"id\", \"subject\"");
         assert!(
-            t.upsert(Side::Service, Side::Monolith, "id = ?1")
+            t.upsert_sql(Side::Monolith, "threads", "SELECT 1", "threads", "IS NOT")
                 .starts_with(
-                    "INSERT INTO src.threads (id, title) SELECT id, subject FROM main.threads"
+                    "INSERT INTO threads (\"id\", \"title\") SELECT 1 ON CONFLICT(\"id\")"
                 )
         );
     }

@@ -13,18 +13,19 @@
 //! A cutover to the service is: hold the route's writes, [`drain`] forward, [`switch`] to
 //! [`Direction::Reverse`], [`wait_follower`] for the reverse follower, release the writes.
 //!
-//! All SQL of the sync state lives here (SQLite); the capture SQL lives in [`crate::capture`].
+//! Each step runs over both databases ([`Pair`]), SQLite or PostgreSQL in any combination.
+//! All SQL of the sync state lives here; the capture SQL lives in [`crate::capture`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::capture::{self, now_ms};
 use crate::conflicts;
-use crate::migrate::paths;
-use crate::migrations::Declared;
+use crate::db::{Db, Value};
+use crate::migrations::{DbUrl, Declared};
+use crate::pair::{Open, Pair};
 use crate::resource::Table;
 use crate::verify::Verification;
 
@@ -42,27 +43,16 @@ pub const FENCE_GAP: i64 = 1_000_000_000;
 /// How often [`drain`] and [`wait_follower`] look.
 const POLL: Duration = Duration::from_millis(10);
 
-/// How long a statement waits for another process's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// One of the two databases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
-    /// `DATA/monolith.db`, attached as `src`.
+    /// The monolith's (the declaration's source).
     Monolith,
-    /// `DATA/RESOURCE.db`, the connection's `main`.
+    /// The service's (the declaration's target).
     Service,
 }
 
 impl Side {
-    /// The schema name on a connection from [`crate::migrate::open`] or [`connect`].
-    pub fn schema(self) -> &'static str {
-        match self {
-            Side::Monolith => "src",
-            Side::Service => "main",
-        }
-    }
-
     /// `monolith` or `service`, in messages and in `_strangler_conflicts.source`.
     pub fn label(self) -> &'static str {
         match self {
@@ -279,208 +269,221 @@ impl Record {
 
 // ---- the state table --------------------------------------------------------------------
 
-fn has_table(conn: &Connection, schema: &str, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        &format!("SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1"),
-        [name],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
 }
 
-/// Creates `_strangler_sync` in the service's database if missing.
-pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS main.{SYNC} (
+fn int(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, Value::Integer)
+}
+
+/// Creates `_strangler_sync` in the service's database `db` if missing.
+///
+/// Errors: the database refuses the statement.
+pub fn ensure_table(db: &mut Db) -> anyhow::Result<()> {
+    db.batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {SYNC} (
             resource TEXT PRIMARY KEY,
             direction TEXT NOT NULL,
             stage TEXT NOT NULL,
             follower_direction TEXT,
-            follower_pid INTEGER,
-            heartbeat_ms INTEGER,
-            switched_at_ms INTEGER,
-            lag_ms INTEGER,
-            fence_id INTEGER,
-            last_verified_ok INTEGER,
-            updated_at_ms INTEGER NOT NULL
-        );"
+            follower_pid BIGINT,
+            heartbeat_ms BIGINT,
+            switched_at_ms BIGINT,
+            lag_ms BIGINT,
+            fence_id BIGINT,
+            last_verified_ok BIGINT,
+            updated_at_ms BIGINT NOT NULL
+        )"
     ))
 }
 
-/// The resource's row, `None` when its migration never started (or was stopped cleanly).
-pub fn load(conn: &Connection, table: &Table) -> rusqlite::Result<Option<Record>> {
-    if !has_table(conn, "main", SYNC)? {
+/// The resource's row in the service's database `db`, `None` when its migration never
+/// started (or was stopped cleanly).
+///
+/// Errors: the table cannot be read.
+pub fn load(db: &mut Db, table: &Table) -> anyhow::Result<Option<Record>> {
+    if !db.has_table(SYNC)? {
         return Ok(None);
     }
-    conn.query_row(
+    let rows = db.query(
         &format!(
             "SELECT direction, stage, follower_direction, follower_pid, heartbeat_ms, \
-             switched_at_ms, lag_ms, fence_id, last_verified_ok FROM main.{SYNC} WHERE resource = ?1"
+             switched_at_ms, lag_ms, fence_id, last_verified_ok FROM {SYNC} WHERE resource = ?1"
         ),
-        [table.name()],
-        |row| {
-            let direction: String = row.get(0)?;
-            let stage: String = row.get(1)?;
-            let follower: Option<String> = row.get(2)?;
-            Ok(Record {
-                direction: Direction::parse(&direction).unwrap_or(Direction::Forward),
-                stage: SyncStage::parse(&stage).unwrap_or(SyncStage::Copying),
-                follower_direction: follower.as_deref().and_then(Direction::parse),
-                follower_pid: row.get(3)?,
-                heartbeat_ms: row.get(4)?,
-                switched_at_ms: row.get(5)?,
-                lag_ms: row.get(6)?,
-                fence_id: row.get(7)?,
-                last_verified_ok: row.get(8)?,
-            })
-        },
-    )
-    .optional()
+        &[text(table.name())],
+    )?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let s = |i: usize| match &row[i] {
+        Value::Text(t) => Some(t.clone()),
+        _ => None,
+    };
+    let n = |i: usize| match &row[i] {
+        Value::Integer(v) => Some(*v),
+        _ => None,
+    };
+    Ok(Some(Record {
+        direction: s(0)
+            .as_deref()
+            .and_then(Direction::parse)
+            .unwrap_or(Direction::Forward),
+        stage: s(1)
+            .as_deref()
+            .and_then(SyncStage::parse)
+            .unwrap_or(SyncStage::Copying),
+        follower_direction: s(2).as_deref().and_then(Direction::parse),
+        follower_pid: n(3).and_then(|p| u32::try_from(p).ok()),
+        heartbeat_ms: n(4),
+        switched_at_ms: n(5),
+        lag_ms: n(6),
+        fence_id: n(7),
+        last_verified_ok: n(8).map(|v| v != 0),
+    }))
 }
 
 /// Records a fresh start of the migration: `direction` and `stage`, no follower yet.
+///
+/// Errors: the database refuses the statements.
 pub fn start(
-    conn: &Connection,
+    db: &mut Db,
     table: &Table,
     direction: Direction,
     stage: SyncStage,
-) -> rusqlite::Result<()> {
-    ensure_table(conn)?;
-    conn.execute(
+) -> anyhow::Result<()> {
+    ensure_table(db)?;
+    db.exec(
         &format!(
-            "INSERT INTO main.{SYNC} (resource, direction, stage, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO {SYNC} (resource, direction, stage, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(resource) DO UPDATE SET direction = excluded.direction,
                 stage = excluded.stage, updated_at_ms = excluded.updated_at_ms"
         ),
-        params![table.name(), direction.as_str(), stage.stored(), now_ms()],
+        &[
+            text(table.name()),
+            text(direction.as_str()),
+            text(stage.stored()),
+            Value::Integer(now_ms()),
+        ],
     )?;
     Ok(())
 }
 
 /// Records a new stage.
-pub fn set_stage(conn: &Connection, table: &Table, stage: SyncStage) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!("UPDATE main.{SYNC} SET stage = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
-        params![table.name(), stage.stored(), now_ms()],
+///
+/// Errors: the database refuses the statement.
+pub fn set_stage(db: &mut Db, table: &Table, stage: SyncStage) -> anyhow::Result<()> {
+    db.exec(
+        &format!("UPDATE {SYNC} SET stage = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
+        &[
+            text(table.name()),
+            text(stage.stored()),
+            Value::Integer(now_ms()),
+        ],
     )?;
     Ok(())
 }
 
 /// The follower's heartbeat: it is alive, follows `following`, and its last lag.
+///
+/// Errors: the database refuses the statement.
 pub fn heartbeat(
-    conn: &Connection,
+    db: &mut Db,
     table: &Table,
     following: Direction,
     lag_ms: Option<u64>,
-) -> rusqlite::Result<()> {
-    conn.execute(
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    db.exec(
         &format!(
-            "UPDATE main.{SYNC} SET follower_direction = ?2, follower_pid = ?3, heartbeat_ms = ?4,
-                lag_ms = coalesce(?5, lag_ms), updated_at_ms = ?4 WHERE resource = ?1"
+            "UPDATE {SYNC} SET follower_direction = ?2, follower_pid = ?3, heartbeat_ms = ?4,
+                lag_ms = coalesce(?5, lag_ms), updated_at_ms = ?6 WHERE resource = ?1"
         ),
-        params![
-            table.name(),
-            following.as_str(),
-            std::process::id(),
-            now_ms(),
-            lag_ms.map(|l| l as i64)
+        &[
+            text(table.name()),
+            text(following.as_str()),
+            Value::Integer(std::process::id().into()),
+            Value::Integer(now),
+            int(lag_ms.map(|l| l as i64)),
+            Value::Integer(now),
         ],
     )?;
     Ok(())
 }
 
 /// The follower stopped cleanly: no pid.
-pub fn detach(conn: &Connection, table: &Table) -> rusqlite::Result<()> {
-    if has_table(conn, "main", SYNC)? {
-        conn.execute(
+///
+/// Errors: the database refuses the statement.
+pub fn detach(db: &mut Db, table: &Table) -> anyhow::Result<()> {
+    if db.has_table(SYNC)? {
+        db.exec(
             &format!(
-                "UPDATE main.{SYNC} SET follower_pid = NULL, updated_at_ms = ?2 WHERE resource = ?1"
+                "UPDATE {SYNC} SET follower_pid = NULL, updated_at_ms = ?2 WHERE resource = ?1"
             ),
-            params![table.name(), now_ms()],
+            &[text(table.name()), Value::Integer(now_ms())],
         )?;
     }
     Ok(())
 }
 
 /// Deletes the resource's row (capture was removed with no cutover: back to "not started").
-pub fn forget_state(conn: &Connection, table: &Table) -> rusqlite::Result<()> {
-    if has_table(conn, "main", SYNC)? {
-        conn.execute(
-            &format!("DELETE FROM main.{SYNC} WHERE resource = ?1"),
-            [table.name()],
+///
+/// Errors: the database refuses the statement.
+pub fn forget_state(db: &mut Db, table: &Table) -> anyhow::Result<()> {
+    if db.has_table(SYNC)? {
+        db.exec(
+            &format!("DELETE FROM {SYNC} WHERE resource = ?1"),
+            &[text(table.name())],
         )?;
     }
     Ok(())
 }
 
 /// Records a verification's outcome.
-pub fn record_verified(conn: &Connection, table: &Table, ok: bool) -> rusqlite::Result<()> {
-    if has_table(conn, "main", SYNC)? {
-        conn.execute(
+///
+/// Errors: the database refuses the statement.
+pub fn record_verified(db: &mut Db, table: &Table, ok: bool) -> anyhow::Result<()> {
+    if db.has_table(SYNC)? {
+        db.exec(
             &format!(
-                "UPDATE main.{SYNC} SET last_verified_ok = ?2, updated_at_ms = ?3 WHERE resource = ?1"
+                "UPDATE {SYNC} SET last_verified_ok = ?2, updated_at_ms = ?3 WHERE resource = ?1"
             ),
-            params![table.name(), ok, now_ms()],
+            &[
+                text(table.name()),
+                Value::Integer(ok.into()),
+                Value::Integer(now_ms()),
+            ],
         )?;
     }
     Ok(())
 }
 
 /// The id of the resource's fence row, if one is recorded.
-pub fn fence_of(conn: &Connection, table: &Table) -> rusqlite::Result<Option<i64>> {
-    Ok(load(conn, table)?.and_then(|r| r.fence_id))
+///
+/// Errors: the table cannot be read.
+pub fn fence_of(db: &mut Db, table: &Table) -> anyhow::Result<Option<i64>> {
+    Ok(load(db, table)?.and_then(|r| r.fence_id))
 }
 
-fn set_fence(conn: &Connection, table: &Table, fence: Option<i64>) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!("UPDATE main.{SYNC} SET fence_id = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
-        params![table.name(), fence, now_ms()],
+fn set_fence(db: &mut Db, table: &Table, fence: Option<i64>) -> anyhow::Result<()> {
+    db.exec(
+        &format!("UPDATE {SYNC} SET fence_id = ?2, updated_at_ms = ?3 WHERE resource = ?1"),
+        &[text(table.name()), int(fence), Value::Integer(now_ms())],
     )?;
     Ok(())
 }
 
 // ---- connections ------------------------------------------------------------------------
 
-/// Opens `DATA/RESOURCE.db` with `DATA/monolith.db` attached as `src`, both read-write and
-/// never created: errors when either file is missing.
-pub fn connect(data_dir: &Path, resource: &Declared) -> anyhow::Result<Connection> {
-    let (monolith, service) = paths(data_dir, resource)?;
-    for path in [&monolith, &service] {
-        if !path.is_file() {
-            bail!(
-                "no database at {}: has `migrate-data {} --follow` run here (--data-dir)?",
-                path.display(),
-                resource.name()
-            );
-        }
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(&service, flags)
-        .with_context(|| format!("opening {}", service.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // As in `migrate::open`: the applier keeps copies, it does not enforce references.
-    conn.pragma_update(None, "foreign_keys", false)?;
-    let uri = format!("file:{}?mode=rw", uri_path(&monolith)?);
-    conn.execute("ATTACH DATABASE ?1 AS src", [uri])
-        .with_context(|| format!("attaching {}", monolith.display()))?;
-    Ok(conn)
+/// Opens both databases of a started migration (never creating one).
+///
+/// Errors: a missing database or table, an unreachable server.
+pub fn connect(data_dir: &Path, resource: &Declared) -> anyhow::Result<(Pair, Table)> {
+    Pair::open(data_dir, resource, Open::Existing)
 }
 
-/// A path as the path part of an SQLite `file:` URI.
-fn uri_path(path: &Path) -> anyhow::Result<String> {
-    let text = path
-        .to_str()
-        .with_context(|| format!("{} is not a UTF-8 path", path.display()))?;
-    Ok(text
-        .replace('%', "%25")
-        .replace('?', "%3f")
-        .replace('#', "%23"))
-}
-
-fn started(conn: &Connection, table: &Table) -> anyhow::Result<Record> {
-    load(conn, table)?.with_context(|| {
+fn started(db: &mut Db, table: &Table) -> anyhow::Result<Record> {
+    load(db, table)?.with_context(|| {
         format!(
             "the migration of {0} has not started: run `scripts/migrate-data {0} --follow` first",
             table.name()
@@ -488,12 +491,20 @@ fn started(conn: &Connection, table: &Table) -> anyhow::Result<Record> {
     })
 }
 
-fn backlog_of(conn: &Connection, table: &Table, side: Side) -> rusqlite::Result<Backlog> {
-    let (changes, age_ms) = capture::backlog(conn, table, side, 0)?;
+fn backlog_of(db: &mut Db, table: &Table) -> anyhow::Result<Backlog> {
+    let (changes, age_ms) = capture::backlog(db, table)?;
     Ok(Backlog {
         changes,
         oldest_age: Duration::from_millis(age_ms),
     })
+}
+
+fn describe_conflicts(standing: &[conflicts::Conflict]) -> String {
+    standing
+        .iter()
+        .map(|c| c.describe())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---- the API ----------------------------------------------------------------------------
@@ -503,27 +514,28 @@ fn backlog_of(conn: &Connection, table: &Table, side: Side) -> rusqlite::Result<
 ///
 /// Errors: a database that cannot be opened or read.
 pub fn read_state(data_dir: &Path, resource: &Declared) -> anyhow::Result<Option<SyncState>> {
-    // Change capture runs between two SQLite databases only: elsewhere nothing is recorded.
-    let Ok((monolith, service)) = paths(data_dir, resource) else {
-        return Ok(None);
-    };
-    if !service.is_file() || !monolith.is_file() {
-        return Ok(None);
+    for url in [&resource.source.url, &resource.target.url] {
+        if let DbUrl::Sqlite(path) = url.resolve(data_dir)
+            && !path.is_file()
+        {
+            return Ok(None);
+        }
     }
-    let conn = connect(data_dir, resource)?;
     // Nothing recorded: not started, whatever the tables look like (a service database may
     // exist before its table does).
-    let recorded = has_table(&conn, "main", SYNC)?
-        && conn.query_row(
-            &format!("SELECT count(*) FROM main.{SYNC} WHERE resource = ?1"),
-            [resource.name()],
-            |row| row.get::<_, i64>(0),
-        )? > 0;
+    let mut service = Db::open(&resource.target.url, data_dir, false)?;
+    let recorded = service.has_table(SYNC)?
+        && service.query_i64(
+            &format!("SELECT count(*) FROM {SYNC} WHERE resource = ?1"),
+            &[text(resource.name())],
+        )? > Some(0);
     if !recorded {
         return Ok(None);
     }
-    let table = &Table::resolve(&conn, resource)?;
-    let Some(rec) = load(&conn, table)? else {
+    drop(service);
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
+    let Some(rec) = load(&mut pair.service, table)? else {
         return Ok(None);
     };
     Ok(Some(SyncState {
@@ -533,12 +545,12 @@ pub fn read_state(data_dir: &Path, resource: &Declared) -> anyhow::Result<Option
             .heartbeat_ms
             .map(|hb| Duration::from_millis(now_ms().saturating_sub(hb).unsigned_abs())),
         follower_pid: rec.follower_pid,
-        forward_backlog: backlog_of(&conn, table, Side::Monolith)?,
-        reverse_backlog: backlog_of(&conn, table, Side::Service)?,
-        conflicts: conflicts::count(&conn, table)?,
+        forward_backlog: backlog_of(&mut pair.monolith, table)?,
+        reverse_backlog: backlog_of(&mut pair.service, table)?,
+        conflicts: conflicts::count(&mut pair.service, table)?,
         capture_installed: (
-            capture::installed(&conn, table, Side::Monolith)?,
-            capture::installed(&conn, table, Side::Service)?,
+            capture::installed(&mut pair.monolith, table)?,
+            capture::installed(&mut pair.service, table)?,
         ),
         last_verified_ok: rec.last_verified_ok,
     }))
@@ -556,14 +568,13 @@ pub fn drain(
     direction: Direction,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
-    started(&conn, table)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
+    started(&mut pair.service, table)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let standing = conflicts::unresolved(&conn, table)?;
+        let standing = conflicts::unresolved(&mut pair.service, table)?;
         if !standing.is_empty() {
-            let lines: Vec<String> = standing.iter().map(|c| c.describe()).collect();
             bail!(
                 "draining {} {}: {} unresolved conflict(s):\n{}\nmake each row the same on \
                  both sides (the right version), then `scripts/migrate-data {} \
@@ -571,16 +582,16 @@ pub fn drain(
                 resource.name(),
                 direction.arrow(),
                 standing.len(),
-                lines.join("\n"),
+                describe_conflicts(&standing),
                 resource.name()
             );
         }
-        let backlog = backlog_of(&conn, table, direction.source())?;
+        let backlog = backlog_of(pair.db(direction.source()), table)?;
         if backlog.changes == 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let rec = started(&conn, table)?;
+            let rec = started(&mut pair.service, table)?;
             let why = if rec.direction != direction {
                 format!(
                     "the recorded direction is {}, so no follower applies {} changes",
@@ -610,39 +621,38 @@ pub fn drain(
 }
 
 /// Compares both sides (row counts and checksums, leaving out the id fence) and lists
-/// unresolved conflicts, in one read transaction; records the outcome as `last_verified_ok`.
-/// Meaningful when the writing side is held or drained, else it may see changes in flight.
+/// unresolved conflicts; records the outcome as `last_verified_ok`. Meaningful when the
+/// writing side is held or drained, else it may see changes in flight.
 ///
 /// Errors: a database that cannot be opened or read.
 pub fn verify(data_dir: &Path, resource: &Declared) -> anyhow::Result<Verification> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
-    let (monolith, service) = paths(data_dir, resource)?;
-    let tx = conn.transaction()?;
-    let v = Verification::run(
-        &tx,
-        table,
-        monolith.display().to_string(),
-        service.display().to_string(),
-    )?;
-    tx.commit()?;
-    record_verified(&conn, table, v.matches())?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let v = Verification::run(&mut pair, &table, labels(data_dir, resource))?;
+    record_verified(&mut pair.service, &table, v.matches())?;
     Ok(v)
+}
+
+/// How both databases are named in reports: the SQLite file, or the URL without password.
+pub fn labels(data_dir: &Path, resource: &Declared) -> (String, String) {
+    (
+        resource.source.url.resolve(data_dir).display(),
+        resource.target.url.resolve(data_dir).display(),
+    )
 }
 
 /// Records `to` as the direction, with the stage `writes switched` (to
 /// [`Direction::Reverse`]: writes now go to the service) or `reversed` (back to
 /// [`Direction::Forward`]), and first raises the new writer's id high-water mark
-/// ([`raise_high_water`]). The state changes in one transaction on the service's database; a
+/// ([`raise_high_water`]). The state changes in one statement on the service's database; a
 /// running follower turns around at its next poll. Switching to the recorded direction does
 /// nothing.
 ///
 /// Errors: the migration never started, is still copying or is complete; the new writer lacks
 /// rows the old one has (drain first).
 pub fn switch(data_dir: &Path, resource: &Declared, to: Direction) -> anyhow::Result<()> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
-    let rec = started(&conn, table)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
+    let rec = started(&mut pair.service, table)?;
     match rec.stage {
         SyncStage::Copying => bail!(
             "cannot switch {}: its first copy has not finished (migrate-data {} --follow)",
@@ -658,21 +668,25 @@ pub fn switch(data_dir: &Path, resource: &Declared, to: Direction) -> anyhow::Re
     if rec.direction == to {
         return Ok(());
     }
-    raise_high_water_on(&mut conn, table, to.source())?;
+    raise_high_water_on(&mut pair, table, to.source())?;
     let stage = match to {
         Direction::Reverse => SyncStage::WritesSwitched,
         Direction::Forward => SyncStage::Reversed,
     };
-    let tx = conn.transaction()?;
     let now = now_ms();
-    tx.execute(
+    pair.service.exec(
         &format!(
-            "UPDATE main.{SYNC} SET direction = ?2, stage = ?3, switched_at_ms = ?4, updated_at_ms = ?4
+            "UPDATE {SYNC} SET direction = ?2, stage = ?3, switched_at_ms = ?4, updated_at_ms = ?5
              WHERE resource = ?1"
         ),
-        params![table.name(), to.as_str(), stage.stored(), now],
+        &[
+            text(table.name()),
+            text(to.as_str()),
+            text(stage.stored()),
+            Value::Integer(now),
+            Value::Integer(now),
+        ],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
@@ -687,11 +701,10 @@ pub fn wait_follower(
     direction: Direction,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let rec = started(&conn, table)?;
+        let rec = started(&mut pair.service, &table)?;
         let after_switch = match (rec.heartbeat_ms, rec.switched_at_ms) {
             (Some(hb), Some(sw)) => hb >= sw,
             (Some(_), None) => true,
@@ -712,7 +725,6 @@ pub fn wait_follower(
                 resource.name()
             );
         }
-        let _ = table;
         std::thread::sleep(POLL);
     }
 }
@@ -732,19 +744,23 @@ pub struct HighWater {
 /// Makes sure ids handed out by `writer` (the side writes switch to) never collide with ids the
 /// other side hands out to stragglers (writes that still land there).
 ///
-/// The tables are `id INTEGER PRIMARY KEY` without AUTOINCREMENT, so SQLite gives a new row
-/// max(id) + 1 and nothing that is deleted again raises that persistently. Therefore:
-/// - The writer's next id is already above every row of either side once the old direction is
-///   drained (it holds a copy of every row); this is checked, not assumed.
-/// - Switching writes to the service places a **fence row** in the monolith's table at
-///   max(both) + [`FENCE_GAP`] (empty texts, references to 0, inserted without being captured,
-///   left out of verification, removed by a switch back and by [`complete`]): a straggler
-///   insert on the monolith gets an id above it, far from the service's. The fence is visible
-///   to whoever reads the monolith's table directly (reads are switched by then).
-/// - Switching writes back to the monolith removes the fence and places none in the service's
-///   table, where clients still read: stragglers on the service may then take an id the
-///   monolith also takes, and conflict detection is the guarantee (the follower records a
-///   conflict instead of overwriting).
+/// How a table hands out ids decides how:
+/// - A key with a sequence (PostgreSQL `serial` or identity; found by
+///   `pg_get_serial_sequence`) is moved with `setval`: the writer's to at least max(both), so
+///   its next id is above every row of either side (copied rows carry explicit ids and never
+///   advanced it), and the old writer's, when switching to the service, to
+///   max(both) + [`FENCE_GAP`], so its straggler inserts land far from the writer's ids.
+///   Sequences never move down.
+/// - A key without one (SQLite's `INTEGER PRIMARY KEY` without AUTOINCREMENT: a new row gets
+///   max(id) + 1): the writer's next id is already above every row once the old direction is
+///   drained (it holds a copy of every row); this is checked, not assumed. Switching writes to
+///   the service places a **fence row** in the monolith's table at max(both) + [`FENCE_GAP`]
+///   (empty texts, zero numbers, false booleans, the epoch for timestamps; inserted without
+///   being captured, left out of verification, removed by a switch back and by [`complete`]):
+///   a straggler insert on the monolith gets an id above it. Switching writes back to the
+///   monolith removes the fence and places none in the service's table, where clients still
+///   read: stragglers on the service may then take an id the monolith also takes, and conflict
+///   detection is the guarantee (the follower records a conflict instead of overwriting).
 ///
 /// Errors: the writer lacks rows the other side has (drain the old direction first).
 pub fn raise_high_water(
@@ -752,37 +768,57 @@ pub fn raise_high_water(
     resource: &Declared,
     writer: Side,
 ) -> anyhow::Result<HighWater> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
-    started(&conn, table)?;
-    raise_high_water_on(&mut conn, table, writer)
+    let (mut pair, table) = connect(data_dir, resource)?;
+    started(&mut pair.service, &table)?;
+    raise_high_water_on(&mut pair, &table, writer)
 }
 
-fn max_id(
-    conn: &Connection,
-    side: Side,
-    table: &Table,
-    fence: Option<i64>,
-) -> rusqlite::Result<i64> {
-    conn.query_row(
-        &format!(
-            "SELECT coalesce(max({k}), 0) FROM {} WHERE ?1 IS NULL OR {k} IS NOT ?1",
-            table.qualified(side),
-            k = table.key_on(side)
-        ),
-        [fence],
-        |row| row.get(0),
+fn max_id(db: &mut Db, side: Side, table: &Table, fence: Option<i64>) -> anyhow::Result<i64> {
+    let k = table.sql_key(side);
+    Ok(db
+        .query_i64(
+            &format!(
+                "SELECT coalesce(max({k}), 0) FROM {} WHERE {k} <> ?1",
+                table.sql_table(side)
+            ),
+            &[Value::Integer(fence.unwrap_or(i64::MIN))],
+        )?
+        .unwrap_or(0))
+}
+
+/// The sequence that hands out `side`'s keys, if one does (PostgreSQL only).
+fn key_sequence(db: &mut Db, side: Side, table: &Table) -> anyhow::Result<Option<String>> {
+    if !db.is_postgres() {
+        return Ok(None);
+    }
+    let rows = db.query(
+        "SELECT pg_get_serial_sequence(?1, ?2)",
+        &[text(&table.sql_table(side)), text(table.key_on(side))],
+    )?;
+    Ok(
+        match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
+            Some(Value::Text(seq)) => Some(seq),
+            _ => None,
+        },
     )
 }
 
-fn raise_high_water_on(
-    conn: &mut Connection,
-    table: &Table,
-    writer: Side,
-) -> anyhow::Result<HighWater> {
-    let fence = fence_of(conn, table)?;
-    let writer_max = max_id(conn, writer, table, fence)?;
-    let other_max = max_id(conn, writer.other(), table, fence)?;
+/// Moves `seq` so that its next value is above `at_least` (never down).
+fn raise_sequence(db: &mut Db, seq: &str, at_least: i64) -> anyhow::Result<()> {
+    db.query(
+        &format!(
+            "SELECT setval(CAST(?1 AS TEXT)::regclass, greatest(?2::int8, \
+             (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {seq})), true)"
+        ),
+        &[text(seq), Value::Integer(at_least.max(1))],
+    )?;
+    Ok(())
+}
+
+fn raise_high_water_on(pair: &mut Pair, table: &Table, writer: Side) -> anyhow::Result<HighWater> {
+    let fence = fence_of(&mut pair.service, table)?;
+    let writer_max = max_id(pair.db(writer), writer, table, fence)?;
+    let other_max = max_id(pair.db(writer.other()), writer.other(), table, fence)?;
     if other_max > writer_max {
         bail!(
             "the {}'s {} go up to id {other_max} but the {}'s only to {writer_max}: rows are \
@@ -796,22 +832,34 @@ fn raise_high_water_on(
             }
         );
     }
+    let top = writer_max.max(other_max);
+    if let Some(seq) = key_sequence(pair.db(writer), writer, table)? {
+        raise_sequence(pair.db(writer), &seq, top)?;
+    }
     match writer {
         Side::Service => {
-            let id = fence.unwrap_or(writer_max.max(other_max) + FENCE_GAP);
+            if let Some(seq) = key_sequence(&mut pair.monolith, Side::Monolith, table)? {
+                raise_sequence(&mut pair.monolith, &seq, top.saturating_add(FENCE_GAP))?;
+                return Ok(HighWater {
+                    writer,
+                    writer_next_id: top + 1,
+                    fence: None,
+                });
+            }
+            let id = fence.unwrap_or(top + FENCE_GAP);
             // Recorded before it exists, so verification never counts it as a difference.
-            set_fence(conn, table, Some(id))?;
-            place_fence(conn, table, id)?;
+            set_fence(&mut pair.service, table, Some(id))?;
+            place_fence(&mut pair.monolith, table, id)?;
             Ok(HighWater {
                 writer,
-                writer_next_id: writer_max + 1,
+                writer_next_id: top + 1,
                 fence: Some(id),
             })
         }
         Side::Monolith => {
             if let Some(id) = fence {
-                remove_fence(conn, table, id)?;
-                set_fence(conn, table, None)?;
+                remove_fence(&mut pair.monolith, table, id)?;
+                set_fence(&mut pair.service, table, None)?;
             }
             Ok(HighWater {
                 writer,
@@ -822,34 +870,25 @@ fn raise_high_water_on(
     }
 }
 
-/// Inserts the fence row into the monolith's table, uncaptured (idempotent).
-pub fn place_fence(conn: &mut Connection, table: &Table, id: i64) -> rusqlite::Result<()> {
-    let tx = capture::begin(conn, Side::Monolith)?;
-    tx.execute(
-        &format!(
-            "INSERT INTO {} ({}) VALUES (?1{}{}) ON CONFLICT({}) DO NOTHING",
-            table.qualified(Side::Monolith),
-            table.column_list(Side::Monolith),
-            if table.columns.len() > 1 { ", " } else { "" },
-            table.placeholder_values(),
-            table.key_on(Side::Monolith)
-        ),
-        [id],
-    )?;
-    capture::commit(tx, Side::Monolith)
+/// Inserts the fence row into the monolith's table (`monolith`), uncaptured (idempotent).
+///
+/// Errors: the database refuses the insert.
+pub fn place_fence(monolith: &mut Db, table: &Table, id: i64) -> anyhow::Result<()> {
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES (?1{}{}) ON CONFLICT({}) DO NOTHING",
+        table.sql_table(Side::Monolith),
+        table.column_list(Side::Monolith),
+        if table.columns.len() > 1 { ", " } else { "" },
+        table.placeholder_values(),
+        table.sql_key(Side::Monolith)
+    );
+    monolith.applying(|db| db.exec(&sql, &[Value::Integer(id)]))?;
+    Ok(())
 }
 
-fn remove_fence(conn: &mut Connection, table: &Table, id: i64) -> rusqlite::Result<()> {
-    let tx = capture::begin(conn, Side::Monolith)?;
-    tx.execute(
-        &format!(
-            "DELETE FROM {} WHERE {} = ?1",
-            table.qualified(Side::Monolith),
-            table.key_on(Side::Monolith)
-        ),
-        [id],
-    )?;
-    capture::commit(tx, Side::Monolith)
+fn remove_fence(monolith: &mut Db, table: &Table, id: i64) -> anyhow::Result<()> {
+    monolith.applying(|db| db.delete_keys(table, Side::Monolith, &[id]))?;
+    Ok(())
 }
 
 /// What [`complete`] removed.
@@ -878,10 +917,10 @@ pub struct Completed {
 /// service; unresolved conflicts stand; the monolith holds captured changes made after the
 /// switch that were never carried to the service (they would be lost).
 pub fn complete(data_dir: &Path, resource: &Declared) -> anyhow::Result<Completed> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
     let name = resource.name();
-    let rec = started(&conn, table)?;
+    let rec = started(&mut pair.service, table)?;
     if rec.stage == SyncStage::Complete {
         bail!("the migration of {name} is already complete");
     }
@@ -893,30 +932,23 @@ pub fn complete(data_dir: &Path, resource: &Declared) -> anyhow::Result<Complete
             rec.direction.as_str()
         );
     }
-    let open = conflicts::unresolved(&conn, table)?;
+    let open = conflicts::unresolved(&mut pair.service, table)?;
     if !open.is_empty() {
-        let lines: Vec<String> = open.iter().map(|c| c.describe()).collect();
         bail!(
             "cannot complete {name}: {} unresolved conflict(s):\n{}\nmake each row the same on \
              both sides (the right version), then `scripts/migrate-data {name} \
              --resolve-conflicts`",
             open.len(),
-            lines.join("\n")
+            describe_conflicts(&open)
         );
     }
     // Stop capturing on the monolith and check for uncarried stragglers in one transaction, so
-    // none can slip in between.
-    {
-        let tx = conn.transaction()?;
-        for event in ["insert", "update", "delete"] {
-            tx.execute_batch(&format!(
-                "DROP TRIGGER IF EXISTS src._strangler_capture_{name}_{event}"
-            ))?;
-        }
-        let left = capture::pending_ids(&tx, table, Side::Monolith, 20)?;
+    // none can slip in between (the rollback of a refusal puts the triggers back).
+    pair.monolith.transaction(true, |db| {
+        capture::uninstall_in(db, table, Side::Monolith)?;
+        let left = capture::pending_ids(db, table, 20)?;
         if !left.is_empty() {
-            let (count, _) = capture::backlog(&tx, table, Side::Monolith, 0)?;
-            tx.rollback()?;
+            let (count, _) = capture::backlog(db, table)?;
             bail!(
                 "cannot complete {name}: the monolith holds {count} change(s) made after writes \
                  were switched (ids {left:?}), never carried to the service; completing would \
@@ -925,16 +957,14 @@ pub fn complete(data_dir: &Path, resource: &Declared) -> anyhow::Result<Complete
                  --remove-capture --force`"
             );
         }
-        tx.commit()?;
-    }
-    capture::uninstall(&mut conn, table, Side::Service)?;
+        Ok(())
+    })?;
+    capture::uninstall(&mut pair.service, table, Side::Service)?;
     // What the service captured before its triggers went: the monolith's copy gets it.
     let mut applied_total = 0;
     loop {
-        let tx = capture::begin(&mut conn, Side::Monolith)?;
-        let applied = capture::apply(&tx, table, Direction::Reverse, 0, 10_000)?;
-        capture::commit(tx, Side::Monolith)?;
-        capture::forget(&conn, table, Side::Service, applied.last_seq)?;
+        let applied = capture::apply(&mut pair, table, Direction::Reverse, 10_000)?;
+        capture::forget(&mut pair.service, table, &applied.seqs)?;
         applied_total += applied.changes;
         if applied.changes == 0 {
             break;
@@ -942,30 +972,30 @@ pub fn complete(data_dir: &Path, resource: &Declared) -> anyhow::Result<Complete
     }
     let fence_removed = match rec.fence_id {
         Some(id) => {
-            remove_fence(&mut conn, table, id)?;
-            set_fence(&conn, table, None)?;
+            remove_fence(&mut pair.monolith, table, id)?;
+            set_fence(&mut pair.service, table, None)?;
             true
         }
         None => false,
     };
-    capture::discard(&conn, table, Side::Monolith)?;
+    capture::discard(&mut pair.monolith, table)?;
     let dropped = (
-        capture::tidy(&conn, Side::Monolith)?,
-        capture::tidy(&conn, Side::Service)?,
+        capture::tidy(&mut pair.monolith)?,
+        capture::tidy(&mut pair.service)?,
     );
-    let conflicts_table_dropped = conflicts::drop_if_empty(&conn)?;
-    set_stage(&conn, table, SyncStage::Complete)?;
-    let (monolith, _) = paths(data_dir, resource)?;
+    let conflicts_table_dropped = conflicts::drop_if_empty(&mut pair.service)?;
+    set_stage(&mut pair.service, table, SyncStage::Complete)?;
     Ok(Completed {
         final_changes_applied: applied_total,
         change_tables_dropped: dropped,
         fence_removed,
         conflicts_table_dropped,
         monolith_note: format!(
-            "table {name} in {} is now a stale copy that nothing updates: the monolith no \
-             longer needs it once no route sends it requests that read {name} (its own \
-             foreign keys to it included); drop it then",
-            monolith.display()
+            "table {} in {} is now a stale copy that nothing updates: the monolith no longer \
+             needs it once no route sends it requests that read {name} (its own foreign keys \
+             to it included); drop it then",
+            table.sql_table(Side::Monolith),
+            labels(data_dir, resource).0
         ),
     })
 }
@@ -993,10 +1023,10 @@ pub fn remove_capture(
     resource: &Declared,
     force: bool,
 ) -> anyhow::Result<Removed> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
     let name = resource.name();
-    let rec = load(&conn, table)?;
+    let rec = load(&mut pair.service, table)?;
     if let Some(rec) = rec.as_ref().filter(|_| !force) {
         if rec.follower_alive() {
             bail!(
@@ -1015,29 +1045,29 @@ pub fn remove_capture(
         }
     }
     let triggers_removed = (
-        capture::installed(&conn, table, Side::Monolith)?,
-        capture::installed(&conn, table, Side::Service)?,
+        capture::installed(&mut pair.monolith, table)?,
+        capture::installed(&mut pair.service, table)?,
     );
-    capture::uninstall(&mut conn, table, Side::Monolith)?;
-    capture::uninstall(&mut conn, table, Side::Service)?;
+    capture::uninstall(&mut pair.monolith, table, Side::Monolith)?;
+    capture::uninstall(&mut pair.service, table, Side::Service)?;
     let changes_discarded = (
-        capture::discard(&conn, table, Side::Monolith)?,
-        capture::discard(&conn, table, Side::Service)?,
+        capture::discard(&mut pair.monolith, table)?,
+        capture::discard(&mut pair.service, table)?,
     );
-    capture::tidy(&conn, Side::Monolith)?;
-    capture::tidy(&conn, Side::Service)?;
+    capture::tidy(&mut pair.monolith)?;
+    capture::tidy(&mut pair.service)?;
     if let Some(id) = rec.as_ref().and_then(|r| r.fence_id) {
-        remove_fence(&mut conn, table, id)?;
-        set_fence(&conn, table, None)?;
+        remove_fence(&mut pair.monolith, table, id)?;
+        set_fence(&mut pair.service, table, None)?;
     }
     let cutover_happened = rec
         .as_ref()
         .is_some_and(|r| !matches!(r.stage, SyncStage::Copying | SyncStage::Following));
     let state_forgotten = rec.is_some() && !cutover_happened;
     if state_forgotten {
-        forget_state(&conn, table)?;
+        forget_state(&mut pair.service, table)?;
     } else if rec.is_some() {
-        detach(&conn, table)?;
+        detach(&mut pair.service, table)?;
     }
     Ok(Removed {
         triggers_removed,
@@ -1049,24 +1079,28 @@ pub fn remove_capture(
 /// Marks the resource's unresolved conflicts resolved, after the operator repaired the rows on
 /// the writing side; returns how many.
 ///
-/// Errors: a database that cannot be opened or written.
+/// Errors: the rows in conflict still differ between the sides; a database that cannot be
+/// opened or written.
 pub fn resolve_conflicts(data_dir: &Path, resource: &Declared) -> anyhow::Result<u64> {
-    let mut conn = connect(data_dir, resource)?;
-    let table = &Table::resolve(&conn, resource)?;
+    let (mut pair, table) = connect(data_dir, resource)?;
+    let table = &table;
     let name = table.name();
-    let open = conflicts::unresolved(&conn, table)?;
+    let open = conflicts::unresolved(&mut pair.service, table)?;
     let mut ids: Vec<i64> = open.iter().map(|c| c.row_id).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut differ = Vec::new();
     for id in &ids {
-        let monolith = capture::row_json(&conn, Side::Monolith, table, *id)?;
-        let service = capture::row_json(&conn, Side::Service, table, *id)?;
+        let monolith = capture::row_of(&mut pair.monolith, Side::Monolith, table, *id)?;
+        let service = capture::row_of(&mut pair.service, Side::Service, table, *id)?;
         if monolith != service {
+            let show = |row: Option<Vec<Value>>| {
+                row.map_or("(none)".to_string(), |r| capture::row_json(table, &r))
+            };
             differ.push(format!(
                 "id {id}: monolith {}, service {}",
-                monolith.as_deref().unwrap_or("(none)"),
-                service.as_deref().unwrap_or("(none)")
+                show(monolith),
+                show(service)
             ));
         }
     }
@@ -1080,20 +1114,9 @@ pub fn resolve_conflicts(data_dir: &Path, resource: &Declared) -> anyhow::Result
     }
     // Equal rows: the changes still captured for them on either side carry nothing, and left
     // in place they would raise the same conflict again.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for side in [Side::Monolith, Side::Service] {
-        if capture::exists(&tx, side, "table", capture::CHANGES)? {
-            let mut forget = tx.prepare(&format!(
-                "DELETE FROM {}.{} WHERE resource = ?1 AND row_id = ?2",
-                side.schema(),
-                capture::CHANGES
-            ))?;
-            for id in &ids {
-                forget.execute(params![name, id])?;
-            }
-        }
-    }
-    let resolved = conflicts::resolve_all(&tx, table)?;
-    tx.commit()?;
-    Ok(resolved)
+    capture::discard_rows(&mut pair.monolith, table, &ids)?;
+    pair.service.transaction(true, |db| {
+        capture::discard_rows(db, table, &ids)?;
+        conflicts::resolve_all(db, table)
+    })
 }

@@ -8,11 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::capture;
 use crate::conflicts::{self, Conflict};
 use crate::db::{Db, Value};
+use crate::pair::Pair;
 use crate::resource::Table;
 use crate::sync::Side;
 use crate::text_table::TextTable;
@@ -24,38 +25,6 @@ pub struct Digest {
     pub rows: u64,
     /// Wrapping sum of the rows' XXH3-64 hashes.
     pub checksum: u64,
-}
-
-/// Digests `table` on `side` as the connection sees it now.
-pub fn digest(conn: &Connection, side: Side, table: &Table) -> rusqlite::Result<Digest> {
-    digest_except(conn, side, table, None)
-}
-
-/// As [`digest`], leaving out the row `except` (the id fence, see [`crate::sync::raise_high_water`]).
-pub fn digest_except(
-    conn: &Connection,
-    side: Side,
-    table: &Table,
-    except: Option<i64>,
-) -> rusqlite::Result<Digest> {
-    let sql = format!(
-        "SELECT {} FROM {} WHERE ?1 IS NULL OR {} IS NOT ?1",
-        table.column_list(side),
-        table.qualified(side),
-        table.key_on(side)
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([except])?;
-    let mut digest = Digest::default();
-    let mut values = Vec::with_capacity(table.columns.len());
-    while let Some(row) = rows.next()? {
-        values.clear();
-        for (i, c) in table.columns.iter().enumerate() {
-            values.push(Value::from_sqlite(row.get_ref(i)?, c.kind));
-        }
-        digest.add(&values);
-    }
-    Ok(digest)
 }
 
 impl Digest {
@@ -90,26 +59,74 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// Digests both sides inside the caller's transaction, so that each side is one snapshot.
+    /// Digests both sides of a migration, each as one snapshot, leaving out the id fence
+    /// ([`crate::sync::raise_high_water`]), and lists unresolved conflicts.
+    ///
+    /// Errors: either side cannot be read.
     pub fn run(
-        conn: &Connection,
+        pair: &mut Pair,
         table: &Table,
-        source_label: String,
-        target_label: String,
-    ) -> rusqlite::Result<Verification> {
+        labels: (String, String),
+    ) -> anyhow::Result<Verification> {
         let started = Instant::now();
-        let fence = crate::sync::fence_of(conn, table)?;
-        let source = digest_except(conn, Side::Monolith, table, fence)?;
-        let target = digest_except(conn, Side::Service, table, fence)?;
+        let fence = crate::sync::fence_of(&mut pair.service, table)?;
+        let (mut s, mut t) = (Digest::default(), Digest::default());
+        pair.monolith
+            .scan_snapshot(table, Side::Monolith, fence, &mut |row| s.add(row))?;
+        pair.service
+            .scan_snapshot(table, Side::Service, fence, &mut |row| t.add(row))?;
         Ok(Verification {
             table: table.clone(),
-            source_label,
-            target_label,
+            source_label: labels.0,
+            target_label: labels.1,
+            source: s,
+            target: t,
+            took: started.elapsed(),
+            conflicts: conflicts::unresolved(&mut pair.service, table)?,
+        })
+    }
+
+    /// As [`Verification::run`] while `writer` keeps taking writes that change capture
+    /// carries to the other side: `writer` is digested in the same snapshot that finds its
+    /// change table empty, so the other side (written only by the applier) holds exactly the
+    /// changes made before it. `None` when changes are waiting (apply them and call again).
+    ///
+    /// Errors: either side cannot be read.
+    pub fn drained(
+        pair: &mut Pair,
+        table: &Table,
+        writer: Side,
+        labels: (String, String),
+    ) -> anyhow::Result<Option<Verification>> {
+        let started = Instant::now();
+        let fence = crate::sync::fence_of(&mut pair.service, table)?;
+        let mut w = Digest::default();
+        let drained = pair.db(writer).transaction(false, |db| {
+            if capture::backlog(db, table)?.0 > 0 {
+                return Ok(false);
+            }
+            db.scan(table, writer, fence, &mut |row| w.add(row))?;
+            Ok(true)
+        })?;
+        if !drained {
+            return Ok(None);
+        }
+        let mut o = Digest::default();
+        pair.db(writer.other())
+            .scan_snapshot(table, writer.other(), fence, &mut |row| o.add(row))?;
+        let (source, target) = match writer {
+            Side::Monolith => (w, o),
+            Side::Service => (o, w),
+        };
+        Ok(Some(Verification {
+            table: table.clone(),
+            source_label: labels.0,
+            target_label: labels.1,
             source,
             target,
             took: started.elapsed(),
-            conflicts: conflicts::unresolved(conn, table)?,
-        })
+            conflicts: conflicts::unresolved(&mut pair.service, table)?,
+        }))
     }
 
     /// Digests both sides through their own connections, each as one snapshot (for a source
@@ -125,8 +142,8 @@ impl Verification {
     ) -> anyhow::Result<Verification> {
         let started = Instant::now();
         let (mut s, mut t) = (Digest::default(), Digest::default());
-        source.scan(table, Side::Monolith, None, &mut |row| s.add(row))?;
-        target.scan(table, Side::Service, None, &mut |row| t.add(row))?;
+        source.scan_snapshot(table, Side::Monolith, None, &mut |row| s.add(row))?;
+        target.scan_snapshot(table, Side::Service, None, &mut |row| t.add(row))?;
         Ok(Verification {
             table: table.clone(),
             source_label: labels.0,
@@ -217,11 +234,10 @@ mod tests {
         Table::compare(&decl, &cols, &cols, "s", "t").unwrap()
     }
 
-    fn db(rows: &[(i64, &str, &str, &str)]) -> Connection {
-        let conn = Connection::open_in_memory().expect("open");
+    fn db(rows: &[(i64, &str, &str, &str)]) -> Db {
+        let conn = rusqlite::Connection::open_in_memory().expect("open");
         conn.execute_batch(
-            "ATTACH ':memory:' AS src;
-             CREATE TABLE main.users (id INTEGER PRIMARY KEY, username TEXT, name TEXT, bio TEXT);",
+            "CREATE TABLE main.users (id INTEGER PRIMARY KEY, username TEXT, name TEXT, bio TEXT);",
         )
         .expect("schema");
         for (id, u, n, b) in rows {
@@ -231,31 +247,29 @@ mod tests {
             )
             .expect("insert");
         }
-        conn
+        Db::Sqlite(conn)
+    }
+
+    fn digest(db: &mut Db, table: &Table) -> Digest {
+        let mut d = Digest::default();
+        db.scan_snapshot(table, Side::Service, None, &mut |row| d.add(row))
+            .expect("scan");
+        d
     }
 
     #[test]
     fn the_checksum_ignores_order_but_not_content() {
         let users = &table("users");
-        let a = db(&[(1, "a", "A", ""), (2, "b", "B", "bio")]);
-        let b = db(&[(2, "b", "B", "bio"), (1, "a", "A", "")]);
-        assert_eq!(
-            digest(&a, Side::Service, users).unwrap(),
-            digest(&b, Side::Service, users).unwrap()
-        );
+        let a = digest(&mut db(&[(1, "a", "A", ""), (2, "b", "B", "bio")]), users);
+        let b = digest(&mut db(&[(2, "b", "B", "bio"), (1, "a", "A", "")]), users);
+        assert_eq!(a, b);
         // Moving a character between columns changes the row.
-        let c = db(&[(1, "a", "A", ""), (2, "b", "Bb", "io")]);
-        assert_ne!(
-            digest(&a, Side::Service, users).unwrap().checksum,
-            digest(&c, Side::Service, users).unwrap().checksum
-        );
+        let c = digest(&mut db(&[(1, "a", "A", ""), (2, "b", "Bb", "io")]), users);
+        assert_ne!(a.checksum, c.checksum);
         // Swapping a field between two rows keeps the multiset of values but not the rows.
-        let d = db(&[(1, "b", "A", ""), (2, "a", "B", "bio")]);
-        assert_ne!(
-            digest(&a, Side::Service, users).unwrap().checksum,
-            digest(&d, Side::Service, users).unwrap().checksum
-        );
-        assert_eq!(digest(&a, Side::Service, users).unwrap().rows, 2);
+        let d = digest(&mut db(&[(1, "b", "A", ""), (2, "a", "B", "bio")]), users);
+        assert_ne!(a.checksum, d.checksum);
+        assert_eq!(a.rows, 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use strangler_ops::capture;
-use strangler_ops::migrate;
+use strangler_ops::pair::{Open, Pair};
 use strangler_ops::sync::Side;
 
 mod common;
@@ -19,21 +19,22 @@ fn capture_installs_while_another_connection_keeps_writing() {
     let dir = common::Scratch::new("capture-busy");
     let monolith = dir.join("monolith.db");
     drop(Db::open(&monolith, &Resource::ALL, Seed::Legacy).expect("monolith db"));
-    let (_, users) = migrate::open(
-        &monolith,
-        &dir.join("users.db"),
+    let (_, users) = Pair::open(
+        &dir.path,
         &common::declared(Resource::Users),
+        Open::CreatingTarget,
     )
     .unwrap();
-    let (mut conn, posts) = migrate::open(
-        &monolith,
-        &dir.join("posts.db"),
+    let (mut pair, posts) = Pair::open(
+        &dir.path,
         &common::declared(Resource::Posts),
+        Open::CreatingTarget,
     )
     .unwrap();
     let (users, posts) = (&users, &posts);
+    let conn = &mut pair.monolith;
     // The change table exists already, as it does once a first resource is followed.
-    capture::install(&mut conn, users, Side::Monolith).unwrap();
+    capture::install(conn, users, Side::Monolith).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -56,9 +57,9 @@ fn capture_installs_while_another_connection_keeps_writing() {
         })
     };
     for round in 0..200 {
-        capture::install(&mut conn, posts, Side::Monolith)
+        capture::install(conn, posts, Side::Monolith)
             .unwrap_or_else(|e| panic!("install {round}: {e}"));
-        capture::uninstall(&mut conn, posts, Side::Monolith)
+        capture::uninstall(conn, posts, Side::Monolith)
             .unwrap_or_else(|e| panic!("uninstall {round}: {e}"));
     }
     stop.store(true, Ordering::SeqCst);

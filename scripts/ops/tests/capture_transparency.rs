@@ -13,8 +13,9 @@ use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use monolith::references::LocalReferences;
+use strangler_ops::capture;
+use strangler_ops::pair::{Open, Pair};
 use strangler_ops::sync::Side;
-use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
 
 use common::{Scratch, sqlite};
@@ -65,15 +66,15 @@ async fn the_monolith_answers_the_same_with_change_capture_on() {
     let (captured, _captured_db) = board(&captured_dir);
     // Capture on every resource, as three followers would install it.
     for resource in Resource::ALL {
-        let (mut conn, table) = migrate::open(
-            &captured_dir.join("monolith.db"),
-            &captured_dir.join(&format!("{}.db", resource.name())),
+        let (mut pair, table) = Pair::open(
+            &captured_dir.path,
             &common::declared(resource),
+            Open::CreatingTarget,
         )
         .expect("open");
         let table = &table;
-        capture::install(&mut conn, table, Side::Monolith).expect("install");
-        assert!(capture::installed(&conn, table, Side::Monolith).expect("installed"));
+        capture::install(&mut pair.monolith, table, Side::Monolith).expect("install");
+        assert!(capture::installed(&mut pair.monolith, table).expect("installed"));
     }
 
     let script: &[(Method, &str, &str)] = &[

@@ -3,12 +3,13 @@
 //! the whole time, and every resource taken from `copying` to `complete` through the CLI
 //! (`migrate-data --follow`, `shift`, `cutover`, `cutover --reverse`, `complete`). No client
 //! request may fail, no acknowledged write may be lost or doubled, and once complete the
-//! monolith serves none of the three routes.
+//! monolith serves none of the three routes. It runs twice: every database an SQLite file, and
+//! every database in one throwaway PostgreSQL cluster (change capture by triggers).
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -20,15 +21,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use monolith::app::Board;
-use monolith::db::{Db, Seed};
+use monolith::db::{Db, Location, Seed};
 use monolith::legacy::Resource;
 use monolith::references::RemoteReferences;
 use serde_json::{Value, json};
+use strangler_ops::db::Db as OpsDb;
+use strangler_ops::migrations::{Declared, Migrations};
 use strangler_ops::sync::{self, Direction, SyncStage};
 use strangler_proxy::metrics::names;
+use test_postgres::Cluster;
 
 use common::Scratch;
-use common::stack::monolith_waiting;
+use common::stack::monolith_at;
 
 /// How long the client load may run at most, whatever happens to the test.
 const LOAD_LIMIT: Duration = Duration::from_secs(50);
@@ -50,6 +54,13 @@ const WRITES_PER_STEP: u64 = 20;
 
 // ---- the stack --------------------------------------------------------------------------
 
+/// Where every database of the stack lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
 struct Stack {
     dir: Scratch,
     data: PathBuf,
@@ -57,6 +68,10 @@ struct Stack {
     proxy: strangler_proxy::server::Running,
     followers: Vec<(Resource, Child)>,
     started: Instant,
+    /// The declarations the scripts read (`migrations.toml` beside `routes.toml`).
+    migrations: Migrations,
+    /// Dropped last: stops the cluster after the followers.
+    _cluster: Option<Cluster>,
 }
 
 impl Drop for Stack {
@@ -93,14 +108,32 @@ fn routes_toml(monolith: &str, services: &[(Resource, String)]) -> String {
     text
 }
 
-async fn stack() -> Stack {
+async fn stack(engine: Engine) -> Stack {
     let started = Instant::now();
     let dir = Scratch::new("migration-e2e");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
+    let cluster = (engine == Engine::Postgres).then(|| {
+        tokio::task::block_in_place(|| {
+            let c = Cluster::start();
+            c.create_db("monolith");
+            for r in Resource::ALL {
+                c.create_db(r.name());
+            }
+            c
+        })
+    });
+    // Each process's database, and as migrations.toml names it.
+    let location = |db: &str| match &cluster {
+        None => (
+            Location::File(data.join(format!("{db}.db"))),
+            format!("sqlite:{db}.db"),
+        ),
+        Some(c) => (Location::Postgres(c.url(db)), c.url(db)),
+    };
 
     // The bounded wait for a reference that reverse sync has not carried over yet.
-    let monolith = monolith_waiting(&data, Duration::from_secs(2)).await;
+    let monolith = monolith_at(&location("monolith").0, Duration::from_secs(2)).await;
 
     // The services need the proxy's address and the proxy's file needs theirs: bind first.
     let mut listeners = Vec::new();
@@ -113,10 +146,25 @@ async fn stack() -> Stack {
     let addrs: Vec<(Resource, String)> =
         listeners.iter().map(|(r, _, a)| (*r, a.clone())).collect();
     std::fs::write(&config, routes_toml(&monolith.to_string(), &addrs)).unwrap();
+    let mut declarations = String::new();
+    for r in Resource::ALL {
+        declarations.push_str(&format!(
+            "[resources.{n}]\nroute = \"{n}\"\nkey = \"id\"\n\
+             source = {{ url = \"{}\", table = \"{n}\" }}\n\
+             target = {{ url = \"{}\", table = \"{n}\" }}\n\n",
+            location("monolith").1,
+            location(r.name()).1,
+            n = r.name()
+        ));
+    }
+    let migrations_file = dir.join("migrations.toml");
+    std::fs::write(&migrations_file, declarations).unwrap();
+    let migrations = Migrations::load(&migrations_file).unwrap();
     let proxy = strangler_proxy::server::start(&config).await.unwrap();
     let api_base = format!("http://{}", proxy.public);
     for (r, listener, _) in listeners {
-        let db = Db::open(&data.join(format!("{}.db", r.name())), &[r], Seed::Empty).unwrap();
+        let at = location(r.name()).0;
+        let db = tokio::task::block_in_place(|| Db::open_at(&at, &[r], Seed::Empty).unwrap());
         let refs = Arc::new(RemoteReferences::new(&api_base).unwrap());
         let router = Board::new(db, &[r], refs).router();
         tokio::spawn(async move {
@@ -130,6 +178,8 @@ async fn stack() -> Stack {
         proxy,
         followers: Vec::new(),
         started,
+        migrations,
+        _cluster: cluster,
     }
 }
 
@@ -148,6 +198,9 @@ impl Stack {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_strangler-ops"))
             .env_remove("RUST_LOG")
             .args(["migrate-data", r.name(), "--follow", "--poll", "5ms"])
+            // Between two PostgreSQL databases `auto` would follow by logical replication,
+            // which switching writes does not build on.
+            .args(["--capture", "triggers"])
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--config")
@@ -159,7 +212,7 @@ impl Stack {
         self.followers.push((r, child));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let state = sync::read_state(&self.data, &common::declared(r));
+            let state = tokio::task::block_in_place(|| sync::read_state(&self.data, self.decl(r)));
             let ready = state
                 .as_ref()
                 .ok()
@@ -205,10 +258,21 @@ impl Stack {
             .collect()
     }
 
+    fn decl(&self, r: Resource) -> &Declared {
+        self.migrations.get(r.name()).unwrap()
+    }
+
     fn state(&self, r: Resource) -> sync::SyncState {
-        sync::read_state(&self.data, &common::declared(r))
+        tokio::task::block_in_place(|| sync::read_state(&self.data, self.decl(r)))
             .unwrap()
             .expect("migration started")
+    }
+
+    /// A connection to the database that owns `r` now (its service's).
+    fn service_db(&self, r: Resource) -> OpsDb {
+        tokio::task::block_in_place(|| {
+            OpsDb::open(&self.decl(r).target.url, &self.data, false).expect("open")
+        })
     }
 
     fn metrics_url(&self) -> String {
@@ -743,38 +807,44 @@ async fn prepare(s: &mut Stack, load: &Load, r: Resource) {
 
 // ---- reading the databases and the cutover output ----------------------------------------
 
-fn open(path: &Path) -> rusqlite::Connection {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
-/// Ids of the rows whose `column` is `value`.
-fn ids_where(conn: &rusqlite::Connection, table: &str, column: &str, value: &str) -> Vec<i64> {
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT id FROM {table} WHERE {column} = ?1 ORDER BY id"
-        ))
-        .unwrap();
-    stmt.query_map([value], |r| r.get(0))
+/// The integers of every row of `sql`'s first `n` columns.
+fn ints(db: &mut OpsDb, sql: &str, params: &[strangler_ops::db::Value]) -> Vec<Vec<i64>> {
+    tokio::task::block_in_place(|| db.query(sql, params))
         .unwrap()
-        .map(Result::unwrap)
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|v| match v {
+                    strangler_ops::db::Value::Integer(i) => i,
+                    other => panic!("not an integer: {other:?}"),
+                })
+                .collect()
+        })
         .collect()
 }
 
-fn all_ids(conn: &rusqlite::Connection, table: &str) -> HashSet<i64> {
-    let mut stmt = conn.prepare(&format!("SELECT id FROM {table}")).unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+/// Ids of the rows whose `column` is `value`.
+fn ids_where(db: &mut OpsDb, table: &str, column: &str, value: &str) -> Vec<i64> {
+    ints(
+        db,
+        &format!("SELECT id FROM {table} WHERE {column} = ?1 ORDER BY id"),
+        &[strangler_ops::db::Value::Text(value.to_string())],
+    )
+    .into_iter()
+    .map(|r| r[0])
+    .collect()
+}
+
+fn all_ids(db: &mut OpsDb, table: &str) -> HashSet<i64> {
+    ints(db, &format!("SELECT id FROM {table}"), &[])
+        .into_iter()
+        .map(|r| r[0])
         .collect()
 }
 
 /// The acknowledged rows of one resource missing from or doubled in `table`.
 fn check_rows(
-    conn: &rusqlite::Connection,
+    db: &mut OpsDb,
     table: &str,
     column: &str,
     rows: &[(i64, String)],
@@ -782,7 +852,7 @@ fn check_rows(
     problems: &mut Vec<String>,
 ) {
     for (id, value) in rows {
-        let found = ids_where(conn, table, column, value);
+        let found = ids_where(db, table, column, value);
         let expected = if deleted.contains(id) {
             vec![]
         } else {
@@ -817,7 +887,16 @@ fn longest_hold(out: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_resource_migrates_to_its_service_under_load_without_a_failed_request_or_lost_write()
 {
-    let mut s = stack().await;
+    migrate_everything(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgresql_every_resource_migrates_under_load_without_a_failed_request_or_lost_write() {
+    migrate_everything(Engine::Postgres).await;
+}
+
+async fn migrate_everything(engine: Engine) {
+    let mut s = stack(engine).await;
     let load = Load::start(s.proxy.public, s.started);
     load.more_writes(WRITES_PER_STEP).await;
     s.say("load running");
@@ -877,6 +956,7 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
     }
 
     // The followers end by themselves once their migration is complete.
+    let mut exits = Vec::new();
     for (r, child) in &mut s.followers {
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -890,7 +970,15 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(status.success(), "follower of {}: {status}", r.name());
+        exits.push((*r, status));
+    }
+    for (r, status) in exits {
+        assert!(
+            status.success(),
+            "follower of {}: {status}\n{}",
+            r.name(),
+            s.logs()
+        );
     }
     s.say("every follower exited 0");
 
@@ -943,14 +1031,14 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
     );
 
     // Every acknowledged write exactly once in its owner's database; deleted posts gone.
-    let users = open(&s.data.join("users.db"));
-    let threads = open(&s.data.join("threads.db"));
-    let posts = open(&s.data.join("posts.db"));
+    let mut users = s.service_db(Resource::Users);
+    let mut threads = s.service_db(Resource::Threads);
+    let mut posts = s.service_db(Resource::Posts);
     let deleted: HashSet<i64> = seen.deleted.iter().copied().collect();
     let none = HashSet::new();
     let mut problems = Vec::new();
     check_rows(
-        &users,
+        &mut users,
         "users",
         "username",
         &seen.users,
@@ -958,7 +1046,7 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
         &mut problems,
     );
     check_rows(
-        &threads,
+        &mut threads,
         "threads",
         "title",
         &seen.threads,
@@ -966,7 +1054,7 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
         &mut problems,
     );
     check_rows(
-        &posts,
+        &mut posts,
         "posts",
         "text",
         &seen.posts,
@@ -974,40 +1062,40 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
         &mut problems,
     );
     for id in &deleted {
-        if !ids_where(&posts, "posts", "id", &id.to_string()).is_empty() {
+        if !ints(
+            &mut posts,
+            "SELECT id FROM posts WHERE id = ?1",
+            &[strangler_ops::db::Value::Integer(*id)],
+        )
+        .is_empty()
+        {
             problems.push(format!(
-                "post {id} was deleted (204) but is still in posts.db"
+                "post {id} was deleted (204) but is still in the posts service's database"
             ));
         }
     }
     // Every post refers to a user and a thread that exist where they are owned now.
-    let user_ids = all_ids(&users, "users");
-    let thread_ids = all_ids(&threads, "threads");
-    let mut stmt = posts.prepare("SELECT id, thread, user FROM posts").unwrap();
-    let rows: Vec<(i64, i64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, thread, user) in &rows {
+    let user_ids = all_ids(&mut users, "users");
+    let thread_ids = all_ids(&mut threads, "threads");
+    for row in ints(&mut posts, "SELECT id, thread, \"user\" FROM posts", &[]) {
+        let (id, thread, user) = (&row[0], &row[1], &row[2]);
         if !thread_ids.contains(thread) {
-            problems.push(format!("post {id}: thread {thread} is not in threads.db"));
+            problems.push(format!(
+                "post {id}: thread {thread} is not in the threads service's database"
+            ));
         }
         if !user_ids.contains(user) {
-            problems.push(format!("post {id}: user {user} is not in users.db"));
+            problems.push(format!(
+                "post {id}: user {user} is not in the users service's database"
+            ));
         }
     }
-    let mut stmt = threads
-        .prepare("SELECT id, created_by FROM threads")
-        .unwrap();
-    let rows: Vec<(i64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, user) in &rows {
+    for row in ints(&mut threads, "SELECT id, created_by FROM threads", &[]) {
+        let (id, user) = (&row[0], &row[1]);
         if !user_ids.contains(user) {
-            problems.push(format!("thread {id}: createdBy {user} is not in users.db"));
+            problems.push(format!(
+                "thread {id}: createdBy {user} is not in the users service's database"
+            ));
         }
     }
     assert!(
@@ -1016,5 +1104,7 @@ async fn every_resource_migrates_to_its_service_under_load_without_a_failed_requ
         problems.len(),
         problems.join("\n")
     );
+    // Closing a PostgreSQL connection blocks too.
+    tokio::task::block_in_place(move || drop((users, threads, posts)));
     s.say("done");
 }

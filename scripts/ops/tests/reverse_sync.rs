@@ -16,8 +16,9 @@ use monolith::app::Board;
 use monolith::db::{Db, Seed};
 use monolith::legacy::Resource;
 use monolith::references::RemoteReferences;
+use strangler_ops::capture;
+use strangler_ops::pair::{Open, Pair};
 use strangler_ops::sync::{self, Direction, Side, SyncStage};
-use strangler_ops::{capture, migrate};
 use tower::ServiceExt as _;
 
 use common::{Lines, Ops, OpsTest, eventually, sqlite, stderr, stdout};
@@ -89,11 +90,15 @@ fn an_applied_change_is_never_captured_back_but_client_writes_are() {
     let dir = OpsTest::new("pingpong").board(5, 5, 50).start();
     assert!(dir.migrate(&["posts"]).status.success());
     let (m, s) = (dir.join("monolith.db"), dir.join("posts.db"));
-    let (mut conn, table) =
-        migrate::open(&m, &s, &common::declared(Resource::Posts)).expect("open");
+    let (mut pair, table) = Pair::open(
+        dir.path(),
+        &common::declared(Resource::Posts),
+        Open::Existing,
+    )
+    .expect("open");
     let table = &table;
-    capture::install(&mut conn, table, Side::Monolith).unwrap();
-    capture::install(&mut conn, table, Side::Service).unwrap();
+    capture::install(&mut pair.monolith, table, Side::Monolith).unwrap();
+    capture::install(&mut pair.service, table, Side::Service).unwrap();
 
     // A client write on the monolith is captured there; applying it forward is not captured
     // by the service's triggers.
@@ -104,11 +109,9 @@ fn an_applied_change_is_never_captured_back_but_client_writes_are() {
         )
         .unwrap();
     assert_eq!(changes(&m), 1);
-    let tx = capture::begin(&mut conn, Side::Service).unwrap();
-    let applied = capture::apply(&tx, table, Direction::Forward, 0, 100).unwrap();
-    capture::commit(tx, Side::Service).unwrap();
+    let applied = capture::apply(&mut pair, table, Direction::Forward, 100).unwrap();
     assert_eq!((applied.changes, applied.conflicts.len()), (1, 0));
-    capture::forget(&conn, table, Side::Monolith, applied.last_seq).unwrap();
+    capture::forget(&mut pair.monolith, table, &applied.seqs).unwrap();
     assert_eq!(text_of(&s, 3).as_deref(), Some("from the monolith"));
     assert_eq!(changes(&s), 0, "the forward apply was captured back");
 
@@ -123,11 +126,9 @@ fn an_applied_change_is_never_captured_back_but_client_writes_are() {
         .execute("DELETE FROM posts WHERE id = 5", [])
         .unwrap();
     assert_eq!(changes(&s), 2, "client writes on the service are captured");
-    let tx = capture::begin(&mut conn, Side::Monolith).unwrap();
-    let applied = capture::apply(&tx, table, Direction::Reverse, 0, 100).unwrap();
-    capture::commit(tx, Side::Monolith).unwrap();
+    let applied = capture::apply(&mut pair, table, Direction::Reverse, 100).unwrap();
     assert_eq!((applied.changes, applied.conflicts.len()), (2, 0));
-    capture::forget(&conn, table, Side::Service, applied.last_seq).unwrap();
+    capture::forget(&mut pair.service, table, &applied.seqs).unwrap();
     assert_eq!(text_of(&m, 4).as_deref(), Some("from the service"));
     assert_eq!(text_of(&m, 5), None);
     assert_eq!(changes(&m), 0, "the reverse apply was captured back");
@@ -418,11 +419,22 @@ async fn after_a_switch_the_two_writers_never_hand_out_the_same_id() {
     let o = dir.migrate(&["users"]);
     assert!(o.status.success(), "{}", stdout(&o));
     {
-        let (mut conn, table) = migrate::open(&m, &s, &common::declared(Resource::Users)).unwrap();
+        let (mut pair, table) = Pair::open(
+            dir.path(),
+            &common::declared(Resource::Users),
+            Open::Existing,
+        )
+        .unwrap();
         let table = &table;
-        capture::install(&mut conn, table, Side::Monolith).unwrap();
-        capture::install(&mut conn, table, Side::Service).unwrap();
-        sync::start(&conn, table, Direction::Forward, SyncStage::Following).unwrap();
+        capture::install(&mut pair.monolith, table, Side::Monolith).unwrap();
+        capture::install(&mut pair.service, table, Side::Service).unwrap();
+        sync::start(
+            &mut pair.service,
+            table,
+            Direction::Forward,
+            SyncStage::Following,
+        )
+        .unwrap();
     }
     // The service's top row was deleted after the copy: the service would reuse id 20.
     sqlite(&s)

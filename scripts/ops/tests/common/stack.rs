@@ -12,7 +12,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use monolith::app::Board;
-use monolith::db::{Db, Seed};
+use monolith::db::{Db, Location, Seed};
 use monolith::legacy::Resource;
 use monolith::references::{LocalReferences, RemoteReferences};
 use strangler_ops::fetch;
@@ -38,8 +38,18 @@ pub async fn monolith(data: &Path) -> SocketAddr {
 /// The monolith waiting up to `wait` for a referenced row that reverse sync has not carried
 /// over yet (`--reference-wait`).
 pub async fn monolith_waiting(data: &Path, wait: Duration) -> SocketAddr {
-    let db =
-        Db::open(&data.join("monolith.db"), &Resource::ALL, Seed::Legacy).expect("monolith db");
+    monolith_at(&Location::File(data.join("monolith.db")), wait).await
+}
+
+/// The monolith on its database at `location` (an SQLite file or a PostgreSQL database),
+/// waiting up to `wait` for a reference reverse sync has not carried over yet.
+pub async fn monolith_at(location: &Location, wait: Duration) -> SocketAddr {
+    let open = || Db::open_at(location, &Resource::ALL, Seed::Legacy).expect("monolith db");
+    // The PostgreSQL driver blocks (and needs a multi-thread runtime here).
+    let db = match location {
+        Location::File(_) => open(),
+        Location::Postgres(_) => tokio::task::block_in_place(open),
+    };
     let refs = Arc::new(LocalReferences::with_wait(db.clone(), wait));
     serve(Board::new(db, &Resource::ALL, refs).router()).await
 }
