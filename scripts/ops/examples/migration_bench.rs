@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strangler_ops::copy::CopyOptions;
-use strangler_ops::migrate::{self, MigrateOptions, Outcome};
+use strangler_ops::migrate::{self, Capture, MigrateOptions, Outcome};
 use strangler_ops::migrations::Migrations;
 use strangler_ops::progress::Display;
 use strangler_ops::signals::Stop;
@@ -90,7 +90,7 @@ fn run(dir: &Path, rows: u64, rate: u64, seconds: u64) -> anyhow::Result<()> {
         ),
     ] {
         let decl = declaration(&source, &target);
-        let options = options(dir, &decl, false);
+        let options = options(dir, &decl, false, Capture::Auto);
         let mut out = Vec::new();
         let started = Instant::now();
         let outcome = migrate::run(&options, &Stop::new(), &mut out)?;
@@ -123,27 +123,55 @@ fn run(dir: &Path, rows: u64, rate: u64, seconds: u64) -> anyhow::Result<()> {
         Store::Sqlite(source),
         Store::Sqlite(target),
         declaration("sqlite:lag-monolith.db", "sqlite:lag-ledger.db"),
-        rate,
-        seconds,
+        (rate, seconds),
+        Capture::Triggers,
     )?;
-    for db in ["lag_src", "lag_dst"] {
-        cluster.create_db(db);
-        cluster.client(db).batch_execute(PG_TABLE)?;
-    }
-    cluster.client("lag_src").batch_execute(
-        "INSERT INTO accounts SELECT g * 3, 'user' || g || '@example.org', g % 1000, g % 2 = 0,
-                timestamp '2024-03-01' + g * interval '1 second', g / 4.0, NULL
-           FROM generate_series(1, 100000) g",
-    )?;
+    let source = dir.join("lag-monolith-2.db");
+    fill_sqlite(&source, 100_000)?;
+    cluster.create_db("lag_dst_s");
+    cluster.client("lag_dst_s").batch_execute(PG_TABLE)?;
     follow_lag(
-        "PostgreSQL → PostgreSQL, logical replication",
+        "SQLite → PostgreSQL, capture triggers, `--poll 5ms`",
         dir,
-        Store::Postgres(cluster.url("lag_src")),
-        Store::Postgres(cluster.url("lag_dst")),
-        declaration(&cluster.url("lag_src"), &cluster.url("lag_dst")),
-        rate,
-        seconds,
+        Store::Sqlite(source),
+        Store::Postgres(cluster.url("lag_dst_s")),
+        declaration("sqlite:lag-monolith-2.db", &cluster.url("lag_dst_s")),
+        (rate, seconds),
+        Capture::Triggers,
     )?;
+    for (src, dst, label, capture) in [
+        (
+            "lag_src",
+            "lag_dst",
+            "PostgreSQL → PostgreSQL, logical replication",
+            Capture::Replication,
+        ),
+        (
+            "lag_src_t",
+            "lag_dst_t",
+            "PostgreSQL → PostgreSQL, capture triggers, `--poll 5ms`",
+            Capture::Triggers,
+        ),
+    ] {
+        for db in [src, dst] {
+            cluster.create_db(db);
+            cluster.client(db).batch_execute(PG_TABLE)?;
+        }
+        cluster.client(src).batch_execute(
+            "INSERT INTO accounts SELECT g * 3, 'user' || g || '@example.org', g % 1000, g % 2 = 0,
+                    timestamp '2024-03-01' + g * interval '1 second', g / 4.0, NULL
+               FROM generate_series(1, 100000) g",
+        )?;
+        follow_lag(
+            label,
+            dir,
+            Store::Postgres(cluster.url(src)),
+            Store::Postgres(cluster.url(dst)),
+            declaration(&cluster.url(src), &cluster.url(dst)),
+            (rate, seconds),
+            capture,
+        )?;
+    }
     drop(cluster);
     Ok(())
 }
@@ -219,10 +247,10 @@ fn follow_lag(
     source: Store,
     target: Store,
     decl: strangler_ops::migrations::Declared,
-    rate: u64,
-    seconds: u64,
+    (rate, seconds): (u64, u64),
+    capture: Capture,
 ) -> anyhow::Result<()> {
-    let options = options(dir, &decl, true);
+    let options = options(dir, &decl, true, capture);
     let stop = Stop::new();
     let mut out_log = Vec::new();
     let follower = {
@@ -332,7 +360,12 @@ fn declaration(source: &str, target: &str) -> strangler_ops::migrations::Declare
         .remove(0)
 }
 
-fn options(dir: &Path, decl: &strangler_ops::migrations::Declared, follow: bool) -> MigrateOptions {
+fn options(
+    dir: &Path,
+    decl: &strangler_ops::migrations::Declared,
+    follow: bool,
+    capture: Capture,
+) -> MigrateOptions {
     MigrateOptions {
         resource: decl.clone(),
         data_dir: dir.to_path_buf(),
@@ -346,7 +379,7 @@ fn options(dir: &Path, decl: &strangler_ops::migrations::Declared, follow: bool)
         report_every: Duration::from_secs(3600),
         verify_only: false,
         display: Display::Lines,
-        capture: strangler_ops::migrate::Capture::Auto,
+        capture,
     }
 }
 

@@ -186,10 +186,6 @@ struct Run<'a> {
 
 /// Runs a cutover; see the module documentation.
 pub fn run(options: &CutoverOptions, stop: &Stop, out: &mut dyn Write) -> anyhow::Result<Ending> {
-    if let Err(why) = switchable(&options.data_dir, &options.resource, "cutover") {
-        writeln!(out, "refused: {why}")?;
-        return Ok(Ending::NotSwitched(why));
-    }
     let loaded = config::load(&options.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let route = route_of(&loaded.config, &options.resource)?.clone();
     let from = if options.reverse {
@@ -314,7 +310,14 @@ impl<'a> Run<'a> {
                 state.stage.as_str()
             ));
         }
-        if state.capture_installed != (true, true) {
+        // Carried forward by logical replication, the monolith's table has no triggers until
+        // the switch hands over to them.
+        let needed = (!state.forward_by_replication, true);
+        if (
+            state.capture_installed.0 || !needed.0,
+            state.capture_installed.1,
+        ) != (true, true)
+        {
             return Err(format!(
                 "change capture for {name} is not installed on both sides (monolith {}, \
                  service {}): restart `scripts/migrate-data {name} --follow`",
@@ -669,10 +672,6 @@ pub fn complete(
     resource: &Declared,
     out: &mut dyn Write,
 ) -> anyhow::Result<Result<(), String>> {
-    if let Err(why) = switchable(data_dir, resource, "complete") {
-        writeln!(out, "refused: {why}")?;
-        return Ok(Err(why));
-    }
     let loaded = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let route = route_of(&loaded.config, resource)?;
     let name = resource.name();
@@ -708,41 +707,27 @@ pub fn complete(
         "reverse sync of {name} stopped after applying its last {} change(s)",
         done.final_changes_applied
     )?;
+    let table = |dropped: bool, side: &str| {
+        if dropped {
+            format!("the {side}'s change table dropped")
+        } else {
+            format!("the {side}'s change table kept (another resource still captures into it)")
+        }
+    };
     writeln!(
         out,
-        "change capture removed: change tables dropped (monolith {}, service {}), id fence \
-         removed {}",
-        done.change_tables_dropped.0, done.change_tables_dropped.1, done.fence_removed
+        "change capture removed: triggers gone on both sides; {}; {}{}",
+        table(done.change_tables_dropped.0, "monolith"),
+        table(done.change_tables_dropped.1, "service"),
+        if done.fence_removed {
+            "; the id fence row removed from the monolith's table"
+        } else {
+            ""
+        }
     )?;
     writeln!(out, "{}", done.monolith_note)?;
     writeln!(out, "the migration of {name} is complete")?;
     Ok(Ok(()))
-}
-
-/// Refuses `command` (`cutover`, `complete`) for a resource followed by PostgreSQL logical
-/// replication: switching writes builds on trigger capture (both directions, conflicts, the
-/// id fence); the reason says how to switch the follower over.
-fn switchable(data_dir: &Path, resource: &Declared, command: &str) -> Result<(), String> {
-    let (DbUrl::Postgres(_), DbUrl::Postgres(_)) = (&resource.source.url, &resource.target.url)
-    else {
-        return Ok(());
-    };
-    let name = resource.name();
-    let subscribed = Db::open(&resource.target.url, data_dir, false).and_then(|mut target| {
-        let client = target.postgres().expect("a PostgreSQL target");
-        crate::replication::subscribed(client, name)
-    });
-    match subscribed {
-        Ok(true) => Err(format!(
-            "{command} {name}: {name} is followed by PostgreSQL logical replication \
-             (subscription {}), and switching writes builds on trigger capture (reverse sync, \
-             conflicts, the id fence). Stop the follower (Ctrl-C removes the subscription), \
-             then run `scripts/migrate-data {name} --follow --capture triggers`",
-            crate::replication::name_of(name)
-        )),
-        Ok(false) => Ok(()),
-        Err(e) => Err(format!("{command} {name}: {e:#}")),
-    }
 }
 
 /// The references between declared resources as the source databases' own catalogues declare

@@ -554,8 +554,9 @@ impl Db {
             let stage = db.stage_name(table);
             let removed = db.exec(
                 &format!(
-                    "DELETE FROM {t} WHERE {k} >= ?1 AND {k} <= ?2 AND NOT EXISTS \
-                     (SELECT 1 FROM {stage} AS s WHERE s.{k} = {t}.{k})"
+                    // Not a correlated NOT EXISTS: SQLite would scan the stage once per row.
+                    "DELETE FROM {t} WHERE {k} >= ?1 AND {k} <= ?2 AND {k} NOT IN \
+                     (SELECT {k} FROM {stage})"
                 ),
                 &[Value::Integer(first), Value::Integer(last)],
             )?;

@@ -492,29 +492,6 @@ fn remove_capture(
     resource: &migrations::Declared,
     force: bool,
 ) -> anyhow::Result<ExitCode> {
-    if matches!(
-        (&resource.source.url, &resource.target.url),
-        (
-            migrations::DbUrl::Postgres(_),
-            migrations::DbUrl::Postgres(_)
-        )
-    ) {
-        let name = strangler_ops::replication::name_of(resource.name());
-        match strangler_ops::replication::remove_declared(data_dir, resource) {
-            Ok(true) => {
-                println!(
-                    "logical replication of {}: subscription, slot and publication {name} removed",
-                    resource.name()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(false) => {}
-            Err(e) => {
-                eprintln!("{e:#}");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
     let removed = match sync::remove_capture(data_dir, resource, force) {
         Ok(removed) => removed,
         Err(e) => {
@@ -536,6 +513,27 @@ fn remove_capture(
             ""
         }
     );
+    // Between two PostgreSQL databases a follower may have left a subscription replicating.
+    if matches!(
+        (&resource.source.url, &resource.target.url),
+        (
+            migrations::DbUrl::Postgres(_),
+            migrations::DbUrl::Postgres(_)
+        )
+    ) {
+        let name = strangler_ops::replication::name_of(resource.name());
+        match strangler_ops::replication::remove_declared(data_dir, resource) {
+            Ok(true) => println!(
+                "logical replication of {}: subscription, slot and publication {name} removed",
+                resource.name()
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("{e:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -257,19 +257,22 @@ fn by_replication(
     }
     let (mut source, mut target) = open_both(options)?;
     let table = Table::resolve_between(&mut source, &mut target, r)?;
-    // A trigger capture under way (a cutover may depend on it) keeps running as it is.
-    let triggers_running = sync::load(&mut target, &table)?.is_some();
     let subscribed = replication::subscribed(pg_of(&mut target)?, name)?;
+    if subscribed && options.capture != Capture::Triggers {
+        // A follower killed with -9 left the subscription replicating: resume watching it.
+        return follow_logical(options, source, target, &table, stop, out).map(Some);
+    }
+    // A trigger capture under way, or writes switched (a cutover hands replication over to
+    // triggers), keeps running on triggers.
+    let triggers_running = sync::load(&mut target, &table)?.is_some();
     let unusable = match replication::unusable(pg_of(&mut source)?, r)? {
         Some(why) => Some(why),
         // A subscription copies the table itself and collides with rows already there.
-        None if !subscribed && target.count_from(&table, Side::Service, i64::MIN)? > 0 => {
-            Some(format!(
-                "the target table {} holds rows already (a subscription's own copy would \
-                 collide with them)",
-                r.target.table
-            ))
-        }
+        None if target.count_from(&table, Side::Service, i64::MIN)? > 0 => Some(format!(
+            "the target table {} holds rows already (a subscription's own copy would collide \
+             with them)",
+            r.target.table
+        )),
         None => None,
     };
     match (options.capture, triggers_running, unusable) {
@@ -280,8 +283,8 @@ fn by_replication(
         (Capture::Replication, false, Some(why)) => Ok(Some(Outcome::Refused(format!(
             "{name}: logical replication cannot run here: {why}; use --capture triggers"
         )))),
-        (Capture::Auto, true, _) => Ok(None),
-        (Capture::Auto, false, Some(why)) if !subscribed => {
+        (Capture::Auto, true, _) | (Capture::Triggers, ..) => Ok(None),
+        (Capture::Auto, false, Some(why)) => {
             writeln!(
                 out,
                 "note: logical replication cannot run here ({why}); capturing changes with \
@@ -289,7 +292,7 @@ fn by_replication(
             )?;
             Ok(None)
         }
-        _ => follow_logical(options, &mut source, &mut target, &table, stop, out).map(Some),
+        (_, false, None) => follow_logical(options, source, target, &table, stop, out).map(Some),
     }
 }
 
@@ -624,13 +627,19 @@ fn copy_reported(
     Ok(None)
 }
 
-/// `--follow` between two PostgreSQL databases: a publication, a slot and a subscription
-/// ([`crate::replication`]) copy the table and stream its changes; verified once caught up;
-/// on Ctrl-C or SIGTERM removed after a last catch-up and verified again.
+/// `--follow` between two PostgreSQL databases by logical replication: a publication, a slot
+/// and a subscription ([`crate::replication`]) copy the table and stream its changes forward;
+/// the service's table gets capture triggers (direct writes there are recorded, the
+/// subscription's own are not: its workers run with `session_replication_role = replica`) and
+/// the migration is recorded in `_strangler_sync` like a trigger capture, so `cutover` can
+/// switch writes: it hands the forward direction over to triggers ([`sync::switch`]), and this
+/// follower goes on following in whichever direction is recorded ([`follow`]). Verified once
+/// caught up; on Ctrl-C or SIGTERM before any cutover, removed after a last catch-up and
+/// verified again.
 fn follow_logical(
     options: &MigrateOptions,
-    source_db: &mut Db,
-    target_db: &mut Db,
+    source: Db,
+    target: Db,
     table: &Table,
     stop: &Stop,
     out: &mut dyn Write,
@@ -641,39 +650,60 @@ fn follow_logical(
     let DbUrl::Postgres(conninfo) = &r.source.url else {
         bail!("{name}: the source is not PostgreSQL");
     };
-    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
-    if replication::subscribed(target, name)? {
+    let labels = sync::labels(&options.data_dir, r);
+    let mut pair = Pair {
+        monolith: source,
+        service: target,
+    };
+    let pair = &mut pair;
+    let resume = sync::replicated(pair, table)?;
+    if resume {
         writeln!(
             out,
             "resuming: subscription {pub_name} exists on the target (left by a follower that did \
              not stop cleanly); it kept replicating meanwhile"
         )?;
     } else {
-        replication::start(source, target, table, conninfo)?;
+        capture::install(&mut pair.service, table, Side::Service)?;
+        sync::start(
+            &mut pair.service,
+            table,
+            Direction::Forward,
+            SyncStage::Copying,
+        )?;
+        let (source, target) = (pg_of(&mut pair.monolith)?, pg_of(&mut pair.service)?);
+        if let Err(e) = replication::start(source, target, table, conninfo) {
+            let _ = abandon(pair, table);
+            return Err(e);
+        }
         writeln!(
             out,
             "change capture on: PostgreSQL logical replication (publication and slot {pub_name} \
-             on {}, subscription {pub_name} on {}); no triggers are installed; the subscription \
-             copies the table, then streams its changes",
-            r.source.url.display(),
-            r.target.url.display()
+             on {}, subscription {pub_name} on {}); no triggers on the monolith's table; the \
+             subscription copies the table, then streams its changes",
+            labels.0, labels.1
         )?;
     }
     out.flush()?;
     // The initial copy of a large table takes a while: no deadline but Ctrl-C.
-    if let Err(e) = replication::wait_synced(source, target, name, Duration::MAX, stop) {
+    let synced = {
+        let (source, target) = (pg_of(&mut pair.monolith)?, pg_of(&mut pair.service)?);
+        replication::wait_synced(source, target, name, Duration::MAX, stop)
+    };
+    if let Err(e) = synced {
         if stop.is_set() {
             writeln!(
                 out,
                 "stopped before the subscription's copy finished: {e:#}"
             )?;
-            replication::remove(source, target, name)?;
+            remove_replication(pair, table)?;
+            abandon(pair, table)?;
             return Ok(Outcome::Stopped { after: None });
         }
         return Err(e);
     }
-    let labels = (r.source.url.display(), r.target.url.display());
-    let v = verify_converged(source_db, target_db, table, &labels, stop)?;
+    let v = verify_converged(pair, table, &labels, stop)?;
+    sync::record_verified(&mut pair.service, table, v.matches())?;
     write!(out, "{}", v.render())?;
     if !v.matches() {
         writeln!(
@@ -682,28 +712,30 @@ fn follow_logical(
              tables differ; run --verify-only once writes pause)"
         )?;
     }
+    if !resume {
+        sync::set_stage(&mut pair.service, table, SyncStage::Following)?;
+    }
     writeln!(
         out,
         "following changes to {name} in the source through subscription {pub_name}; Ctrl-C or \
          SIGTERM stops"
     )?;
     out.flush()?;
-    {
-        let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
-        replication::watch(
-            source,
-            target,
-            name,
-            options.poll,
-            options.report_every,
-            stop,
+    if watch_logical(pair, table, options, stop, out)? {
+        writeln!(
             out,
+            "writes of {name} switched: subscription {pub_name} removed, the monolith's table \
+             captured by triggers; now applying {}",
+            Direction::Reverse.arrow()
         )?;
+        out.flush()?;
+        let end = follow(pair, table, options, stop, out)?;
+        return finish(pair, table, end, &labels, out);
     }
     // The last changes stream in: wait for the two sides to agree (30 s at most), then stop.
-    let v = verify_converged(source_db, target_db, table, &labels, &Stop::new())?;
-    let (source, target) = (pg_of(source_db)?, pg_of(target_db)?);
-    replication::remove(source, target, name)?;
+    let v = verify_converged(pair, table, &labels, &Stop::new())?;
+    remove_replication(pair, table)?;
+    abandon(pair, table)?;
     writeln!(
         out,
         "stopped following; subscription, slot and publication {pub_name} removed; final \
@@ -713,18 +745,72 @@ fn follow_logical(
     Ok(verdict(&v))
 }
 
+fn remove_replication(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
+    let Pair { monolith, service } = pair;
+    replication::remove(pg_of(monolith)?, pg_of(service)?, table.name())
+}
+
+/// Heartbeats and reports while the subscription carries changes forward, until `stop`
+/// (`false`) or a cutover records the reverse direction (`true`).
+///
+/// Errors: the sync state disappears; the subscription disappears without a cutover.
+fn watch_logical(
+    pair: &mut Pair,
+    table: &Table,
+    options: &MigrateOptions,
+    stop: &Stop,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let name = table.name();
+    let mut last_beat: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    while !stop.is_set() {
+        let Some(rec) = sync::load(&mut pair.service, table)? else {
+            bail!(
+                "the sync state of {name} disappeared (capture removed with --remove-capture \
+                 --force?); stopping"
+            );
+        };
+        if rec.direction == Direction::Reverse {
+            return Ok(true);
+        }
+        if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+            sync::heartbeat(&mut pair.service, table, Direction::Forward, None)?;
+            last_beat = Some(Instant::now());
+        }
+        if last_report.elapsed() >= options.report_every {
+            let Pair { monolith, service } = &mut *pair;
+            match replication::status(pg_of(monolith)?, pg_of(service)?, name) {
+                Ok(st) => writeln!(
+                    out,
+                    "following {name} (PostgreSQL logical replication): {} bytes of WAL not \
+                     yet confirmed by subscription {}",
+                    st.lag_bytes,
+                    replication::name_of(name)
+                )?,
+                // A cutover removes the subscription just before it records the switch.
+                Err(_) if !sync::replicated(pair, table)? => {}
+                Err(e) => return Err(e),
+            }
+            out.flush()?;
+            last_report = Instant::now();
+        }
+        std::thread::sleep(options.poll.max(Duration::from_millis(20)));
+    }
+    Ok(false)
+}
+
 /// Verifies until both sides agree (a subscription applies what the source commits a moment
 /// later), for 30 s at most or until `stop`; returns the last verification.
 fn verify_converged(
-    source: &mut Db,
-    target: &mut Db,
+    pair: &mut Pair,
     table: &Table,
     labels: &(String, String),
     stop: &Stop,
 ) -> anyhow::Result<Verification> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = Verification::between(source, target, table, labels.clone())?;
+        let v = Verification::run(pair, table, labels.clone())?;
         if v.matches() || Instant::now() >= deadline || stop.is_set() {
             return Ok(v);
         }

@@ -13,7 +13,6 @@
 //! with Ctrl-C or SIGTERM it waits for lag 0, removes subscription, slot and publication, and
 //! verifies.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -237,35 +236,4 @@ pub fn remove_declared(data_dir: &std::path::Path, decl: &Declared) -> anyhow::R
     let was = subscribed(t, decl.name())?;
     remove(s, t, decl.name())?;
     Ok(was)
-}
-
-/// Reports lag every `report_every` until `stop`.
-///
-/// Errors: the subscription or slot disappears; a catalogue cannot be read.
-pub fn watch(
-    source: &mut Client,
-    target: &mut Client,
-    resource: &str,
-    poll: Duration,
-    report_every: Duration,
-    stop: &Stop,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let mut last = Instant::now();
-    while !stop.is_set() {
-        if last.elapsed() >= report_every {
-            let st = status(source, target, resource)?;
-            writeln!(
-                out,
-                "following {resource} (PostgreSQL logical replication): {} bytes of WAL not yet \
-                 confirmed by subscription {}",
-                st.lag_bytes,
-                name_of(resource)
-            )?;
-            out.flush()?;
-            last = Instant::now();
-        }
-        std::thread::sleep(poll.max(Duration::from_millis(50)));
-    }
-    Ok(())
 }

@@ -216,6 +216,9 @@ pub struct SyncState {
     pub conflicts: u64,
     /// Whether the capture triggers are in place: (monolith, service).
     pub capture_installed: (bool, bool),
+    /// Whether changes flow forward by PostgreSQL logical replication (the subscription
+    /// exists) rather than by the monolith's triggers.
+    pub forward_by_replication: bool,
     /// The outcome of the last verification (follower's or [`verify`]'s), if any.
     pub last_verified_ok: Option<bool>,
 }
@@ -552,8 +555,35 @@ pub fn read_state(data_dir: &Path, resource: &Declared) -> anyhow::Result<Option
             capture::installed(&mut pair.monolith, table)?,
             capture::installed(&mut pair.service, table)?,
         ),
+        forward_by_replication: replicated(&mut pair, table)?,
         last_verified_ok: rec.last_verified_ok,
     }))
+}
+
+/// Whether the resource's changes flow forward by logical replication: both sides PostgreSQL
+/// and its subscription exists on the service's.
+///
+/// Errors: the catalogue cannot be read.
+pub fn replicated(pair: &mut Pair, table: &Table) -> anyhow::Result<bool> {
+    match (pair.monolith.is_postgres(), pair.service.postgres()) {
+        (true, Some(service)) => crate::replication::subscribed(service, table.name()),
+        _ => Ok(false),
+    }
+}
+
+/// Hands the forward direction over from logical replication to triggers, with the old
+/// writer's writes held (the cutover's fence): the monolith's capture triggers go in first,
+/// then the subscription, its slot and its publication are removed, so any write from then on
+/// is captured and none is applied twice by two mechanisms.
+///
+/// Errors: a statement is refused (the triggers may then be in place, the subscription too).
+fn replication_to_triggers(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
+    capture::install(&mut pair.monolith, table, Side::Monolith)?;
+    let Pair { monolith, service } = pair;
+    let (Some(monolith), Some(service)) = (monolith.postgres(), service.postgres()) else {
+        bail!("logical replication runs between two PostgreSQL databases");
+    };
+    crate::replication::remove(monolith, service, table.name())
 }
 
 /// Waits, polling every 10 ms until `timeout`, for `direction`'s source side to have no
@@ -572,6 +602,9 @@ pub fn drain(
     let table = &table;
     started(&mut pair.service, table)?;
     let deadline = Instant::now() + timeout;
+    if direction == Direction::Forward && replicated(&mut pair, table)? {
+        return drain_replication(&mut pair, table, deadline, timeout);
+    }
     loop {
         let standing = conflicts::unresolved(&mut pair.service, table)?;
         if !standing.is_empty() {
@@ -620,6 +653,38 @@ pub fn drain(
     }
 }
 
+/// [`drain`] of a forward direction carried by logical replication: with the monolith's writes
+/// held, the subscription has applied everything once both sides hold the same rows (the
+/// slot's confirmed position trails by up to the subscriber's status interval, so it is not
+/// the measure). Polls every 50 ms.
+fn drain_replication(
+    pair: &mut Pair,
+    table: &Table,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let v = Verification::run(pair, table, (String::new(), String::new()))?;
+        if v.matches() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "draining {} {}: subscription {} has not applied every change after {:?} (the \
+                 monolith has {} rows, the service {}); check the subscription's worker in the \
+                 service's server log",
+                table.name(),
+                Direction::Forward.arrow(),
+                crate::replication::name_of(table.name()),
+                timeout,
+                v.source.rows,
+                v.target.rows
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Compares both sides (row counts and checksums, leaving out the id fence) and lists
 /// unresolved conflicts; records the outcome as `last_verified_ok`. Meaningful when the
 /// writing side is held or drained, else it may see changes in flight.
@@ -643,9 +708,11 @@ pub fn labels(data_dir: &Path, resource: &Declared) -> (String, String) {
 /// Records `to` as the direction, with the stage `writes switched` (to
 /// [`Direction::Reverse`]: writes now go to the service) or `reversed` (back to
 /// [`Direction::Forward`]), and first raises the new writer's id high-water mark
-/// ([`raise_high_water`]). The state changes in one statement on the service's database; a
-/// running follower turns around at its next poll. Switching to the recorded direction does
-/// nothing.
+/// ([`raise_high_water`]). A forward direction carried by logical replication is first handed
+/// to triggers (the monolith's capture installed, the subscription removed): reverse sync and
+/// any later forward sync run on triggers. The state changes in one statement on the service's
+/// database; a running follower turns around at its next poll. Switching to the recorded
+/// direction does nothing.
 ///
 /// Errors: the migration never started, is still copying or is complete; the new writer lacks
 /// rows the old one has (drain first).
@@ -667,6 +734,9 @@ pub fn switch(data_dir: &Path, resource: &Declared, to: Direction) -> anyhow::Re
     }
     if rec.direction == to {
         return Ok(());
+    }
+    if to == Direction::Reverse && replicated(&mut pair, table)? {
+        replication_to_triggers(&mut pair, table)?;
     }
     raise_high_water_on(&mut pair, table, to.source())?;
     let stage = match to {

@@ -3,8 +3,9 @@
 //! the whole time, and every resource taken from `copying` to `complete` through the CLI
 //! (`migrate-data --follow`, `shift`, `cutover`, `cutover --reverse`, `complete`). No client
 //! request may fail, no acknowledged write may be lost or doubled, and once complete the
-//! monolith serves none of the three routes. It runs twice: every database an SQLite file, and
-//! every database in one throwaway PostgreSQL cluster (change capture by triggers).
+//! monolith serves none of the three routes. It runs twice: every database an SQLite file
+//! (change capture by triggers), and every database in one throwaway PostgreSQL cluster
+//! (forward by logical replication until the first cutover hands over to triggers).
 
 mod common;
 
@@ -70,6 +71,7 @@ struct Stack {
     started: Instant,
     /// The declarations the scripts read (`migrations.toml` beside `routes.toml`).
     migrations: Migrations,
+    engine: Engine,
     /// Dropped last: stops the cluster after the followers.
     _cluster: Option<Cluster>,
 }
@@ -179,6 +181,7 @@ async fn stack(engine: Engine) -> Stack {
         followers: Vec::new(),
         started,
         migrations,
+        engine,
         _cluster: cluster,
     }
 }
@@ -198,9 +201,6 @@ impl Stack {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_strangler-ops"))
             .env_remove("RUST_LOG")
             .args(["migrate-data", r.name(), "--follow", "--poll", "5ms"])
-            // Between two PostgreSQL databases `auto` would follow by logical replication,
-            // which switching writes does not build on.
-            .args(["--capture", "triggers"])
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--config")
@@ -238,6 +238,14 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Between two PostgreSQL databases it follows by logical replication (until the
+        // first cutover hands over to triggers).
+        let log = std::fs::read_to_string(self.follower_log(r)).unwrap();
+        let mechanism = match self.engine {
+            Engine::Sqlite => "change capture on: triggers on table",
+            Engine::Postgres => "change capture on: PostgreSQL logical replication",
+        };
+        assert!(log.contains(mechanism), "{log}");
         self.say(&format!("follower of {} follows", r.name()));
     }
 
@@ -981,6 +989,19 @@ async fn migrate_everything(engine: Engine) {
         );
     }
     s.say("every follower exited 0");
+    if s.engine == Engine::Postgres {
+        for r in Resource::ALL {
+            let log = std::fs::read_to_string(s.follower_log(r)).unwrap();
+            assert!(
+                log.contains(&format!(
+                    "writes of {} switched: subscription strangler_{} removed",
+                    r.name(),
+                    r.name()
+                )),
+                "{log}"
+            );
+        }
+    }
 
     // Complete means final: no script sends a resource back to the monolith's stale copy.
     let before = std::fs::read_to_string(&s.config).unwrap();
