@@ -765,12 +765,7 @@ fn watch_logical(
     let mut last_beat: Option<Instant> = None;
     let mut last_report = Instant::now();
     while !stop.is_set() {
-        let Some(rec) = sync::load(&mut pair.service, table)? else {
-            bail!(
-                "the sync state of {name} disappeared (capture removed with --remove-capture \
-                 --force?); stopping"
-            );
-        };
+        let rec = still_recorded(pair, table)?;
         if rec.direction == Direction::Reverse {
             return Ok(true);
         }
@@ -886,12 +881,7 @@ fn follow(
     let mut slowest_ms = 0u64;
     let mut last_lag: Option<u64> = None;
     while !stop.is_set() {
-        let Some(rec) = sync::load(&mut pair.service, table)? else {
-            bail!(
-                "the sync state of {name} disappeared (capture removed with --remove-capture \
-                 --force?); stopping"
-            );
-        };
+        let rec = still_recorded(pair, table)?;
         if rec.stage == SyncStage::Complete {
             return Ok(End::Completed);
         }
@@ -963,6 +953,19 @@ fn follow(
         }
     }
     Ok(End::Stopped)
+}
+
+/// The resource's sync state, which a follower needs to go on.
+///
+/// Errors: it is gone (capture removed with `--remove-capture --force`), or unreadable.
+fn still_recorded(pair: &mut Pair, table: &Table) -> anyhow::Result<Record> {
+    sync::load(&mut pair.service, table)?.with_context(|| {
+        format!(
+            "the sync state of {} disappeared (capture removed with --remove-capture --force?); \
+             stopping",
+            table.name()
+        )
+    })
 }
 
 /// After a failed step: whether `complete` is finishing the migration under the follower. It
