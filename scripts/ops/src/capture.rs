@@ -48,9 +48,15 @@ fn trigger_name(table: &Table, event: &str) -> String {
     format!("_strangler_capture_{}_{event}", table.name())
 }
 
-/// PostgreSQL's one trigger (and its function) of the resource.
+/// PostgreSQL's one trigger (and its function) of the resource, as the catalogue stores it.
 fn pg_trigger_name(table: &Table) -> String {
     format!("_strangler_capture_{}", table.name())
+}
+
+/// [`pg_trigger_name`] as an SQL identifier: quoted, so a resource named in mixed case keeps
+/// its case and [`installed`] finds it.
+fn pg_trigger_ident(table: &Table) -> String {
+    crate::resource::quote(&pg_trigger_name(table))
 }
 
 /// Creates the change table (and SQLite's marker table) and the resource's triggers on the
@@ -61,7 +67,7 @@ pub fn install(db: &mut Db, table: &Table, side: Side) -> anyhow::Result<()> {
     let name = table.name();
     let (on, key) = (table.sql_table(side), table.sql_key(side));
     let sql = if db.is_postgres() {
-        let f = pg_trigger_name(table);
+        let f = pg_trigger_ident(table);
         format!(
             "CREATE TABLE IF NOT EXISTS {CHANGES} (
                 seq BIGSERIAL PRIMARY KEY,
@@ -134,7 +140,7 @@ pub fn uninstall(db: &mut Db, table: &Table, side: Side) -> anyhow::Result<()> {
 /// Errors: the database refuses a statement.
 pub fn uninstall_in(db: &mut Db, table: &Table, side: Side) -> anyhow::Result<()> {
     let sql = if db.is_postgres() {
-        let f = pg_trigger_name(table);
+        let f = pg_trigger_ident(table);
         format!(
             "DROP TRIGGER IF EXISTS {f} ON {on}; DROP FUNCTION IF EXISTS {f}();",
             on = table.sql_table(side)
@@ -297,10 +303,12 @@ pub fn apply(
                 deletes.push(*id);
             }
         }
+        // Deletes first: a row deleted (or moved to a new key) may free a unique value that a
+        // row upserted in the same batch takes, as it did on the source.
+        db.delete_keys(table, dest, &deletes)?;
         if !upserts.is_empty() {
             db.upsert_rows(table, dest, &upserts)?;
         }
-        db.delete_keys(table, dest, &deletes)?;
         Ok(conflicts)
     })?;
     Ok(Applied {
