@@ -43,6 +43,9 @@ const SERVICE: &str = r#"CREATE TABLE "LedgerItems" (
 /// One row as both sides are compared: key, email, active, seen_at, note.
 type Row = (i64, String, bool, Option<String>, Option<String>);
 
+/// The same read from SQLite (booleans as 0 and 1).
+type SqliteRow = (i64, String, i64, Option<String>, Option<String>);
+
 struct Setup {
     dir: Scratch,
     decl: Declared,
@@ -498,4 +501,141 @@ fn capture_of_a_mixed_case_resource_is_seen_installed() {
         capture::uninstall(pair.db(side), &table, side).unwrap();
         assert!(!capture::installed(pair.db(side), &table).unwrap());
     }
+}
+
+/// `complete` while a straggler on the monolith has an insert open: it must wait for it and
+/// then refuse (the straggler's row was never carried), not drop the trigger under it.
+#[test]
+fn complete_waits_for_a_straggler_in_flight_and_refuses() {
+    let s = Setup::new("races-complete", "app");
+    let (mut pair, table) = s.pair();
+    install(&mut pair, &table);
+    sync::start(
+        &mut pair.service,
+        &table,
+        Direction::Forward,
+        SyncStage::Following,
+    )
+    .unwrap();
+    sync::switch(s.data_dir(), &s.decl, Direction::Reverse).unwrap();
+    let mut straggler = s.client(Side::Monolith);
+    let mut tx = straggler.transaction().unwrap();
+    tx.execute(
+        r#"INSERT INTO "LedgerItems" (email, active) VALUES ('late@example.org', true)"#,
+        &[],
+    )
+    .unwrap();
+    let (dir, decl) = (s.data_dir().to_path_buf(), s.decl.clone());
+    let completing = std::thread::spawn(move || sync::complete(&dir, &decl));
+    wait_for_lock_wait(&mut s.client(Side::Monolith));
+    tx.commit().unwrap();
+    let err = completing.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("1 change(s) made after writes"), "{err}");
+    assert!(
+        capture::installed(&mut pair.monolith, &table).unwrap(),
+        "the refusal put the monolith's trigger back"
+    );
+}
+
+/// The same shapes between two SQLite files (a key named `user`, a mixed-case table, a unique
+/// column), then the switch: a fence row in the monolith's table, above which a straggler's
+/// insert lands, left out of verification.
+#[test]
+fn sqlite_shapes_and_the_fence_of_a_keyword_key() {
+    let dir = Scratch::new("races-sqlite");
+    let schema = r#"CREATE TABLE "LedgerItems" (
+        "user" INTEGER PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        active BOOLEAN NOT NULL,
+        seen_at TIMESTAMP,
+        note TEXT
+    )"#;
+    for file in ["m.db", "s.db"] {
+        let c = common::sqlite(&dir.join(file));
+        c.execute_batch(schema).unwrap();
+        for n in 1..=20i64 {
+            c.execute(
+                r#"INSERT INTO "LedgerItems" VALUES (?1, ?2, ?3, '2024-01-02 10:00:01.5', ?4)"#,
+                rusqlite::params![
+                    n,
+                    format!("u{n}@example.org"),
+                    n % 2 == 0,
+                    (n % 3 != 0).then(|| format!("note {n}"))
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let text = "[resources.Ledger]\nroute = \"ledger\"\nkey = \"user\"\n\
+                source = { url = \"sqlite:m.db\", table = \"LedgerItems\" }\n\
+                target = { url = \"sqlite:s.db\", table = \"LedgerItems\" }\n";
+    let decl = Migrations::parse("test", text)
+        .unwrap()
+        .get("Ledger")
+        .unwrap()
+        .clone();
+    let (mut pair, table) = Pair::open(&dir.path, &decl, Open::Existing).unwrap();
+    install(&mut pair, &table);
+    assert!(capture::installed(&mut pair.monolith, &table).unwrap());
+    sync::start(
+        &mut pair.service,
+        &table,
+        Direction::Forward,
+        SyncStage::Following,
+    )
+    .unwrap();
+    let read = |file: &str| -> Vec<SqliteRow> {
+        let c = common::sqlite(&dir.join(file));
+        let mut stmt = c
+            .prepare(r#"SELECT "user", email, active, seen_at, note FROM "LedgerItems" ORDER BY 1"#)
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    common::sqlite(&dir.join("m.db"))
+        .execute_batch(
+            r#"UPDATE "LedgerItems" SET "user" = 103 WHERE "user" = 3;
+               DELETE FROM "LedgerItems" WHERE "user" = 20;
+               INSERT INTO "LedgerItems" VALUES (5, 'u20@example.org', 0, NULL, NULL)
+                   ON CONFLICT ("user") DO UPDATE SET email = excluded.email, note = NULL;
+               UPDATE "LedgerItems" SET note = NULL, active = 1 WHERE "user" = 7;"#,
+        )
+        .unwrap();
+    let v = catch_up(&mut pair, &table, Direction::Forward);
+    assert!(v.matches(), "{}", v.render());
+    assert_eq!(read("m.db"), read("s.db"));
+    assert_eq!(
+        common::sqlite(&dir.join("s.db"))
+            .query_row("SELECT count(*) FROM _strangler_changes", [], |r| r
+                .get::<_, i64>(0))
+            .unwrap(),
+        0,
+        "the applier's writes on the service were captured back"
+    );
+
+    let hw = sync::raise_high_water(&dir.path, &decl, Side::Service).unwrap();
+    assert_eq!(
+        (hw.writer_next_id, hw.fence),
+        (104, Some(103 + sync::FENCE_GAP)),
+        "{hw:?}"
+    );
+    let late: i64 = common::sqlite(&dir.join("m.db"))
+        .query_row(
+            r#"INSERT INTO "LedgerItems" (email, active) VALUES ('late@example.org', 1) RETURNING "user""#,
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        late,
+        103 + sync::FENCE_GAP + 1,
+        "a straggler's id lands above the fence"
+    );
+    // The straggler is a difference; the fence is not.
+    let v = Verification::run(&mut pair, &table, ("m".into(), "s".into())).unwrap();
+    assert_eq!((v.source.rows, v.target.rows), (20, 19), "{}", v.render());
 }
