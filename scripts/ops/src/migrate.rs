@@ -315,6 +315,18 @@ fn verify_now(
 }
 
 fn install_both(pair: &mut Pair, table: &Table) -> anyhow::Result<()> {
+    if pair.same_database()? {
+        bail!(
+            "resource {}: the monolith's table {} and the service's table {} are in the same \
+             database, and change capture keeps one change table per database, so it cannot \
+             tell their changes apart (every change would be a conflict, the service's \
+             uncaptured): give the service its own database (the target url in \
+             migrations.toml)",
+            table.name(),
+            table.table_on(Side::Monolith),
+            table.table_on(Side::Service)
+        );
+    }
     for side in [Side::Monolith, Side::Service] {
         capture::install(pair.db(side), table, side).with_context(|| {
             format!(

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use monolith::db::Seed;
 use monolith::legacy::Resource;
 
-use crate::db::Db;
+use crate::db::{Db, Value};
 use crate::migrations::{DbUrl, Declared};
 use crate::resource::Table;
 use crate::sync::Side;
@@ -82,6 +82,18 @@ impl Pair {
         Ok((pair, table))
     }
 
+    /// Whether both sides are one database, whatever their URLs say: the same SQLite file, or
+    /// the same PostgreSQL database of the same running server (its name and the server's
+    /// start time).
+    ///
+    /// Errors: either database cannot be asked.
+    pub fn same_database(&mut self) -> anyhow::Result<bool> {
+        if self.monolith.is_postgres() != self.service.is_postgres() {
+            return Ok(false);
+        }
+        Ok(identity(&mut self.monolith)? == identity(&mut self.service)?)
+    }
+
     /// The database of `side`.
     pub fn db(&mut self, side: Side) -> &mut Db {
         match side {
@@ -89,4 +101,31 @@ impl Pair {
             Side::Service => &mut self.service,
         }
     }
+}
+
+/// What tells one database from another (see [`Pair::same_database`]).
+fn identity(db: &mut Db) -> anyhow::Result<Vec<Value>> {
+    if db.is_postgres() {
+        let row = db.query(
+            "SELECT current_database()::text, pg_postmaster_start_time()::text, \
+             coalesce(inet_server_port(), 0)::int8",
+            &[],
+        )?;
+        return Ok(row.into_iter().next().unwrap_or_default());
+    }
+    let file = db
+        .query(
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            &[],
+        )?
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next());
+    Ok(vec![match file {
+        Some(Value::Text(path)) if !path.is_empty() => {
+            Value::Text(std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string()))
+        }
+        // An in-memory database is never another connection's.
+        _ => Value::Null,
+    }])
 }

@@ -639,3 +639,86 @@ fn sqlite_shapes_and_the_fence_of_a_keyword_key() {
     let v = Verification::run(&mut pair, &table, ("m".into(), "s".into())).unwrap();
     assert_eq!((v.source.rows, v.target.rows), (20, 19), "{}", v.render());
 }
+
+/// Two tables of one database (allowed for a copy) share its one change table: `--follow`
+/// refuses before installing anything, however the URLs spell the database, instead of
+/// turning every change into a conflict.
+#[test]
+fn follow_refuses_both_tables_in_one_database() {
+    let dir = Scratch::new("races-one-db");
+    common::sqlite(&dir.join("one.db"))
+        .execute_batch(
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO a VALUES (1, 'x');
+             CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);",
+        )
+        .unwrap();
+    std::fs::write(
+        dir.join("migrations.toml"),
+        "[resources.r]\nroute = \"r\"\nkey = \"id\"\n\
+         source = { url = \"sqlite:one.db\", table = \"a\" }\n\
+         target = { url = \"sqlite:./one.db\", table = \"b\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("routes.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndefault = \"monolith\"\n\n\
+         [services.monolith]\nurl = \"http://127.0.0.1:9\"\n\n\
+         [services.r]\nurl = \"http://127.0.0.1:9\"\n\n\
+         [[routes]]\nname = \"r\"\nprefix = \"/api/r\"\nservice = \"r\"\nweight = 0\n",
+    )
+    .unwrap();
+    let (config, data) = (dir.join("routes.toml"), dir.path.display().to_string());
+    let config = config.display().to_string();
+    // Spawned and waited for with a deadline: without the refusal it would follow forever.
+    let mut child = common::ops()
+        .args([
+            "migrate-data",
+            "r",
+            "--follow",
+            "--config",
+            &config,
+            "--data-dir",
+            &data,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "migrate-data --follow did not refuse within 30 s: {}",
+                common::stdout(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{}{err}", common::stdout(&out));
+    assert!(err.contains("are in the same database"), "{err}");
+    let triggers: i64 = common::sqlite(&dir.join("one.db"))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 0, "nothing was installed");
+
+    // On PostgreSQL: two URLs of one database are one database; two databases are two.
+    let s = Setup::new("races-one-pg", "postgres");
+    let (mut pair, _) = s.pair();
+    assert!(!pair.same_database().unwrap());
+    pair.service = strangler_ops::db::Db::open(
+        &strangler_ops::migrations::DbUrl::parse(&s.urls.0.replace("127.0.0.1", "localhost"))
+            .unwrap(),
+        s.data_dir(),
+        false,
+    )
+    .unwrap();
+    assert!(pair.same_database().unwrap());
+}
