@@ -555,8 +555,8 @@ impl Db {
             let removed = db.exec(
                 &format!(
                     // Not a correlated NOT EXISTS: SQLite would scan the stage once per row.
-                    "DELETE FROM {t} WHERE {k} >= ?1 AND {k} <= ?2 AND {k} NOT IN \
-                     (SELECT {k} FROM {stage})"
+                    "DELETE FROM {t} WHERE {k} >= CAST(?1 AS BIGINT) AND {k} <= CAST(?2 AS BIGINT) \
+                     AND {k} NOT IN (SELECT {k} FROM {stage})"
                 ),
                 &[Value::Integer(first), Value::Integer(last)],
             )?;
@@ -709,7 +709,7 @@ impl Db {
         self.applying(|db| {
             let removed = match from {
                 Some(from) => db.exec(
-                    &format!("DELETE FROM {t} WHERE {k} >= ?1"),
+                    &format!("DELETE FROM {t} WHERE {k} >= CAST(?1 AS BIGINT)"),
                     &[Value::Integer(from)],
                 )?,
                 None => 0,

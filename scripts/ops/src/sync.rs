@@ -848,7 +848,7 @@ fn max_id(db: &mut Db, side: Side, table: &Table, fence: Option<i64>) -> anyhow:
     Ok(db
         .query_i64(
             &format!(
-                "SELECT coalesce(max({k}), 0) FROM {} WHERE {k} <> ?1",
+                "SELECT coalesce(max({k}), 0) FROM {} WHERE {k} <> CAST(?1 AS BIGINT)",
                 table.sql_table(side)
             ),
             &[Value::Integer(fence.unwrap_or(i64::MIN))],
