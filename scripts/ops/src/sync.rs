@@ -819,12 +819,14 @@ pub struct HighWater {
 ///   `pg_get_serial_sequence`) is moved with `setval`: the writer's to at least max(both), so
 ///   its next id is above every row of either side (copied rows carry explicit ids and never
 ///   advanced it), and the old writer's, when switching to the service, to
-///   max(both) + [`FENCE_GAP`], so its straggler inserts land far from the writer's ids.
-///   Sequences never move down.
+///   max(both) + [`FENCE_GAP`] (or half-way to the largest id its key and sequence hold, when
+///   that is nearer: an int4 `serial` survives repeated cutovers), so its straggler inserts
+///   land far from the writer's ids. Sequences never move down.
 /// - A key without one (SQLite's `INTEGER PRIMARY KEY` without AUTOINCREMENT: a new row gets
 ///   max(id) + 1): the writer's next id is already above every row once the old direction is
 ///   drained (it holds a copy of every row); this is checked, not assumed. Switching writes to
 ///   the service places a **fence row** in the monolith's table at max(both) + [`FENCE_GAP`]
+///   (capped as above)
 ///   (empty texts, zero numbers, false booleans, the epoch for timestamps; inserted without
 ///   being captured, left out of verification, removed by a switch back and by [`complete`]):
 ///   a straggler insert on the monolith gets an id above it. Switching writes back to the
@@ -873,6 +875,44 @@ fn key_sequence(db: &mut Db, side: Side, table: &Table) -> anyhow::Result<Option
     )
 }
 
+/// How far above `top` the old writer's ids are placed: [`FENCE_GAP`], or half the room left
+/// below `limit` when that is less (an int4 `serial` has room for two gaps at most).
+fn fence_gap(limit: i64, top: i64) -> i64 {
+    FENCE_GAP.min(limit.saturating_sub(top) / 2)
+}
+
+/// The largest id the monolith's key column holds: its PostgreSQL type's limit (`smallint`,
+/// `integer`, `bigint`), and its sequence's `MAXVALUE` when `seq` hands out its ids;
+/// `i64::MAX` on SQLite.
+fn key_limit(db: &mut Db, table: &Table, seq: Option<&str>) -> anyhow::Result<i64> {
+    if !db.is_postgres() {
+        return Ok(i64::MAX);
+    }
+    let column = db
+        .query_i64(
+            "SELECT CASE atttypid WHEN 'int2'::regtype THEN 32767 \
+             WHEN 'int4'::regtype THEN 2147483647 ELSE 9223372036854775807 END::int8 \
+             FROM pg_catalog.pg_attribute \
+             WHERE attrelid = CAST(?1 AS TEXT)::regclass AND attname = CAST(?2 AS TEXT)",
+            &[
+                text(&table.sql_table(Side::Monolith)),
+                text(table.key_on(Side::Monolith)),
+            ],
+        )?
+        .unwrap_or(i64::MAX);
+    let sequence = match seq {
+        Some(seq) => db
+            .query_i64(
+                "SELECT seqmax FROM pg_catalog.pg_sequence \
+                 WHERE seqrelid = CAST(?1 AS TEXT)::regclass",
+                &[text(seq)],
+            )?
+            .unwrap_or(i64::MAX),
+        None => i64::MAX,
+    };
+    Ok(column.min(sequence))
+}
+
 /// Moves `seq` so that its next value is above `at_least` (never down).
 fn raise_sequence(db: &mut Db, seq: &str, at_least: i64) -> anyhow::Result<()> {
     db.query(
@@ -908,15 +948,27 @@ fn raise_high_water_on(pair: &mut Pair, table: &Table, writer: Side) -> anyhow::
     }
     match writer {
         Side::Service => {
-            if let Some(seq) = key_sequence(&mut pair.monolith, Side::Monolith, table)? {
-                raise_sequence(&mut pair.monolith, &seq, top.saturating_add(FENCE_GAP))?;
+            let seq = key_sequence(&mut pair.monolith, Side::Monolith, table)?;
+            let limit = key_limit(&mut pair.monolith, table, seq.as_deref())?;
+            let gap = fence_gap(limit, top);
+            if gap < 2 {
+                bail!(
+                    "the monolith's {} key {} goes up to {limit} and its ids already reach \
+                     {top}: no room is left above them to keep straggler inserts apart from the \
+                     service's ids",
+                    table.name(),
+                    table.key_on(Side::Monolith)
+                );
+            }
+            if let Some(seq) = seq {
+                raise_sequence(&mut pair.monolith, &seq, top + gap)?;
                 return Ok(HighWater {
                     writer,
                     writer_next_id: top + 1,
                     fence: None,
                 });
             }
-            let id = fence.unwrap_or(top + FENCE_GAP);
+            let id = fence.unwrap_or(top + gap);
             // Recorded before it exists, so verification never counts it as a difference.
             set_fence(&mut pair.service, table, Some(id))?;
             place_fence(&mut pair.monolith, table, id)?;
