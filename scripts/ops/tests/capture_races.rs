@@ -172,6 +172,18 @@ fn install(pair: &mut Pair, table: &Table) {
     capture::install(&mut pair.service, table, Side::Service).unwrap();
 }
 
+/// Capture on both sides, and the migration recorded as following (what a switch needs).
+fn start_following(pair: &mut Pair, table: &Table) {
+    install(pair, table);
+    sync::start(
+        &mut pair.service,
+        table,
+        Direction::Forward,
+        SyncStage::Following,
+    )
+    .unwrap();
+}
+
 /// Waits until some session of `client`'s database waits for a lock (the applier's `LOCK
 /// TABLE` behind a client's open transaction).
 fn wait_for_lock_wait(client: &mut postgres::Client) {
@@ -448,14 +460,8 @@ fn a_drained_verification_never_mismatches_while_writes_go_on() {
 fn the_switch_raises_both_sequences_of_a_keyword_key() {
     let s = Setup::new("races-highwater", "app");
     let (mut pair, table) = s.pair();
-    install(&mut pair, &table);
-    sync::start(
-        &mut pair.service,
-        &table,
-        Direction::Forward,
-        SyncStage::Following,
-    )
-    .unwrap();
+    start_following(&mut pair, &table);
+
     s.client(Side::Monolith)
         .execute(
             r#"INSERT INTO "LedgerItems" ("user", email, active) VALUES (57, 'x@example.org', true)"#,
@@ -509,14 +515,8 @@ fn capture_of_a_mixed_case_resource_is_seen_installed() {
 fn complete_waits_for_a_straggler_in_flight_and_refuses() {
     let s = Setup::new("races-complete", "app");
     let (mut pair, table) = s.pair();
-    install(&mut pair, &table);
-    sync::start(
-        &mut pair.service,
-        &table,
-        Direction::Forward,
-        SyncStage::Following,
-    )
-    .unwrap();
+    start_following(&mut pair, &table);
+
     sync::switch(s.data_dir(), &s.decl, Direction::Reverse).unwrap();
     let mut straggler = s.client(Side::Monolith);
     let mut tx = straggler.transaction().unwrap();
@@ -575,15 +575,9 @@ fn sqlite_shapes_and_the_fence_of_a_keyword_key() {
         .unwrap()
         .clone();
     let (mut pair, table) = Pair::open(&dir.path, &decl, Open::Existing).unwrap();
-    install(&mut pair, &table);
+    start_following(&mut pair, &table);
     assert!(capture::installed(&mut pair.monolith, &table).unwrap());
-    sync::start(
-        &mut pair.service,
-        &table,
-        Direction::Forward,
-        SyncStage::Following,
-    )
-    .unwrap();
+
     let read = |file: &str| -> Vec<SqliteRow> {
         let c = common::sqlite(&dir.join(file));
         let mut stmt = c
