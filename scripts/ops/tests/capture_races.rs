@@ -413,6 +413,18 @@ fn a_drained_verification_never_mismatches_while_writes_go_on() {
     )
     .unwrap();
 
+    // Deterministically first: a committed change numbered after the open one is applied, and
+    // the drained snapshot (which cannot see the open one) matches.
+    s.client(Side::Monolith)
+        .execute(
+            r#"UPDATE "LedgerItems" SET note = 'after' WHERE "user" = 3"#,
+            &[],
+        )
+        .unwrap();
+    let v = catch_up(&mut pair, &table, Direction::Forward);
+    assert!(v.matches(), "{}", v.render());
+    assert_eq!(s.row(Side::Service, 3).unwrap().4.as_deref(), Some("after"));
+
     let url = s.urls.0.clone();
     let writer = std::thread::spawn(move || {
         let mut w = postgres::Client::connect(&url, postgres::NoTls).unwrap();
