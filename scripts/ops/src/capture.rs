@@ -169,12 +169,12 @@ pub fn installed(db: &mut Db, table: &Table) -> anyhow::Result<bool> {
         )?;
         Ok(n >= Some(1))
     } else {
+        // By exact names: a pattern would also count another resource's triggers (`posts`
+        // and `posts_tags` in one monolith).
         let n = db.query_i64(
-            "SELECT count(*) FROM main.sqlite_master WHERE type = 'trigger' AND name GLOB ?1",
-            &[Value::Text(format!(
-                "_strangler_capture_{}_*",
-                table.name()
-            ))],
+            "SELECT count(*) FROM main.sqlite_master WHERE type = 'trigger' \
+             AND name IN (?1, ?2, ?3)",
+            &["insert", "update", "delete"].map(|event| Value::Text(trigger_name(table, event))),
         )?;
         Ok(n == Some(3))
     }

@@ -820,3 +820,38 @@ fn int4_keys_copy_follow_and_switch() {
         sync::switch(&dir.path, &decl, Direction::Forward).unwrap();
     }
 }
+
+/// Two resources whose names share a prefix (`t` and `t_x`) in one SQLite monolith: each is
+/// seen installed only by its own three triggers.
+#[test]
+fn capture_of_resources_sharing_a_prefix_is_told_apart() {
+    let dir = Scratch::new("races-prefix");
+    for file in ["m.db", "s.db"] {
+        common::sqlite(&dir.join(file))
+            .execute_batch(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+                 CREATE TABLE t_x (id INTEGER PRIMARY KEY, v TEXT);",
+            )
+            .unwrap();
+    }
+    let text = "[resources.t]\nroute = \"t\"\nkey = \"id\"\n\
+                source = { url = \"sqlite:m.db\", table = \"t\" }\n\
+                target = { url = \"sqlite:s.db\", table = \"t\" }\n\n\
+                [resources.t_x]\nroute = \"t_x\"\nkey = \"id\"\n\
+                source = { url = \"sqlite:m.db\", table = \"t_x\" }\n\
+                target = { url = \"sqlite:s.db\", table = \"t_x\" }\n";
+    let m = Migrations::parse("test", text).unwrap();
+    let (mut pair, t) = Pair::open(&dir.path, m.get("t").unwrap(), Open::Existing).unwrap();
+    let (_, t_x) = Pair::open(&dir.path, m.get("t_x").unwrap(), Open::Existing).unwrap();
+    let db = &mut pair.monolith;
+    capture::install(db, &t, Side::Monolith).unwrap();
+    capture::install(db, &t_x, Side::Monolith).unwrap();
+    assert!(
+        capture::installed(db, &t).unwrap(),
+        "t's triggers are in place"
+    );
+    assert!(capture::installed(db, &t_x).unwrap());
+    capture::uninstall(db, &t_x, Side::Monolith).unwrap();
+    assert!(capture::installed(db, &t).unwrap());
+    assert!(!capture::installed(db, &t_x).unwrap());
+}
