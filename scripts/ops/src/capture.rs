@@ -303,12 +303,7 @@ pub fn apply(
                 deletes.push(*id);
             }
         }
-        // Deletes first: a row deleted (or moved to a new key) may free a unique value that a
-        // row upserted in the same batch takes, as it did on the source.
-        db.delete_keys(table, dest, &deletes)?;
-        if !upserts.is_empty() {
-            db.upsert_rows(table, dest, &upserts)?;
-        }
+        write_ordered(db, table, dest, &deletes, &upserts)?;
         Ok(conflicts)
     })?;
     Ok(Applied {
@@ -321,6 +316,51 @@ pub fn apply(
             .unwrap_or(0),
         conflicts,
     })
+}
+
+/// Inside the applier's transaction: deletes `deletes` and upserts `upserts` on `side`.
+/// Deletes go first: a row deleted (or moved to a new key) may free a unique value that a row
+/// upserted in the same batch takes, as it did on the source. Where foreign keys are checked
+/// (PostgreSQL as a plain role), a child re-pointed away from a parent deleted in the same
+/// batch needs upserts first: that order is tried when the first is refused.
+///
+/// Errors: both orders are refused (the first order's error, naming the second's).
+fn write_ordered(
+    db: &mut Db,
+    table: &Table,
+    side: Side,
+    deletes: &[i64],
+    upserts: &[Vec<Value>],
+) -> anyhow::Result<()> {
+    let write = |db: &mut Db, deletes_first: bool| -> anyhow::Result<()> {
+        if deletes_first {
+            db.delete_keys(table, side, deletes)?;
+        }
+        if !upserts.is_empty() {
+            db.upsert_rows(table, side, upserts)?;
+        }
+        if !deletes_first {
+            db.delete_keys(table, side, deletes)?;
+        }
+        Ok(())
+    };
+    if deletes.is_empty() || upserts.is_empty() {
+        return write(db, true);
+    }
+    db.batch("SAVEPOINT strangler_apply")?;
+    match write(db, true) {
+        Ok(()) => db.batch("RELEASE SAVEPOINT strangler_apply"),
+        Err(first) => {
+            db.batch("ROLLBACK TO SAVEPOINT strangler_apply")?;
+            write(db, false).map_err(|second| {
+                first.context(format!(
+                    "applying deletes before upserts was refused, and upserts before deletes \
+                     too ({second:#})"
+                ))
+            })?;
+            db.batch("RELEASE SAVEPOINT strangler_apply")
+        }
+    }
 }
 
 /// Which of `ids` have a captured, unapplied change in `db`.

@@ -855,3 +855,67 @@ fn capture_of_resources_sharing_a_prefix_is_told_apart() {
     assert!(capture::installed(db, &t).unwrap());
     assert!(!capture::installed(db, &t_x).unwrap());
 }
+
+/// As a plain role, foreign keys are checked on the destination: a child re-pointed away from a
+/// parent deleted in the same batch is applied too (deletes first would be refused there, so
+/// the applier falls back to upserts first), as is a unique value freed by a delete.
+#[test]
+fn a_plain_role_applies_a_re_pointed_child_and_its_deleted_parent() {
+    let dir = Scratch::new("races-selfref");
+    let cluster = Cluster::start();
+    let mut admin = cluster.client("postgres");
+    admin.batch_execute("CREATE ROLE app LOGIN").unwrap();
+    for db in ["m", "s"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db} OWNER app"))
+            .unwrap();
+    }
+    let url = |db: &str| format!("postgres://app@127.0.0.1:{}/{db}", cluster.port);
+    let client = |db: &str| postgres::Client::connect(&url(db), postgres::NoTls).unwrap();
+    for db in ["m", "s"] {
+        client(db)
+            .batch_execute(
+                "CREATE TABLE t (id BIGINT PRIMARY KEY, parent BIGINT REFERENCES t(id),
+                     name TEXT NOT NULL UNIQUE);
+                 INSERT INTO t VALUES (1, NULL, 'a'), (2, NULL, 'b'), (3, 1, 'c');",
+            )
+            .unwrap();
+    }
+    let text = format!(
+        "[resources.t]\nroute = \"t\"\nkey = \"id\"\n\
+         source = {{ url = \"{}\", table = \"t\" }}\ntarget = {{ url = \"{}\", table = \"t\" }}\n",
+        url("m"),
+        url("s")
+    );
+    let decl = Migrations::parse("test", &text)
+        .unwrap()
+        .get("t")
+        .unwrap()
+        .clone();
+    let (mut pair, table) = Pair::open(&dir.path, &decl, Open::Existing).unwrap();
+    install(&mut pair, &table);
+    let rows = |db: &str| -> Vec<(i64, Option<i64>, String)> {
+        client(db)
+            .query("SELECT id, parent, name FROM t ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    client("m")
+        .batch_execute("UPDATE t SET parent = 2 WHERE id = 3; DELETE FROM t WHERE id = 1;")
+        .unwrap();
+    let v = catch_up(&mut pair, &table, Direction::Forward);
+    assert!(v.matches(), "{}", v.render());
+    assert_eq!(
+        rows("s"),
+        vec![(2, None, "b".into()), (3, Some(2), "c".into())]
+    );
+
+    client("m")
+        .batch_execute("DELETE FROM t WHERE id = 3; INSERT INTO t VALUES (4, 2, 'c');")
+        .unwrap();
+    let v = catch_up(&mut pair, &table, Direction::Forward);
+    assert!(v.matches(), "{}", v.render());
+    assert_eq!(rows("m"), rows("s"));
+}
