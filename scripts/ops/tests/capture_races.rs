@@ -118,6 +118,11 @@ impl Setup {
         postgres::Client::connect(url, postgres::NoTls).unwrap()
     }
 
+    /// Runs `sql` (one or more statements) as a client of `side`'s database.
+    fn exec(&self, side: Side, sql: &str) {
+        self.client(side).batch_execute(sql).unwrap();
+    }
+
     fn pair(&self) -> (Pair, Table) {
         Pair::open(&self.dir.path, &self.decl, Open::Existing).unwrap()
     }
@@ -258,12 +263,10 @@ fn out_of_order_commits(role: &str) {
     );
 
     // And the other way: the applier's writes on the monolith are not captured either.
-    s.client(Side::Service)
-        .execute(
-            r#"UPDATE "LedgerItems" SET active = NOT active WHERE "user" <= 5"#,
-            &[],
-        )
-        .unwrap();
+    s.exec(
+        Side::Service,
+        r#"UPDATE "LedgerItems" SET active = NOT active WHERE "user" <= 5"#,
+    );
     let v = catch_up(&mut pair, &table, Direction::Reverse);
     assert!(v.matches(), "{}", v.render());
     assert_eq!(s.rows(Side::Monolith), s.rows(Side::Service));
@@ -292,12 +295,10 @@ fn a_destination_write_in_flight_is_never_overwritten() {
     let s = Setup::new("races-inflight", "postgres");
     let (mut pair, table) = s.pair();
     install(&mut pair, &table);
-    s.client(Side::Service)
-        .execute(
-            r#"UPDATE "LedgerItems" SET note = 'service' WHERE "user" IN (3, 4)"#,
-            &[],
-        )
-        .unwrap();
+    s.exec(
+        Side::Service,
+        r#"UPDATE "LedgerItems" SET note = 'service' WHERE "user" IN (3, 4)"#,
+    );
     let mut straggler = s.client(Side::Monolith);
     let mut tx = straggler.transaction().unwrap();
     tx.execute(
@@ -415,12 +416,10 @@ fn a_drained_verification_never_mismatches_while_writes_go_on() {
 
     // Deterministically first: a committed change numbered after the open one is applied, and
     // the drained snapshot (which cannot see the open one) matches.
-    s.client(Side::Monolith)
-        .execute(
-            r#"UPDATE "LedgerItems" SET note = 'after' WHERE "user" = 3"#,
-            &[],
-        )
-        .unwrap();
+    s.exec(
+        Side::Monolith,
+        r#"UPDATE "LedgerItems" SET note = 'after' WHERE "user" = 3"#,
+    );
     let v = catch_up(&mut pair, &table, Direction::Forward);
     assert!(v.matches(), "{}", v.render());
     assert_eq!(s.row(Side::Service, 3).unwrap().4.as_deref(), Some("after"));
@@ -474,12 +473,10 @@ fn the_switch_raises_both_sequences_of_a_keyword_key() {
     let (mut pair, table) = s.pair();
     start_following(&mut pair, &table);
 
-    s.client(Side::Monolith)
-        .execute(
-            r#"INSERT INTO "LedgerItems" ("user", email, active) VALUES (57, 'x@example.org', true)"#,
-            &[],
-        )
-        .unwrap();
+    s.exec(
+        Side::Monolith,
+        r#"INSERT INTO "LedgerItems" ("user", email, active) VALUES (57, 'x@example.org', true)"#,
+    );
     catch_up(&mut pair, &table, Direction::Forward);
 
     let hw = sync::raise_high_water(s.data_dir(), &s.decl, Side::Service).unwrap();
