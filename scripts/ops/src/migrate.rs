@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rusqlite::Connection;
 use strangler_proxy::config::Config;
 
 use crate::capture;
@@ -83,49 +82,33 @@ pub enum Outcome {
     Completed,
 }
 
-/// The SQLite files of the resource's source and target, relative ones under `data_dir`.
-///
-/// Errors: either side is not an SQLite database.
-pub fn paths(data_dir: &Path, resource: &Declared) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let file = |url: &DbUrl| match url.resolve(data_dir) {
-        DbUrl::Sqlite(path) => Ok(path),
-        other => bail!(
-            "resource {}: {} is a {} database; this command reads SQLite files only",
-            resource.name(),
-            other.display(),
-            other.engine()
-        ),
-    };
-    Ok((file(&resource.source.url)?, file(&resource.target.url)?))
-}
-
 /// Why shadowing `resource` to its service now compares nothing useful: the service's database
-/// in `data_dir` is missing or holds no row of the resource, so every shadowed read that finds
-/// a row on the monolith mismatches until `migrate-data` copies them. `None` when it holds
-/// rows (or cannot be read, which the service itself will say).
+/// (relative SQLite paths under `data_dir`) is missing or holds no row of the resource, so every
+/// shadowed read that finds a row on the monolith mismatches until `migrate-data` copies them.
+/// `None` when it holds rows (or cannot be read, which the service itself will say).
 pub fn empty_service_database(data_dir: &Path, resource: &Declared) -> Option<String> {
-    // Only an SQLite service database is looked into.
-    let (_, target) = paths(data_dir, resource).ok()?;
     let name = resource.name();
     let copy = format!("run `scripts/migrate-data {name} --follow` first");
-    if !target.is_file() {
+    let target = resource.target.url.resolve(data_dir);
+    if let DbUrl::Sqlite(path) = &target
+        && !path.is_file()
+    {
         return Some(format!(
             "the {name} service has no database at {} yet: every shadowed read of an existing \
              {name} row will mismatch; {copy} (or pass --data-dir)",
-            target.display()
+            path.display()
         ));
     }
-    let conn =
-        Connection::open_with_flags(&target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     if !crate::migrations::is_identifier(&resource.target.table) {
         return None;
     }
+    let mut db = Db::open(&resource.target.url, data_dir, false).ok()?;
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM \"{}\")",
-        resource.target.table
+        "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) AS any_row",
+        crate::resource::quote(&resource.target.table)
     );
-    let any: bool = conn.query_row(&sql, [], |row| row.get(0)).ok()?;
-    (!any).then(|| {
+    let rows = db.query_i64(&sql, &[]).ok()??;
+    (rows == 0).then(|| {
         format!(
             "the {name} service's database ({}) holds no {name} yet: every shadowed read of an \
              existing {name} row will mismatch; {copy}",

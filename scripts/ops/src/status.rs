@@ -178,8 +178,18 @@ pub fn migrations(
             Some(_) => "-".to_string(),
             None => "no route".to_string(),
         };
-        match logical(data_dir, resource) {
-            Ok(Some(st)) => {
+        let logical = match logical(data_dir, resource) {
+            Ok(logical) => logical,
+            Err(e) => {
+                notes.push(format!(
+                    "{name}: cannot read its logical replication: {e:#}"
+                ));
+                continue;
+            }
+        };
+        let Some(state) = sync::read_state(data_dir, resource)? else {
+            // A subscription without a recorded migration (left by an older follower).
+            if let Some(st) = logical {
                 any = true;
                 t.row([
                     name.to_string(),
@@ -193,17 +203,7 @@ pub fn migrations(
                     "-".to_string(),
                     fence,
                 ]);
-                continue;
             }
-            Ok(None) => {}
-            Err(e) => {
-                notes.push(format!(
-                    "{name}: cannot read its logical replication: {e:#}"
-                ));
-                continue;
-            }
-        }
-        let Some(state) = sync::read_state(data_dir, resource)? else {
             continue;
         };
         any = true;
@@ -235,23 +235,27 @@ pub fn migrations(
                 state.forward_backlog.changes + state.reverse_backlog.changes
             ));
         }
-        t.row([
-            name.to_string(),
-            state_name(&state, route).to_string(),
-            if state.stage == SyncStage::Complete {
-                "-".to_string()
-            } else {
-                state.direction.arrow()
-            },
-            if state.stage == SyncStage::Complete {
-                "-".to_string()
-            } else {
+        let (sync, lag) = match (&logical, state.stage) {
+            (_, SyncStage::Complete) => ("-".to_string(), "-".to_string()),
+            // Carried forward by the subscription: its unconfirmed WAL is the lag.
+            (Some(st), _) => (
+                format!("{} (logical replication)", Direction::Forward.arrow()),
+                format!("{} bytes of WAL unconfirmed", st.lag_bytes),
+            ),
+            (None, _) => (
+                state.direction.arrow(),
                 format!(
                     "{} change(s), oldest {:.1}s",
                     backlog.changes,
                     backlog.oldest_age.as_secs_f64()
-                )
-            },
+                ),
+            ),
+        };
+        t.row([
+            name.to_string(),
+            state_name(&state, route).to_string(),
+            sync,
+            lag,
             follower,
             state.conflicts.to_string(),
             fence,
@@ -261,7 +265,8 @@ pub fn migrations(
         return Ok(String::new());
     }
     let mut out = format!(
-        "migrations (data in {}):\n{}",
+        "migrations (declared in {}; relative SQLite paths under {}):\n{}",
+        declared.file,
         data_dir.display(),
         t.render()
     );

@@ -198,12 +198,27 @@ fn postgres_to_postgres_verifies_with_the_checksum_sqlite_computes() {
         declaration(&pg.url("shop"), &pg.url("ledger")),
     )
     .unwrap();
+    // `shift --shadow on` warns while the service's PostgreSQL table is empty, not after.
+    let declared =
+        strangler_ops::migrations::Migrations::load(&dir.join("migrations.toml")).unwrap();
+    let accounts = declared.get("accounts").unwrap();
+    let empty = strangler_ops::migrate::empty_service_database(dir.path(), accounts);
+    assert!(
+        empty
+            .as_deref()
+            .is_some_and(|w| w.contains("holds no accounts yet")),
+        "{empty:?}"
+    );
     let o = dir.migrate(&["accounts", "--batch", "700"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(
         out.contains("3000 rows read, 3000 written, 0 removed"),
         "{out}"
+    );
+    assert_eq!(
+        strangler_ops::migrate::empty_service_database(dir.path(), accounts),
+        None
     );
     assert!(
         out.contains("verification OK: 3000 rows, checksums equal"),
@@ -276,20 +291,24 @@ fn postgres_to_postgres_follows_by_logical_replication() {
         strangler_ops::migrations::Migrations::load(&dir.join("migrations.toml")).unwrap();
     let table = strangler_ops::status::migrations(dir.path(), &declared, &[]).unwrap();
     assert!(
-        table.contains("monolith → service (logical replication)")
-            && table.contains("subscription strangler_accounts (in the target server)"),
+        table.contains("following")
+            && table.contains("monolith → service (logical replication)")
+            && table.contains("running (pid"),
         "{table}"
     );
-    // No trigger: the mechanism is PostgreSQL's own.
-    let triggers: i64 = pg
-        .client("shop")
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(triggers, 0);
+    // No trigger on the monolith's table: the mechanism is PostgreSQL's own. The service's
+    // table has the capture trigger, ready for a cutover.
+    let triggers = |db: &str| -> i64 {
+        pg.client(db)
+            .query_one(
+                "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(triggers("shop"), 0);
+    assert_eq!(triggers("ledger"), 1);
 
     pg.client("shop")
         .batch_execute(
@@ -304,6 +323,14 @@ fn postgres_to_postgres_follows_by_logical_replication() {
         || (pg_rows(&pg, "shop") == pg_rows(&pg, "ledger")).then_some(()),
     );
     lines.wait_for("not yet confirmed by subscription strangler_accounts");
+    // The subscription's own writes (its copy and the changes above) are not captured on the
+    // service: its workers run with session_replication_role = replica.
+    let captured: i64 = pg
+        .client("ledger")
+        .query_one("SELECT count(*) FROM _strangler_changes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(captured, 0);
 
     // SIGTERM: the subscription, slot and publication go, and the copy verifies.
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
