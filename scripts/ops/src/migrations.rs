@@ -192,6 +192,16 @@ impl Migrations {
                          and _ (not starting with a digit) in [resources.NAME]"
                     ),
                 ));
+            } else if name.len() > MAX_RESOURCE_NAME {
+                errors.push(lines.error(
+                    r.route.span().start,
+                    format!(
+                        "resource name {name:?} is {} characters long: at most \
+                         {MAX_RESOURCE_NAME} (it names triggers, functions and replication \
+                         objects, and PostgreSQL cuts names at 63 bytes)",
+                        name.len()
+                    ),
+                ));
             }
             let mut check_ident = |value: &Spanned<String>, what: &str| {
                 if !is_identifier(value.get_ref()) {
@@ -329,6 +339,10 @@ impl Migrations {
     }
 }
 
+/// The longest resource name: `_strangler_capture_` + NAME (+ `_insert` on SQLite) and
+/// `strangler_` + NAME stay within PostgreSQL's 63-byte identifiers.
+pub const MAX_RESOURCE_NAME: usize = 40;
+
 /// Whether `s` can be written into SQL unquoted: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -447,6 +461,21 @@ mod tests {
             e.contains("m.toml:7:9: route \"r\" is already the route of resource \"a\""),
             "{e}"
         );
+        let long = "x".repeat(MAX_RESOURCE_NAME + 1);
+        let text = format!(
+            "[resources.{long}]\nroute = \"r\"\nkey = \"id\"\n\
+             source = {{ url = \"sqlite:m.db\", table = \"a\" }}\n\
+             target = {{ url = \"sqlite:a.db\", table = \"a\" }}\n"
+        );
+        let e = Migrations::parse("m.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "m.toml:2:9: resource name \"{long}\" is 41 characters long"
+            )),
+            "{e}"
+        );
+        let fits = text.replace(&long, &"x".repeat(MAX_RESOURCE_NAME));
+        assert!(Migrations::parse("m.toml", &fits).is_ok());
     }
 
     #[test]
