@@ -227,7 +227,7 @@ fn by_replication(
         (DbUrl::Postgres(_), DbUrl::Postgres(_))
     );
     match (options.capture, both_postgres) {
-        (Capture::Triggers, _) | (Capture::Auto, false) => return Ok(None),
+        (_, false) if options.capture != Capture::Replication => return Ok(None),
         (Capture::Replication, false) => {
             return Ok(Some(Outcome::Refused(format!(
                 "{name}: --capture replication needs PostgreSQL on both sides, and this is {} → \
@@ -241,7 +241,16 @@ fn by_replication(
     let (mut source, mut target) = open_both(options)?;
     let table = Table::resolve_between(&mut source, &mut target, r)?;
     let subscribed = replication::subscribed(pg_of(&mut target)?, name)?;
-    if subscribed && options.capture != Capture::Triggers {
+    if subscribed {
+        if options.capture == Capture::Triggers {
+            return Ok(Some(Outcome::Refused(format!(
+                "{name}: subscription {} still replicates (left by a follower that did not stop \
+                 cleanly), and triggers beside it would be two mechanisms at once: follow \
+                 without --capture triggers to resume it, or remove it first \
+                 (`migrate-data {name} --remove-capture`)",
+                replication::name_of(name)
+            ))));
+        }
         // A follower killed with -9 left the subscription replicating: resume watching it.
         return follow_logical(options, source, target, &table, stop, out).map(Some);
     }

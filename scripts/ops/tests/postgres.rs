@@ -372,6 +372,14 @@ fn postgres_to_postgres_follows_by_logical_replication() {
             (v == 4242).then_some(())
         },
     );
+    // Triggers beside a subscription still replicating would be two mechanisms at once.
+    let o = dir.migrate(&["accounts", "--follow", "--capture", "triggers"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("subscription strangler_accounts still replicates"),
+        "{}",
+        stderr(&o)
+    );
     let o = dir.migrate(&["accounts", "--remove-capture"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
