@@ -38,8 +38,9 @@ pub const APPLYING: &str = "_strangler_applying";
 pub enum Db {
     /// An SQLite file; the resource's table is in `main`.
     Sqlite(rusqlite::Connection),
-    /// A PostgreSQL session (UTC, ISO dates).
-    Postgres(Box<postgres::Client>),
+    /// A PostgreSQL session (UTC, ISO dates), and whether its role is a superuser (read once
+    /// at connect: it decides how [`Db::applying`] marks its writes).
+    Postgres(Box<postgres::Client>, bool),
 }
 
 /// One value, as both engines' rows are compared.
@@ -186,14 +187,20 @@ impl Db {
                         )
                     })?;
                 client.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD';")?;
-                Ok(Db::Postgres(Box::new(client)))
+                let superuser = client
+                    .query_one(
+                        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                        &[],
+                    )?
+                    .get::<_, bool>(0);
+                Ok(Db::Postgres(Box::new(client), superuser))
             }
         }
     }
 
     /// Whether this is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
+        matches!(self, Db::Postgres(..))
     }
 
     /// Runs `sql`, one or more statements without parameters.
@@ -202,7 +209,7 @@ impl Db {
     pub fn batch(&mut self, sql: &str) -> anyhow::Result<()> {
         match self {
             Db::Sqlite(conn) => conn.execute_batch(sql)?,
-            Db::Postgres(client) => client.batch_execute(sql)?,
+            Db::Postgres(client, _) => client.batch_execute(sql)?,
         }
         Ok(())
     }
@@ -218,7 +225,7 @@ impl Db {
                 conn.prepare_cached(sql)?
                     .execute(rusqlite::params_from_iter(params.iter()))? as u64
             }
-            Db::Postgres(client) => {
+            Db::Postgres(client, _) => {
                 client.execute(&dollar_placeholders(sql), &pg_params(params))?
             }
         })
@@ -244,7 +251,7 @@ impl Db {
                 }
                 Ok(out)
             }
-            Db::Postgres(client) => client
+            Db::Postgres(client, _) => client
                 .query(&dollar_placeholders(sql), &pg_params(params))?
                 .iter()
                 .map(pg_any_row)
@@ -276,7 +283,7 @@ impl Db {
             Db::Sqlite(_) => {
                 "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = ?1"
             }
-            Db::Postgres(_) => {
+            Db::Postgres(..) => {
                 "SELECT count(*) FROM pg_catalog.pg_tables \
                  WHERE schemaname = current_schema() AND tablename = ?1"
             }
@@ -298,8 +305,8 @@ impl Db {
         self.batch(match (&*self, write) {
             (Db::Sqlite(_), true) => "BEGIN IMMEDIATE",
             (Db::Sqlite(_), false) => "BEGIN",
-            (Db::Postgres(_), true) => "BEGIN",
-            (Db::Postgres(_), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            (Db::Postgres(..), true) => "BEGIN",
+            (Db::Postgres(..), false) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         })?;
         match f(self) {
             Ok(v) => {
@@ -325,18 +332,10 @@ impl Db {
         &mut self,
         f: impl FnOnce(&mut Db) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let superuser = match self {
-            Db::Postgres(client) => client
-                .query_one(
-                    "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-                    &[],
-                )?
-                .get::<_, bool>(0),
-            Db::Sqlite(_) => false,
-        };
+        let superuser = matches!(self, Db::Postgres(_, true));
         let marked = match self {
             Db::Sqlite(_) => self.has_table(APPLYING)?,
-            Db::Postgres(_) => true,
+            Db::Postgres(..) => true,
         };
         self.transaction(true, |db| {
             if marked {
@@ -347,7 +346,7 @@ impl Db {
                             &[Value::Integer(i64::from(std::process::id()))],
                         )?;
                     }
-                    Db::Postgres(_) => db.batch(if superuser {
+                    Db::Postgres(..) => db.batch(if superuser {
                         "SET LOCAL strangler.applying = 'on'; \
                          SET LOCAL session_replication_role = replica"
                     } else {
@@ -366,7 +365,7 @@ impl Db {
     /// The PostgreSQL session, when this is PostgreSQL.
     pub fn postgres(&mut self) -> Option<&mut postgres::Client> {
         match self {
-            Db::Postgres(client) => Some(client),
+            Db::Postgres(client, _) => Some(client),
             Db::Sqlite(_) => None,
         }
     }
@@ -375,7 +374,7 @@ impl Db {
     pub fn engine(&self) -> &'static str {
         match self {
             Db::Sqlite(_) => "SQLite",
-            Db::Postgres(_) => "PostgreSQL",
+            Db::Postgres(..) => "PostgreSQL",
         }
     }
 
@@ -387,7 +386,7 @@ impl Db {
     pub fn catalog(&mut self, table: &str) -> anyhow::Result<Vec<CatalogColumn>> {
         match self {
             Db::Sqlite(conn) => Ok(crate::resource::catalog(conn, "main", table)?),
-            Db::Postgres(client) => {
+            Db::Postgres(client, _) => {
                 let rows = client.query(
                     "SELECT c.column_name::text, c.data_type::text, c.is_nullable = 'NO',
                             c.column_default IS NOT NULL,
@@ -488,7 +487,7 @@ impl Db {
                 [from],
                 |r| r.get(0),
             )?,
-            Db::Postgres(client) => client
+            Db::Postgres(client, _) => client
                 .query_one(
                     &format!("SELECT count(*) FROM {t} WHERE {k} >= $1::int8"),
                     &[&from],
@@ -523,7 +522,7 @@ impl Db {
                 }
                 Ok(out)
             }
-            Db::Postgres(client) => {
+            Db::Postgres(client, _) => {
                 let sql = format!(
                     "SELECT {} FROM {t} WHERE {k} >= $1::int8 ORDER BY {k} LIMIT $2::int8",
                     pg_select_list(table, side)
@@ -587,7 +586,7 @@ impl Db {
     fn stage_name(&self, table: &Table) -> String {
         match self {
             Db::Sqlite(_) => format!("temp.{STAGE}_{}", table.name()),
-            Db::Postgres(_) => format!("{STAGE}_{}", table.name()),
+            Db::Postgres(..) => format!("{STAGE}_{}", table.name()),
         }
     }
 
@@ -619,7 +618,7 @@ impl Db {
                     insert.execute(rusqlite::params_from_iter(row.iter()))?;
                 }
             }
-            Db::Postgres(client) => {
+            Db::Postgres(client, _) => {
                 client.batch_execute(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
                      SELECT {cols} FROM {t} WITH NO DATA; DELETE FROM {stage};"
@@ -679,7 +678,7 @@ impl Db {
         let (t, k) = (table.sql_table(side), table.sql_key(side));
         let list = match self {
             Db::Sqlite(_) => table.column_list(side),
-            Db::Postgres(_) => pg_select_list(table, side),
+            Db::Postgres(..) => pg_select_list(table, side),
         };
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
@@ -721,7 +720,7 @@ impl Db {
 
     /// Calls `each` with every row of `table` on `side` (moving columns, key first) but the
     /// one keyed `except`, streamed (a large table never sits in memory at once). Inside a
-    /// caller's [`Db::transaction`] it reads that snapshot; see [`Db::scan_snapshot`].
+    /// caller's [`Db::transaction`] it reads that snapshot.
     ///
     /// Errors: the table cannot be read.
     pub fn scan(
@@ -743,7 +742,7 @@ impl Db {
                     each(&sqlite_row(row, table)?);
                 }
             }
-            Db::Postgres(client) => {
+            Db::Postgres(client, _) => {
                 use postgres::fallible_iterator::FallibleIterator as _;
                 let sql = format!(
                     "SELECT {} FROM {t} WHERE $1::int8 IS NULL OR {k} IS DISTINCT FROM $1::int8",
@@ -756,19 +755,6 @@ impl Db {
             }
         }
         Ok(())
-    }
-
-    /// [`Db::scan`] as one snapshot (its own read transaction).
-    ///
-    /// Errors: as [`Db::scan`].
-    pub fn scan_snapshot(
-        &mut self,
-        table: &Table,
-        side: Side,
-        except: Option<i64>,
-        each: &mut dyn FnMut(&[Value]),
-    ) -> anyhow::Result<()> {
-        self.transaction(false, |db| db.scan(table, side, except, each))
     }
 }
 

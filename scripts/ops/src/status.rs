@@ -128,28 +128,19 @@ pub fn run(
     Ok(())
 }
 
-/// The subscription's state when `resource` is followed by logical replication (both sides
-/// PostgreSQL and its subscription exists); `None` otherwise.
+/// The subscription's state of a resource carried forward by logical replication.
+///
+/// Errors: either database refuses the connection; the subscription or its slot is gone.
 fn logical(
     data_dir: &Path,
     resource: &crate::migrations::Declared,
-) -> anyhow::Result<Option<crate::replication::Status>> {
-    use crate::migrations::DbUrl;
-    if !matches!(
-        (&resource.source.url, &resource.target.url),
-        (DbUrl::Postgres(_), DbUrl::Postgres(_))
-    ) {
-        return Ok(None);
-    }
+) -> anyhow::Result<crate::replication::Status> {
     let mut source = crate::db::Db::open(&resource.source.url, data_dir, false)?;
     let mut target = crate::db::Db::open(&resource.target.url, data_dir, false)?;
     let (Some(s), Some(t)) = (source.postgres(), target.postgres()) else {
-        return Ok(None);
+        anyhow::bail!("logical replication runs between two PostgreSQL databases");
     };
-    if !crate::replication::subscribed(t, resource.name())? {
-        return Ok(None);
-    }
-    crate::replication::status(s, t, resource.name()).map(Some)
+    crate::replication::status(s, t, resource.name())
 }
 
 /// The migrations table: per resource with a recorded migration, its state (reference §7), the
@@ -178,33 +169,21 @@ pub fn migrations(
             Some(_) => "-".to_string(),
             None => "no route".to_string(),
         };
-        let logical = match logical(data_dir, resource) {
-            Ok(logical) => logical,
-            Err(e) => {
-                notes.push(format!(
-                    "{name}: cannot read its logical replication: {e:#}"
-                ));
-                continue;
-            }
-        };
         let Some(state) = sync::read_state(data_dir, resource)? else {
-            // A subscription without a recorded migration (left by an older follower).
-            if let Some(st) = logical {
-                any = true;
-                t.row([
-                    name.to_string(),
-                    if st.synced { "following" } else { "copying" }.to_string(),
-                    format!("{} (logical replication)", Direction::Forward.arrow()),
-                    format!("{} bytes of WAL unconfirmed", st.lag_bytes),
-                    format!(
-                        "subscription {} (in the target server)",
-                        crate::replication::name_of(name)
-                    ),
-                    "-".to_string(),
-                    fence,
-                ]);
-            }
             continue;
+        };
+        let logical = if state.forward_by_replication && state.stage != SyncStage::Complete {
+            match logical(data_dir, resource) {
+                Ok(st) => Some(st),
+                Err(e) => {
+                    notes.push(format!(
+                        "{name}: cannot read its logical replication: {e:#}"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
         };
         any = true;
         let backlog = match state.direction {
@@ -241,6 +220,10 @@ pub fn migrations(
             (Some(st), _) => (
                 format!("{} (logical replication)", Direction::Forward.arrow()),
                 format!("{} bytes of WAL unconfirmed", st.lag_bytes),
+            ),
+            (None, _) if state.forward_by_replication => (
+                format!("{} (logical replication)", Direction::Forward.arrow()),
+                "unknown (see NOTE)".to_string(),
             ),
             (None, _) => (
                 state.direction.arrow(),

@@ -28,6 +28,21 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// Digests `table` on `side` in `db` but the row keyed `except`, inside the caller's
+    /// transaction (one snapshot) if there is one.
+    ///
+    /// Errors: the table cannot be read.
+    pub fn of(
+        db: &mut Db,
+        table: &Table,
+        side: Side,
+        except: Option<i64>,
+    ) -> anyhow::Result<Digest> {
+        let mut d = Digest::default();
+        db.scan(table, side, except, &mut |row| d.add(row))?;
+        Ok(d)
+    }
+
     /// Adds one row (its moving columns, key first) to the digest.
     pub fn add(&mut self, row: &[Value]) {
         let mut buf = Vec::with_capacity(128);
@@ -70,11 +85,12 @@ impl Verification {
     ) -> anyhow::Result<Verification> {
         let started = Instant::now();
         let fence = crate::sync::fence_of(&mut pair.service, table)?;
-        let (mut s, mut t) = (Digest::default(), Digest::default());
-        pair.monolith
-            .scan_snapshot(table, Side::Monolith, fence, &mut |row| s.add(row))?;
-        pair.service
-            .scan_snapshot(table, Side::Service, fence, &mut |row| t.add(row))?;
+        let s = pair
+            .monolith
+            .transaction(false, |db| Digest::of(db, table, Side::Monolith, fence))?;
+        let t = pair
+            .service
+            .transaction(false, |db| Digest::of(db, table, Side::Service, fence))?;
         Ok(Verification {
             table: table.clone(),
             source_label: labels.0,
@@ -100,20 +116,18 @@ impl Verification {
     ) -> anyhow::Result<Option<Verification>> {
         let started = Instant::now();
         let fence = crate::sync::fence_of(&mut pair.service, table)?;
-        let mut w = Digest::default();
         let drained = pair.db(writer).transaction(false, |db| {
             if capture::backlog(db, table)?.0 > 0 {
-                return Ok(false);
+                return Ok(None);
             }
-            db.scan(table, writer, fence, &mut |row| w.add(row))?;
-            Ok(true)
+            Digest::of(db, table, writer, fence).map(Some)
         })?;
-        if !drained {
+        let Some(w) = drained else {
             return Ok(None);
-        }
-        let mut o = Digest::default();
-        pair.db(writer.other())
-            .scan_snapshot(table, writer.other(), fence, &mut |row| o.add(row))?;
+        };
+        let o = pair
+            .db(writer.other())
+            .transaction(false, |db| Digest::of(db, table, writer.other(), fence))?;
         let (source, target) = match writer {
             Side::Monolith => (w, o),
             Side::Service => (o, w),
@@ -127,32 +141,6 @@ impl Verification {
             took: started.elapsed(),
             conflicts: conflicts::unresolved(&mut pair.service, table)?,
         }))
-    }
-
-    /// Digests both sides through their own connections, each as one snapshot (for a source
-    /// that nothing writes meanwhile, or a copy between engines, which has no id fence and no
-    /// conflicts).
-    ///
-    /// Errors: either side cannot be read.
-    pub fn between(
-        source: &mut Db,
-        target: &mut Db,
-        table: &Table,
-        labels: (String, String),
-    ) -> anyhow::Result<Verification> {
-        let started = Instant::now();
-        let (mut s, mut t) = (Digest::default(), Digest::default());
-        source.scan_snapshot(table, Side::Monolith, None, &mut |row| s.add(row))?;
-        target.scan_snapshot(table, Side::Service, None, &mut |row| t.add(row))?;
-        Ok(Verification {
-            table: table.clone(),
-            source_label: labels.0,
-            target_label: labels.1,
-            source: s,
-            target: t,
-            took: started.elapsed(),
-            conflicts: Vec::new(),
-        })
     }
 
     /// True only when both the row counts and the checksums are equal and no conflict stands.
@@ -251,10 +239,7 @@ mod tests {
     }
 
     fn digest(db: &mut Db, table: &Table) -> Digest {
-        let mut d = Digest::default();
-        db.scan_snapshot(table, Side::Service, None, &mut |row| d.add(row))
-            .expect("scan");
-        d
+        Digest::of(db, table, Side::Service, None).expect("scan")
     }
 
     #[test]
